@@ -1,0 +1,20 @@
+"""The service container the routes see: built once by the runtime (or a test) and injected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.auth import Authenticator
+from gateway.inference import InferenceService
+from gateway.settings import Settings
+from serving.pool import EnginePool
+from serving.registry import ModelRegistry
+
+
+@dataclass
+class Services:
+    settings: Settings
+    auth: Authenticator
+    registry: ModelRegistry
+    pool: EnginePool
+    inference: InferenceService

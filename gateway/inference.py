@@ -1,0 +1,330 @@
+"""Serving one OpenAI request: resolve the model, admit it, run it on an engine, normalise the
+answer, and capture its usage durably before the last byte leaves.
+
+Non-streaming responses are returned only after the usage record is fsynced; streams write it
+before `data: [DONE]`. A stream the client abandons records the tokens generated so far.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from gateway.auth import KeyInfo
+from gateway.errors import ApiError, BadRequest, ModelNotFound, RateLimited, ServiceUnavailable
+from gateway.protocol import chat, completions
+from gateway.ratelimit import RateLimiter
+from metering.usage import Endpoint, UsageRecord, UsageStatus
+from serving.engine import EngineHTTPError, EngineUnavailable
+from serving.pool import EngineHandle, EnginePool, NoEngineAvailable
+from serving.registry import ModelRegistry, Target, UnknownModel
+
+log = logging.getLogger(__name__)
+
+UsageSink = Callable[[UsageRecord], Awaitable[None]]
+Request = chat.ChatCompletionRequest | completions.CompletionRequest
+
+_PATHS: dict[Endpoint, str] = {
+    "chat.completions": "/v1/chat/completions",
+    "completions": "/v1/completions",
+}
+_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass(slots=True)
+class CallContext:
+    request_id: str
+    key: KeyInfo
+    endpoint: Endpoint
+    started: float = field(default_factory=time.perf_counter)
+    started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    first_token: float | None = None
+    engine: str | None = None
+
+
+@dataclass(slots=True)
+class _Output:
+    """Accumulates what the engine produced, per choice index."""
+
+    texts: dict[int, list[str]] = field(default_factory=dict)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, index: int, text: str | None) -> None:
+        if text:
+            self.texts.setdefault(index, []).append(text)
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for i in sorted(self.texts):
+            h.update("".join(self.texts[i]).encode())
+            h.update(b"\x1e")
+        return h.hexdigest()
+
+
+class InferenceService:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        pool: EnginePool,
+        limiter: RateLimiter,
+        record_usage: UsageSink,
+        *,
+        default_rpm: int,
+        default_tpm: int,
+    ) -> None:
+        self.registry = registry
+        self.pool = pool
+        self.limiter = limiter
+        self.record_usage = record_usage
+        self.default_rpm = default_rpm
+        self.default_tpm = default_tpm
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- admission ---------------------------------------------------------------------
+    def _limits(self, key: KeyInfo) -> tuple[int, int]:
+        return key.rpm_limit or self.default_rpm, key.tpm_limit or self.default_tpm
+
+    def admit(self, ctx: CallContext, req: Request) -> Target:
+        try:
+            target = self.registry.resolve(req.model)
+        except UnknownModel:
+            raise ModelNotFound(req.model) from None
+        rpm, tpm = self._limits(ctx.key)
+        wait = self.limiter.admit(ctx.key.key_id, rpm, tpm)
+        if wait is not None:
+            raise RateLimited(
+                f"Rate limit reached for this key ({rpm} requests/min, {tpm} tokens/min). "
+                f"Retry in {wait:.1f}s.",
+                headers={"Retry-After": RateLimiter.retry_after_header(wait)},
+            )
+        return target
+
+    def _engine_body(self, req: Request, target: Target, *, stream: bool) -> bytes:
+        body: dict[str, Any] = msgspec.to_builtins(req)
+        body["model"] = target.engine_model
+        if stream:
+            # Usage on every chunk lets a cancelled stream record exactly what was generated.
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        return msgspec.json.encode(body)
+
+    # --- non-streaming -----------------------------------------------------------------
+    async def complete(self, ctx: CallContext, req: Request) -> bytes:
+        out = _Output()
+        status: UsageStatus = "error"
+        http_status = 500
+        target: Target | None = None
+        error_type: str | None = None
+        try:
+            target = self.admit(ctx, req)
+            body = self._engine_body(req, target, stream=False)
+            raw = await self._call(ctx, target, body)
+            doc = msgspec.json.decode(raw)
+            normalise = (
+                chat.normalise_response
+                if ctx.endpoint == "chat.completions"
+                else completions.normalise_response
+            )
+            doc = normalise(doc, req.model)
+            for choice in doc.get("choices", ()):
+                msg = choice.get("message")
+                out.add(choice.get("index", 0), msg.get("content") if msg else choice.get("text"))
+            usage = doc.get("usage") or {}
+            out.prompt_tokens = int(usage.get("prompt_tokens", 0))
+            out.completion_tokens = int(usage.get("completion_tokens", 0))
+            ctx.first_token = time.perf_counter()
+            status, http_status = "ok", 200
+            return msgspec.json.encode(doc)
+        except ApiError as e:
+            http_status, error_type = e.status, e.code or e.type
+            raise
+        finally:
+            await self._record(ctx, req, target, out, status, http_status, error_type)
+
+    async def _call(self, ctx: CallContext, target: Target, body: bytes) -> bytes:
+        path = _PATHS[ctx.endpoint]
+        for attempt in range(2):
+            try:
+                async with self.pool.lease(target) as handle:
+                    ctx.engine = handle.name
+                    return await handle.client.post_json(path, body)
+            except EngineHTTPError as e:
+                if attempt == 0 and self._adapter_vanished(e, target, handle):
+                    continue
+                raise _engine_error(e) from None
+            except (EngineUnavailable, NoEngineAvailable) as e:
+                raise _unavailable(e) from None
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _adapter_vanished(e: EngineHTTPError, target: Target, handle: EngineHandle) -> bool:
+        # An engine restarted behind our back forgets runtime-loaded adapters: reload once.
+        if e.status == 404 and target.adapter is not None:
+            handle.placement.reset()
+            return True
+        return False
+
+    # --- streaming ---------------------------------------------------------------------
+    async def open_stream(self, ctx: CallContext, req: Request) -> AsyncIterator[bytes]:
+        """Returns an iterator of SSE frames whose first frame is already fetched, so that
+        errors before any output are raised here as HTTP errors, not inside a 200 stream."""
+        try:
+            target = self.admit(ctx, req)
+        except ApiError as e:
+            await self._record(ctx, req, None, _Output(), "error", e.status, e.code or e.type)
+            raise
+        frames = self._frames(ctx, req, target)
+        try:
+            first = await anext(frames)
+        except StopAsyncIteration:
+            first = _DONE
+        return _prepend(first, frames)
+
+    async def _frames(self, ctx: CallContext, req: Request, target: Target) -> AsyncIterator[bytes]:
+        out = _Output()
+        status: UsageStatus = "client_cancelled"
+        http_status = 200
+        error_type: str | None = None
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        continuous = bool(req.stream_options and req.stream_options.continuous_usage_stats)
+        normalise = (
+            chat.normalise_chunk
+            if ctx.endpoint == "chat.completions"
+            else completions.normalise_chunk
+        )
+        body = self._engine_body(req, target, stream=True)
+        try:
+            for attempt in range(2):
+                try:
+                    async with self.pool.lease(target) as handle:
+                        ctx.engine = handle.name
+                        async for payload in handle.client.stream(_PATHS[ctx.endpoint], body):
+                            doc = msgspec.json.decode(payload)
+                            usage = doc.get("usage")
+                            if usage:
+                                out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                                out.completion_tokens = int(usage.get("completion_tokens") or 0)
+                            choices = doc.get("choices") or ()
+                            if not choices and not include_usage:
+                                continue  # the final usage chunk the client did not ask for
+                            for c in choices:
+                                delta = c.get("delta")
+                                piece = delta.get("content") if delta else c.get("text")
+                                if piece and ctx.first_token is None:
+                                    ctx.first_token = time.perf_counter()
+                                out.add(c.get("index", 0), piece)
+                            keep = include_usage and (continuous or not choices)
+                            doc = normalise(doc, req.model, keep_usage=keep)
+                            yield b"data: " + msgspec.json.encode(doc) + b"\n\n"
+                    break
+                except EngineHTTPError as e:
+                    if attempt == 0 and not out.texts and self._adapter_vanished(e, target, handle):
+                        continue
+                    raise _engine_error(e) from None
+            status = "ok"
+            await self._record(ctx, req, target, out, status, http_status, None)
+            yield _DONE
+        except (EngineUnavailable, NoEngineAvailable) as e:
+            status, http_status, error_type = "error", 503, "engine_unavailable"
+            if not out.texts and ctx.first_token is None:
+                raise _unavailable(e) from None
+            # Output already went out under a 200: end the stream with an error event.
+            err = _unavailable(e)
+            yield b"data: " + err.body() + b"\n\n"
+        except ApiError as e:
+            status, http_status, error_type = "error", e.status, e.code or e.type
+            raise
+        finally:
+            if status != "ok":
+                # Possibly cancelled: record from a separate task so cancellation of this one
+                # cannot interrupt the write.
+                self._spawn(self._record(ctx, req, target, out, status, http_status, error_type))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for usage writes still in flight (shutdown)."""
+        if self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    # --- usage -------------------------------------------------------------------------
+    async def _record(
+        self,
+        ctx: CallContext,
+        req: Request,
+        target: Target | None,
+        out: _Output,
+        status: UsageStatus,
+        http_status: int,
+        error_type: str | None,
+    ) -> None:
+        now = time.perf_counter()
+        rec = UsageRecord(
+            request_id=ctx.request_id,
+            account_id=ctx.key.account_id,
+            key_id=ctx.key.key_id,
+            endpoint=ctx.endpoint,
+            model=req.model,
+            base_model=target.base.name if target else "",
+            adapter=target.adapter.name if target and target.adapter else None,
+            status=status,
+            http_status=http_status,
+            prompt_tokens=out.prompt_tokens,
+            completion_tokens=out.completion_tokens,
+            started_at=ctx.started_at,
+            total_ms=(now - ctx.started) * 1000.0,
+            ttft_ms=(ctx.first_token - ctx.started) * 1000.0 if ctx.first_token else None,
+            output_sha256=out.digest() if out.texts else None,
+            error_type=error_type,
+            engine=ctx.engine,
+        )
+        tokens = out.prompt_tokens + out.completion_tokens
+        if tokens:
+            _, tpm = self._limits(ctx.key)
+            self.limiter.debit_tokens(ctx.key.key_id, tpm, tokens)
+        try:
+            await self.record_usage(rec)
+        except Exception:
+            log.exception("usage record %s could not be written", ctx.request_id)
+            raise
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        yield first
+        if first is _DONE:
+            return
+        async for frame in rest:
+            yield frame
+    finally:
+        # Close the engine stream now (not whenever the collector runs), so an abandoned
+        # request stops generating at once and its usage is recorded.
+        await rest.aclose()  # type: ignore[attr-defined]
+
+
+def _unavailable(e: Exception) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The model engine is unavailable right now; please retry shortly.",
+        headers={"Retry-After": "2"},
+    )
+
+
+def _engine_error(e: EngineHTTPError) -> ApiError:
+    if e.status in (400, 404, 413, 422):
+        return BadRequest(e.message, code="invalid_request")
+    return _unavailable(e)

@@ -1,0 +1,124 @@
+"""`POST /v1/chat/completions`: request type and response normalisation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from gateway.protocol.common import StreamOptions
+
+Temperature = Annotated[float, Meta(ge=0, le=2)]
+Penalty = Annotated[float, Meta(ge=-2, le=2)]
+Probability = Annotated[float, Meta(ge=0, le=1)]
+TokenCount = Annotated[int, Meta(ge=1)]
+Choices = Annotated[int, Meta(ge=1, le=16)]
+
+
+class ChatMessage(msgspec.Struct, omit_defaults=True):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(msgspec.Struct, omit_defaults=True):
+    """Fields OpenAI defines that the engine can honour; unknown fields are accepted and
+    dropped (OpenAI clients send fields that only OpenAI's servers use)."""
+
+    model: str
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    max_tokens: TokenCount | None = None
+    max_completion_tokens: TokenCount | None = None
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    n: Choices | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    seed: int | None = None
+    user: str | None = None
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+    @property
+    def token_budget(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    def prompt_chars(self) -> int:
+        total = 0
+        for m in self.messages:
+            if isinstance(m.content, str):
+                total += len(m.content)
+            elif m.content:
+                total += sum(len(str(p.get("text", ""))) for p in m.content)
+        return total
+
+
+_MESSAGE_DROP_IF_NULL = ("annotations", "audio", "function_call", "tool_calls",
+                         "reasoning_content", "reasoning")  # fmt: skip
+
+
+def _clean_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    # vLLM sends null token details; OpenAI's schema wants an object or nothing.
+    return {k: v for k, v in usage.items() if v is not None}
+
+
+def normalise_response(doc: dict[str, Any], model: str) -> dict[str, Any]:
+    doc["model"] = model
+    for key in ("prompt_logprobs", "prompt_token_ids", "kv_transfer_params",
+                "system_fingerprint", "service_tier"):  # fmt: skip
+        if doc.get(key) is None:
+            doc.pop(key, None)
+    for choice in doc.get("choices", ()):
+        msg = choice.get("message")
+        if isinstance(msg, dict):
+            for key in _MESSAGE_DROP_IF_NULL:
+                if not msg.get(key):
+                    msg.pop(key, None)
+            msg.setdefault("refusal", None)
+            msg.setdefault("content", None)
+        choice.setdefault("logprobs", None)
+        if choice.get("stop_reason") is None:
+            choice.pop("stop_reason", None)
+        if choice.get("token_ids") is None:
+            choice.pop("token_ids", None)
+    if isinstance(doc.get("usage"), dict):
+        doc["usage"] = _clean_usage(doc["usage"])
+    return doc
+
+
+def normalise_chunk(doc: dict[str, Any], model: str, *, keep_usage: bool) -> dict[str, Any]:
+    doc["model"] = model
+    for key in ("prompt_token_ids", "kv_transfer_params", "system_fingerprint", "service_tier"):
+        if doc.get(key) is None:
+            doc.pop(key, None)
+    for choice in doc.get("choices", ()):
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            for key in [k for k, v in delta.items() if v is None]:
+                del delta[key]
+            for key in ("tool_calls", "reasoning_content", "reasoning"):
+                if key in delta and not delta[key]:
+                    del delta[key]
+        choice.setdefault("logprobs", None)
+        choice.setdefault("finish_reason", None)
+        if choice.get("stop_reason") is None:
+            choice.pop("stop_reason", None)
+        if choice.get("token_ids") is None:
+            choice.pop("token_ids", None)
+    if keep_usage:
+        usage = doc.get("usage")
+        doc["usage"] = _clean_usage(usage) if isinstance(usage, dict) else None
+    else:
+        doc.pop("usage", None)
+    return doc

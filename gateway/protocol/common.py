@@ -1,0 +1,54 @@
+"""Decoding request bodies into typed structs, with OpenAI-style errors naming the field."""
+
+from __future__ import annotations
+
+import re
+from typing import TypeVar
+
+import msgspec
+
+from gateway.errors import BadRequest
+
+T = TypeVar("T")
+
+_MISSING = re.compile(r"missing required field `(?P<field>[^`]+)`")
+_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def decode_request(body: bytes, type_: type[T]) -> T:
+    """Decode JSON into `type_`; unknown fields are ignored, wrong types are a 400."""
+    if not body:
+        raise BadRequest("The request body is empty; expected a JSON object.")
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        m = _AT.search(text)
+        param = None
+        if m:
+            param = _param_name(m.group("path"))
+            text = text[: m.start()]
+        missing = _MISSING.search(text)
+        if missing:
+            field = missing.group("field")
+            param = f"{param}.{field}" if param else field
+            raise BadRequest(f"Missing required parameter: '{param}'.", param=param) from None
+        if param:
+            raise BadRequest(f"Invalid value for '{param}': {text}", param=param) from None
+        raise BadRequest(f"Invalid request body: {text}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(
+            f"We could not parse the JSON body of your request ({e}). "
+            "The body must be valid UTF-8 JSON.",
+            code="invalid_json",
+        ) from None
+
+
+def _param_name(path: str) -> str:
+    # msgspec paths look like `messages[0].content`; OpenAI names params the same way.
+    return path.lstrip(".")
+
+
+class StreamOptions(msgspec.Struct, omit_defaults=True):
+    include_usage: bool | None = None
+    continuous_usage_stats: bool | None = None

@@ -1,0 +1,74 @@
+"""The OpenAI-compatible routes: chat completions, completions, models."""
+
+from __future__ import annotations
+
+from litestar import Request, Response, get, post
+from litestar.response import Stream
+
+from gateway.errors import ModelNotFound
+from gateway.inference import CallContext
+from gateway.inference import Request as InferenceRequest
+from gateway.middleware import request_id_of
+from gateway.protocol.chat import ChatCompletionRequest
+from gateway.protocol.common import decode_request
+from gateway.protocol.completions import CompletionRequest
+from gateway.protocol.models import Model, ModelList
+from gateway.routes.common import JSON, authorize, read_body, services_of
+from metering.usage import Endpoint
+from serving.registry import ModelRegistry, UnknownModel
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def _serve(request: Request, endpoint: Endpoint, req: InferenceRequest) -> Response:
+    svc = services_of(request)
+    key = request.scope["royalty.key"]  # type: ignore[typeddict-item]
+    ctx = CallContext(request_id_of(request.scope), key, endpoint)
+    if req.stream:
+        frames = await svc.inference.open_stream(ctx, req)
+        return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+    return Response(await svc.inference.complete(ctx, req), media_type=JSON)
+
+
+@post("/v1/chat/completions", status_code=200)
+async def chat_completions(request: Request) -> Response:
+    await authorize(request, "inference")
+    req = decode_request(await read_body(request), ChatCompletionRequest)
+    return await _serve(request, "chat.completions", req)
+
+
+@post("/v1/completions", status_code=200)
+async def completions(request: Request) -> Response:
+    await authorize(request, "inference")
+    req = decode_request(await read_body(request), CompletionRequest)
+    return await _serve(request, "completions", req)
+
+
+def _models(registry: ModelRegistry) -> list[Model]:
+    out = [Model(id=b.name, created=b.created, owned_by=b.owned_by) for b in registry.bases]
+    out += [
+        Model(id=a.name, created=a.created, owned_by=a.owned_by, parent=a.base, root=a.base)
+        for a in registry.adapters
+    ]
+    return out
+
+
+@get("/v1/models")
+async def list_models(request: Request) -> ModelList:
+    await authorize(request, "inference")
+    return ModelList(data=_models(services_of(request).registry))
+
+
+@get("/v1/models/{model_id:path}")
+async def retrieve_model(request: Request, model_id: str) -> Model:
+    await authorize(request, "inference")
+    name = model_id.lstrip("/")
+    registry = services_of(request).registry
+    try:
+        registry.resolve(name)
+    except UnknownModel:
+        raise ModelNotFound(name) from None
+    return next(m for m in _models(registry) if m.id == name)
+
+
+ROUTES = [chat_completions, completions, list_models, retrieve_model]

@@ -1,0 +1,135 @@
+"""The running system, built from `Settings`: database, keys, usage log and shipper, models,
+engines (supervised locally or external), and the inference service. One place owns their
+start and stop order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.auth import Authenticator, PostgresKeyStore
+from gateway.container import Services
+from gateway.db import create_engine, migrate, resolve_database_url
+from gateway.inference import InferenceService
+from gateway.ratelimit import RateLimiter
+from gateway.settings import Settings
+from metering.shipper import UsageShipper
+from metering.usage_log import UsageLog
+from metering.usage_store import PostgresUsageStore
+from serving.engine import VLLMHttpEngine
+from serving.placement import AdapterPlacement
+from serving.pool import EngineHandle, EnginePool
+from serving.registry import ModelRegistry
+from serving.supervisor import EngineSupervisor, VLLMServerSpec
+
+log = logging.getLogger(__name__)
+
+
+def demo_models_dir(settings: Settings, *, progress: bool = True) -> Path:
+    """The model tree to serve: the configured one, or the demo models (built once)."""
+    if settings.models_dir is not None:
+        return settings.models_dir
+    from serving.factory import build_demo_models
+
+    return build_demo_models(settings.data_dir / "models", progress=progress).root
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: AsyncEngine | None = None
+    usage_log: UsageLog | None = None
+    shipper: UsageShipper | None = None
+    supervisors: list[EngineSupervisor] = field(default_factory=list)
+    services: Services | None = None
+
+    async def start(self, *, models_dir: Path | None = None) -> Services:
+        s = self.settings
+        s.data_dir.mkdir(parents=True, exist_ok=True)
+        url = resolve_database_url(s.database_url, s.data_dir)
+        self.db = create_engine(url)
+        await migrate(self.db)
+
+        self.usage_log = UsageLog(s.resolved_usage_log_dir)
+        await self.usage_log.open()
+        self.shipper = UsageShipper(
+            self.usage_log,
+            PostgresUsageStore(self.db),
+            batch_size=s.ship_batch_size,
+            interval_s=s.ship_interval_s,
+        )
+        self.shipper.start()
+
+        tree = models_dir or demo_models_dir(s)
+        registry = ModelRegistry.from_manifest(tree, s.base_model)
+        base = registry.bases[0]
+        pool = EnginePool(self._engines(base.name, base.path))
+        if s.engine_urls:
+            pool.start_health_checks()
+        else:
+            for sup in self.supervisors:
+                await sup.start()
+
+        inference = InferenceService(
+            registry,
+            pool,
+            RateLimiter(),
+            self.usage_log.append,
+            default_rpm=s.default_rpm,
+            default_tpm=s.default_tpm,
+        )
+        self.services = Services(
+            settings=s,
+            auth=Authenticator(PostgresKeyStore(self.db), ttl_s=s.key_cache_ttl_s),
+            registry=registry,
+            pool=pool,
+            inference=inference,
+        )
+        return self.services
+
+    def _engines(self, base_name: str, base_path: str) -> list[EngineHandle]:
+        s = self.settings
+        if s.engine_urls:
+            clients = [VLLMHttpEngine(u, timeout_s=s.engine_timeout_s) for u in s.engine_urls]
+            return [EngineHandle(c, AdapterPlacement(c, s.max_loras)) for c in clients]
+        spec = VLLMServerSpec(
+            model_path=base_path,
+            served_name=base_name,
+            port=s.engine_port,
+            max_loras=s.max_loras,
+            max_lora_rank=s.max_lora_rank,
+            max_model_len=s.max_model_len,
+        )
+        client = VLLMHttpEngine(spec.url, name=f"local:{spec.port}", timeout_s=s.engine_timeout_s)
+        handle = EngineHandle(client, AdapterPlacement(client, s.max_loras))
+        self.supervisors.append(
+            EngineSupervisor(spec, handle, s.data_dir / "logs" / f"vllm-{spec.port}.log")
+        )
+        return [handle]
+
+    async def wait_ready(self, timeout_s: float = 300.0) -> None:
+        assert self.services is not None
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while not self.services.pool.ready():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("no engine became ready")
+            await asyncio.sleep(0.25)
+
+    async def stop(self) -> None:
+        """Finish usage writes, ship everything to Postgres, then stop engines."""
+        if self.services is not None:
+            await self.services.inference.drain()
+        if self.shipper is not None:
+            await self.shipper.stop(flush=True)
+        if self.usage_log is not None:
+            await self.usage_log.close()
+        for sup in self.supervisors:
+            await sup.stop()
+        if self.services is not None:
+            await self.services.pool.close()
+        if self.db is not None:
+            await self.db.dispose()

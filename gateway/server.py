@@ -1,0 +1,73 @@
+"""`royalty up`: the runtime behind uvicorn, with the banner a new user needs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+from rich.console import Console
+
+from gateway.app import create_app
+from gateway.auth import PostgresKeyStore
+from gateway.runtime import Runtime
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+out = Console()
+
+
+async def serve(settings: Settings, *, demo_key: bool = True) -> None:
+    runtime = Runtime(settings)
+    services = await runtime.start()
+    app = create_app(services, on_shutdown=[runtime.stop])
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
+        timeout_graceful_shutdown=30,
+    )
+    server = uvicorn.Server(config)
+    banner = asyncio.create_task(_banner(runtime, settings, demo_key))
+    try:
+        await server.serve()
+    finally:
+        banner.cancel()
+
+
+async def _banner(runtime: Runtime, settings: Settings, demo_key: bool) -> None:
+    await runtime.wait_ready(timeout_s=900)
+    assert runtime.services is not None and runtime.db is not None
+    base = f"http://{settings.host}:{settings.port}/v1"
+    models = [m.name for m in runtime.services.registry.bases] + [
+        a.name for a in runtime.services.registry.adapters
+    ]
+    out.print(f"[bold green]Royalty is up[/] at [bold]{base}[/]  models: {', '.join(models)}")
+    if not demo_key:
+        return
+    key, _ = await PostgresKeyStore(runtime.db).create("demo", frozenset({"inference"}), None, None)
+    adapter = (
+        runtime.services.registry.adapters[0].name
+        if runtime.services.registry.adapters
+        else models[0]
+    )
+    out.print(f"demo API key (account 'demo'): [bold]{key}[/]")
+    out.print(
+        "try it:\n"
+        f'  OPENAI_BASE_URL={base} OPENAI_API_KEY={key} {_python()} -c "from openai import OpenAI; '
+        f"print(OpenAI().completions.create(model='{adapter}', prompt='Recipe:', max_tokens=40)"
+        '.choices[0].text)"',
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable

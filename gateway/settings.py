@@ -1,0 +1,67 @@
+"""Settings, built once (from the environment or the CLI) and injected; nothing reads them at
+import time."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path(".royalty")
+    database_url: str | None = None
+    """None means: run the embedded PostgreSQL under `data_dir/pg`."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    engine_urls: tuple[str, ...] = ()
+    """External vLLM servers. Empty means: start and supervise one engine locally."""
+    base_model: str | None = None
+    """Served name of the base model; taken from the demo manifest when not set."""
+    models_dir: Path | None = None
+    """A built model tree (manifest.json, base/, adapters/); None means the demo models."""
+    engine_port: int = 8100
+    max_loras: int = 4
+    max_lora_rank: int = 8
+    max_model_len: int = 512
+    max_body_bytes: int = 1 << 20
+    max_tokens_cap: int = 4096
+    default_rpm: int = 600
+    default_tpm: int = 200_000
+    key_cache_ttl_s: float = 30.0
+    usage_log_dir: Path | None = None
+    ship_interval_s: float = 0.2
+    ship_batch_size: int = 5000
+    engine_timeout_s: float = 600.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def resolved_usage_log_dir(self) -> Path:
+        return self.usage_log_dir or self.data_dir / "usage-log"
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        s = cls()
+        urls = tuple(u for u in e.get("ROYALTY_ENGINE_URLS", "").split(",") if u.strip())
+        return s.with_(
+            data_dir=Path(e["ROYALTY_HOME"]) if "ROYALTY_HOME" in e else None,
+            database_url=e.get("DATABASE_URL") or None,
+            host=e.get("ROYALTY_HOST"),
+            port=int(e["ROYALTY_PORT"]) if "ROYALTY_PORT" in e else None,
+            engine_urls=urls or None,
+            base_model=e.get("ROYALTY_BASE_MODEL"),
+            models_dir=Path(e["ROYALTY_MODELS_DIR"]) if "ROYALTY_MODELS_DIR" in e else None,
+            usage_log_dir=Path(e["ROYALTY_USAGE_LOG_DIR"])
+            if "ROYALTY_USAGE_LOG_DIR" in e
+            else None,
+            ship_interval_s=float(e["ROYALTY_SHIP_INTERVAL_S"])
+            if "ROYALTY_SHIP_INTERVAL_S" in e
+            else None,
+        )

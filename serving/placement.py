@@ -1,0 +1,102 @@
+"""Adapter placement inside one engine: load on first use, LRU eviction within its LoRA slots.
+
+vLLM's runtime LoRA API loads adapters while serving. Concurrent first requests for one adapter
+share a single load (single-flight); when the slots are full the least recently used adapter
+with no request in flight is unloaded first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from serving.engine import EngineClient
+from serving.registry import Adapter
+
+
+@dataclass(slots=True)
+class PlacementStats:
+    loads: int = 0
+    evictions: int = 0
+    load_seconds: float = 0.0
+
+
+class AdapterPlacement:
+    def __init__(self, engine: EngineClient, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("an engine needs at least one LoRA slot")
+        self.engine = engine
+        self.slots = slots
+        self.stats = PlacementStats()
+        self._loaded: OrderedDict[str, None] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[None]] = {}
+        self._in_flight: Counter[str] = Counter()
+        self._slot_freed = asyncio.Event()
+
+    def holds(self, name: str) -> bool:
+        return name in self._loaded
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
+
+    def reset(self) -> None:
+        """The engine restarted: it holds no adapters any more."""
+        self._loaded.clear()
+
+    @asynccontextmanager
+    async def use(self, adapter: Adapter) -> AsyncIterator[None]:
+        """Hold `adapter` loaded for the duration of one request."""
+        await self._ensure(adapter)
+        self._in_flight[adapter.name] += 1
+        try:
+            yield
+        finally:
+            # Synchronous on purpose: this runs while a cancelled request unwinds.
+            self._in_flight[adapter.name] -= 1
+            if self._in_flight[adapter.name] <= 0:
+                del self._in_flight[adapter.name]
+                self._slot_freed.set()
+
+    async def _ensure(self, adapter: Adapter) -> None:
+        while True:
+            if adapter.name in self._loaded:
+                self._loaded.move_to_end(adapter.name)
+                return
+            pending = self._loading.get(adapter.name)
+            if pending is not None:
+                await asyncio.shield(pending)
+                continue
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._loading[adapter.name] = fut
+            try:
+                await self._make_room()
+                started = time.perf_counter()
+                await self.engine.load_adapter(adapter.name, adapter.path)
+                self.stats.loads += 1
+                self.stats.load_seconds += time.perf_counter() - started
+                self._loaded[adapter.name] = None
+                fut.set_result(None)
+            except BaseException as e:
+                fut.set_exception(e)
+                fut.exception()  # waiters re-raise it; don't warn about it never being read
+                raise
+            finally:
+                del self._loading[adapter.name]
+            return
+
+    async def _make_room(self) -> None:
+        while len(self._loaded) + len(self._loading) > self.slots:
+            victim = next((n for n in self._loaded if self._in_flight[n] == 0), None)
+            if victim is None:
+                # Every slot serves a request right now: wait for one to finish.
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            del self._loaded[victim]
+            await self.engine.unload_adapter(victim)
+            self.stats.evictions += 1
