@@ -13,6 +13,7 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ import msgspec
 from gateway.auth import KeyInfo
 from gateway.errors import ApiError, BadRequest, ModelNotFound, RateLimited, ServiceUnavailable
 from gateway.protocol import chat, completions
+from gateway.protocol.common import UsageMode
 from gateway.ratelimit import RateLimiter
 from metering.usage import Endpoint, UsageRecord, UsageStatus
 from serving.engine import EngineHTTPError, EngineUnavailable
@@ -197,37 +199,20 @@ class InferenceService:
         status: UsageStatus = "client_cancelled"
         http_status = 200
         error_type: str | None = None
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        continuous = bool(req.stream_options and req.stream_options.continuous_usage_stats)
-        normalise = (
-            chat.normalise_chunk
-            if ctx.endpoint == "chat.completions"
-            else completions.normalise_chunk
-        )
+        relay = _ChunkRelay(ctx, req, out)
         body = self._engine_body(req, target, stream=True)
         try:
             for attempt in range(2):
                 try:
                     async with self.pool.lease(target) as handle:
                         ctx.engine = handle.name
-                        async for payload in handle.client.stream(_PATHS[ctx.endpoint], body):
-                            doc = msgspec.json.decode(payload)
-                            usage = doc.get("usage")
-                            if usage:
-                                out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                                out.completion_tokens = int(usage.get("completion_tokens") or 0)
-                            choices = doc.get("choices") or ()
-                            if not choices and not include_usage:
-                                continue  # the final usage chunk the client did not ask for
-                            for c in choices:
-                                delta = c.get("delta")
-                                piece = delta.get("content") if delta else c.get("text")
-                                if piece and ctx.first_token is None:
-                                    ctx.first_token = time.perf_counter()
-                                out.add(c.get("index", 0), piece)
-                            keep = include_usage and (continuous or not choices)
-                            doc = normalise(doc, req.model, keep_usage=keep)
-                            yield b"data: " + msgspec.json.encode(doc) + b"\n\n"
+                        stream = handle.client.stream(_PATHS[ctx.endpoint], body)
+                        # aclosing: an abandoned stream must close the engine request now.
+                        async with aclosing(stream) as chunks:  # type: ignore[type-var]
+                            async for payload in chunks:
+                                frame = relay.frame(payload)
+                                if frame is not None:
+                                    yield frame
                     break
                 except EngineHTTPError as e:
                     if attempt == 0 and not out.texts and self._adapter_vanished(e, target, handle):
@@ -302,6 +287,45 @@ class InferenceService:
         except Exception:
             log.exception("usage record %s could not be written", ctx.request_id)
             raise
+
+
+class _ChunkRelay:
+    """Turns engine stream chunks into the client's frames, noting usage and output."""
+
+    def __init__(self, ctx: CallContext, req: Request, out: _Output) -> None:
+        self.ctx = ctx
+        self.model = req.model
+        self.out = out
+        opts = req.stream_options
+        self.include_usage = bool(opts and opts.include_usage)
+        self.continuous = bool(opts and opts.continuous_usage_stats)
+        self.normalise = (
+            chat.normalise_chunk
+            if ctx.endpoint == "chat.completions"
+            else completions.normalise_chunk
+        )
+
+    def frame(self, payload: bytes) -> bytes | None:
+        doc = msgspec.json.decode(payload)
+        usage = doc.get("usage")
+        if usage:
+            self.out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.out.completion_tokens = int(usage.get("completion_tokens") or 0)
+        choices = doc.get("choices") or ()
+        if not choices and not self.include_usage:
+            return None  # the final usage chunk, which this client did not ask for
+        for c in choices:
+            delta = c.get("delta")
+            piece = delta.get("content") if delta else c.get("text")
+            if piece and self.ctx.first_token is None:
+                self.ctx.first_token = time.perf_counter()
+            self.out.add(c.get("index", 0), piece)
+        mode: UsageMode = "omit"
+        if self.include_usage:
+            mode = "keep" if self.continuous or not choices else "null"
+        return (
+            b"data: " + msgspec.json.encode(self.normalise(doc, self.model, usage=mode)) + b"\n\n"
+        )
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -98,7 +98,8 @@ class FakeEngine:
                         "usage": self._usage(prompt_tokens, n),
                     }  # fmt: skip
                 )
-        except GeneratorExit:
+        except (GeneratorExit, asyncio.CancelledError):
+            # The client went away: closed at a yield or cancelled mid-sleep.
             self.aborted += 1
             raise
 

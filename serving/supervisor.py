@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from serving.pool import EngineHandle
 
@@ -97,7 +98,7 @@ class EngineSupervisor:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        logf = open(self.log_path, "ab")
+        logf = _open_log(self.log_path)
         try:
             return await asyncio.create_subprocess_exec(
                 *self.spec.argv(),
@@ -166,3 +167,7 @@ class EngineSupervisor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self.handle.mark_down()
+
+
+def _open_log(path: Path) -> BinaryIO:
+    return open(path, "ab")  # handed to the child as stdout/stderr, closed after the spawn

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from gateway.protocol.common import StreamOptions
+from gateway.protocol.common import StreamOptions, UsageMode, apply_usage_mode, clean_usage
 
 Temperature = Annotated[float, Meta(ge=0, le=2)]
 Penalty = Annotated[float, Meta(ge=-2, le=2)]
@@ -68,11 +68,6 @@ _MESSAGE_DROP_IF_NULL = ("annotations", "audio", "function_call", "tool_calls",
                          "reasoning_content", "reasoning")  # fmt: skip
 
 
-def _clean_usage(usage: dict[str, Any]) -> dict[str, Any]:
-    # vLLM sends null token details; OpenAI's schema wants an object or nothing.
-    return {k: v for k, v in usage.items() if v is not None}
-
-
 def normalise_response(doc: dict[str, Any], model: str) -> dict[str, Any]:
     doc["model"] = model
     for key in ("prompt_logprobs", "prompt_token_ids", "kv_transfer_params",
@@ -93,11 +88,11 @@ def normalise_response(doc: dict[str, Any], model: str) -> dict[str, Any]:
         if choice.get("token_ids") is None:
             choice.pop("token_ids", None)
     if isinstance(doc.get("usage"), dict):
-        doc["usage"] = _clean_usage(doc["usage"])
+        doc["usage"] = clean_usage(doc["usage"])
     return doc
 
 
-def normalise_chunk(doc: dict[str, Any], model: str, *, keep_usage: bool) -> dict[str, Any]:
+def normalise_chunk(doc: dict[str, Any], model: str, *, usage: UsageMode) -> dict[str, Any]:
     doc["model"] = model
     for key in ("prompt_token_ids", "kv_transfer_params", "system_fingerprint", "service_tier"):
         if doc.get(key) is None:
@@ -116,9 +111,5 @@ def normalise_chunk(doc: dict[str, Any], model: str, *, keep_usage: bool) -> dic
             choice.pop("stop_reason", None)
         if choice.get("token_ids") is None:
             choice.pop("token_ids", None)
-    if keep_usage:
-        usage = doc.get("usage")
-        doc["usage"] = _clean_usage(usage) if isinstance(usage, dict) else None
-    else:
-        doc.pop("usage", None)
+    apply_usage_mode(doc, usage)
     return doc

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -52,3 +52,23 @@ def _param_name(path: str) -> str:
 class StreamOptions(msgspec.Struct, omit_defaults=True):
     include_usage: bool | None = None
     continuous_usage_stats: bool | None = None
+
+
+UsageMode = Literal["keep", "null", "omit"]
+"""How a stream chunk carries `usage`: OpenAI sends `null` on every chunk but the last when the
+client asked for usage, and no `usage` key at all when it did not."""
+
+
+def clean_usage(usage: dict[str, Any]) -> dict[str, Any]:
+    # vLLM sends null token details; OpenAI's schema wants an object or nothing.
+    return {k: v for k, v in usage.items() if v is not None}
+
+
+def apply_usage_mode(doc: dict[str, Any], mode: UsageMode) -> None:
+    if mode == "omit":
+        doc.pop("usage", None)
+    elif mode == "null":
+        doc["usage"] = None
+    else:
+        usage = doc.get("usage")
+        doc["usage"] = clean_usage(usage) if isinstance(usage, dict) else None

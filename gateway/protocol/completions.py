@@ -9,7 +9,7 @@ from msgspec import Meta
 
 from gateway.errors import BadRequest
 from gateway.protocol.chat import Choices, Penalty, Probability, Temperature, TokenCount
-from gateway.protocol.common import StreamOptions
+from gateway.protocol.common import StreamOptions, UsageMode, apply_usage_mode, clean_usage
 
 
 class CompletionRequest(msgspec.Struct, omit_defaults=True):
@@ -78,16 +78,13 @@ def normalise_response(doc: dict[str, Any], model: str) -> dict[str, Any]:
             if choice.get(key) is None:
                 choice.pop(key, None)
     if isinstance(doc.get("usage"), dict):
-        doc["usage"] = {k: v for k, v in doc["usage"].items() if v is not None}
+        doc["usage"] = clean_usage(doc["usage"])
     return doc
 
 
-def normalise_chunk(doc: dict[str, Any], model: str, *, keep_usage: bool) -> dict[str, Any]:
+def normalise_chunk(doc: dict[str, Any], model: str, *, usage: UsageMode) -> dict[str, Any]:
     doc = normalise_response(doc, model)
     for choice in doc.get("choices", ()):
         choice.setdefault("finish_reason", None)
-    if not keep_usage:
-        doc.pop("usage", None)
-    elif "usage" not in doc:
-        doc["usage"] = None
+    apply_usage_mode(doc, usage)
     return doc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 
@@ -9,7 +11,7 @@ class Model(msgspec.Struct, omit_defaults=True):
     id: str
     created: int
     owned_by: str
-    object: str = "model"
+    object: Literal["model"]
     parent: str | None = None
     """For an adapter: the base model it runs on (as vLLM reports LoRA modules)."""
     root: str | None = None
@@ -17,4 +19,4 @@ class Model(msgspec.Struct, omit_defaults=True):
 
 class ModelList(msgspec.Struct):
     data: list[Model]
-    object: str = "list"
+    object: Literal["list"] = "list"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from gateway.errors import ModelNotFound
@@ -45,9 +46,19 @@ async def completions(request: Request) -> Response:
 
 
 def _models(registry: ModelRegistry) -> list[Model]:
-    out = [Model(id=b.name, created=b.created, owned_by=b.owned_by) for b in registry.bases]
+    out = [
+        Model(id=b.name, created=b.created, owned_by=b.owned_by, object="model")
+        for b in registry.bases
+    ]
     out += [
-        Model(id=a.name, created=a.created, owned_by=a.owned_by, parent=a.base, root=a.base)
+        Model(
+            id=a.name,
+            created=a.created,
+            owned_by=a.owned_by,
+            object="model",
+            parent=a.base,
+            root=a.base,
+        )
         for a in registry.adapters
     ]
     return out
@@ -60,7 +71,7 @@ async def list_models(request: Request) -> ModelList:
 
 
 @get("/v1/models/{model_id:path}")
-async def retrieve_model(request: Request, model_id: str) -> Model:
+async def retrieve_model(request: Request, model_id: FromPath[str]) -> Model:
     await authorize(request, "inference")
     name = model_id.lstrip("/")
     registry = services_of(request).registry
