@@ -23,7 +23,7 @@ def request_id_of(scope: Any) -> str:
     rid = state.get(REQUEST_ID_KEY)
     if rid is None:
         rid = state[REQUEST_ID_KEY] = new_request_id()
-    return rid  # type: ignore[no-any-return]
+    return rid
 
 
 async def add_request_id(message: Message, scope: Scope) -> None:

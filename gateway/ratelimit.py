@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -24,8 +25,8 @@ class _Bucket:
 
 
 class RateLimiter:
-    def __init__(self, clock: type[time.monotonic] | None = None) -> None:
-        self._clock = clock or time.monotonic
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._requests: dict[int, _Bucket] = {}
         self._tokens: dict[int, _Bucket] = {}
 

@@ -54,8 +54,7 @@ class Runtime:
         self.db = create_engine(url)
         await migrate(self.db)
 
-        self.usage_log = UsageLog(s.resolved_usage_log_dir)
-        await self.usage_log.open()
+        self.usage_log = await UsageLog.open(s.resolved_usage_log_dir)
         self.shipper = UsageShipper(
             self.usage_log,
             PostgresUsageStore(self.db),

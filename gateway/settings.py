@@ -55,6 +55,7 @@ class Settings:
             database_url=e.get("DATABASE_URL") or None,
             host=e.get("ROYALTY_HOST"),
             port=int(e["ROYALTY_PORT"]) if "ROYALTY_PORT" in e else None,
+            engine_port=int(e["ROYALTY_ENGINE_PORT"]) if "ROYALTY_ENGINE_PORT" in e else None,
             engine_urls=urls or None,
             base_model=e.get("ROYALTY_BASE_MODEL"),
             models_dir=Path(e["ROYALTY_MODELS_DIR"]) if "ROYALTY_MODELS_DIR" in e else None,

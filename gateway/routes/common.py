@@ -17,7 +17,7 @@ JSON = "application/json"
 
 
 def services_of(request: Request) -> Services:
-    return request.app.state["services"]  # type: ignore[no-any-return]
+    return request.app.state["services"]
 
 
 async def authorize(request: Request, scope: str) -> KeyInfo:

@@ -1,0 +1,55 @@
+"""End-to-end fixtures: the demo models (built once, cached), a real vLLM CPU server, a fresh
+database, and `royalty up` as a child process."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+
+from pg import fresh_database
+from procs import REPO, Gateway, vllm_server
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="session")
+def demo_models():  # type: ignore[no-untyped-def]
+    from serving.factory import build_demo_models
+
+    return build_demo_models(REPO / ".royalty" / "models", progress=False)
+
+
+@pytest.fixture(scope="session")
+def vllm_url(demo_models, tmp_path_factory) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    with vllm_server(str(demo_models.base_path), demo_models.base_name, log) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def gateway(vllm_url, database_url, demo_models, tmp_path_factory) -> Iterator[Gateway]:  # type: ignore[no-untyped-def]
+    gw = Gateway(
+        tmp_path_factory.mktemp("gateway"),
+        [
+            "--engine-url",
+            vllm_url,
+            "--models-dir",
+            str(demo_models.root),
+            "--database-url",
+            database_url,
+        ],  # fmt: skip
+    ).start()
+    yield gw
+    code = gw.stop()
+    assert code == 0, gw.log()[-3000:]

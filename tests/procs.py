@@ -1,0 +1,119 @@
+"""Starting and stopping the real processes end-to-end tests run: vLLM and the gateway."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from serving.supervisor import VLLMServerSpec
+
+REPO = Path(__file__).resolve().parents[1]
+ROYALTY = str(Path(sys.executable).with_name("royalty"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} was ready")
+        try:
+            r = httpx.get(url, timeout=2)
+            if r.status_code == 200:
+                return
+            last = r.status_code
+        except httpx.HTTPError as e:
+            last = e
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready in {timeout_s}s (last: {last})")
+
+
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode
+
+
+@contextlib.contextmanager
+def vllm_server(base_path: str, served_name: str, log_path: Path) -> Iterator[str]:
+    spec = VLLMServerSpec(model_path=base_path, served_name=served_name, port=free_port())
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            spec.argv(), env=spec.env(), stdout=log, stderr=log, start_new_session=True
+        )
+    try:
+        wait_http(spec.url + "/health", 300, proc)
+        yield spec.url
+    finally:
+        stop(proc)
+
+
+class Gateway:
+    """`royalty up` as a child process, restartable on the same data directory."""
+
+    def __init__(self, data_dir: Path, args: list[str], env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.args = args
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / "gateway.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, wait: bool = True, timeout_s: float = 300) -> Gateway:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [ROYALTY, "up", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                "--no-demo-key", *self.args]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, env=self.env, stdout=log, stderr=log, start_new_session=True
+            )
+        if wait:
+            wait_http(self.base_url + "/healthz", timeout_s, self.proc)
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()  # SIGKILL the gateway alone: its log must carry what was answered
+        self.proc.wait()
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        return stop(self.proc)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def create_key(database_url: str, account: str, *extra: str) -> str:
+    out = subprocess.run(
+        [ROYALTY, "keys", "create", "--account", account, "--database-url", database_url, *extra],
+        check=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    key = out.stdout.strip()
+    assert key.startswith("rk-") and "\n" not in key, out.stdout
+    return key
