@@ -166,7 +166,7 @@ class FakeEngine:
         usage = self._usage(self._prompt_tokens(req), n)
         created = int(time.time())
         if path.endswith("chat/completions"):
-            message = {"role": "assistant", "content": text, "refusal": None,
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None,
                        "annotations": None, "audio": None, "function_call": None,
                        "tool_calls": [], "reasoning_content": None}  # fmt: skip
             return {"id": "chatcmpl-" + uuid.uuid4().hex, "object": "chat.completion",

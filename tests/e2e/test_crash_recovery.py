@@ -41,7 +41,7 @@ def test_kill_9_after_complete_responses_loses_nothing(vllm_url, demo_models, tm
         h = {"Authorization": f"Bearer {key}"}
         ids = []
         try:
-            for i in range(3):
+            for _ in range(3):
                 r = httpx.post(gw.base_url + "/v1/completions", headers=h, timeout=60,
                                json={"model": "recipes", "prompt": "Recipe:", "max_tokens": 4})  # fmt: skip
                 assert r.status_code == 200

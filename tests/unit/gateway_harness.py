@@ -34,7 +34,9 @@ class Harness:
         return k
 
 
-def make_harness(*, settings: Settings | None = None, slots: int = 2, **engine_kw: object) -> Harness:
+def make_harness(
+    *, settings: Settings | None = None, slots: int = 2, **engine_kw: object
+) -> Harness:
     settings = settings or Settings(max_body_bytes=64 * 1024)
     engine = FakeEngine(**engine_kw)  # type: ignore[arg-type]
     registry = ModelRegistry()
