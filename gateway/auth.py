@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 SCOPES = frozenset({"inference", "contributor", "curator", "admin"})
@@ -48,6 +49,10 @@ def check_scopes(scopes: Iterable[str]) -> frozenset[str]:
     if unknown or not s:
         raise ValueError(f"unknown scopes {sorted(unknown)}; choose from {sorted(SCOPES)}")
     return s
+
+
+class KeyStoreUnavailable(Exception):
+    """The key database cannot be reached."""
 
 
 class KeyStore(Protocol):
@@ -113,8 +118,11 @@ class PostgresKeyStore:
         return key, KeyInfo(key_id, account_id, account, scopes, rpm, tpm)
 
     async def lookup(self, key_digest: bytes) -> KeyInfo | None:
-        async with self.engine.connect() as conn:
-            row = (await conn.execute(LOOKUP_KEY, {"digest": key_digest})).first()
+        try:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(LOOKUP_KEY, {"digest": key_digest})).first()
+        except (SQLAlchemyError, OSError) as e:
+            raise KeyStoreUnavailable(str(e.__class__.__name__)) from e
         if row is None:
             return None
         return KeyInfo(row[0], row[1], row[2], frozenset(row[3]), row[4], row[5])
@@ -150,7 +158,10 @@ class InMemoryKeyStore:
 
 
 class Authenticator:
-    """Bearer key → `KeyInfo`, with a short positive and negative cache."""
+    """Bearer key → `KeyInfo`, with a short positive and negative cache.
+
+    While the key database is unreachable, keys seen before keep working from the stale cache
+    (usage is captured locally regardless), and unknown keys get a 503, not a 401."""
 
     def __init__(self, store: KeyStore, ttl_s: float = 30.0, max_entries: int = 100_000):
         self.store = store
@@ -164,7 +175,12 @@ class Authenticator:
         hit = self._cache.get(d)
         if hit is not None and hit[0] > now:
             return hit[1]
-        info = await self.store.lookup(d)
+        try:
+            info = await self.store.lookup(d)
+        except KeyStoreUnavailable:
+            if hit is not None and hit[1] is not None:
+                return hit[1]
+            raise
         if len(self._cache) >= self.max_entries:
             self._cache.clear()
         # Unknown keys are cached for less time so a fresh key works almost at once.

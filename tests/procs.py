@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,17 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+from pg import free_port
 
 from serving.supervisor import VLLMServerSpec
 
 REPO = Path(__file__).resolve().parents[1]
 ROYALTY = str(Path(sys.executable).with_name("royalty"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:

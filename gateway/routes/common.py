@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from litestar import Request
 from litestar.exceptions import ClientException
 
-from gateway.auth import KeyInfo
-from gateway.errors import Forbidden, PayloadTooLarge, Unauthorized
+from gateway.auth import KeyInfo, KeyStoreUnavailable
+from gateway.errors import Forbidden, PayloadTooLarge, ServiceUnavailable, Unauthorized
 
 if TYPE_CHECKING:
     from gateway.container import Services
@@ -28,7 +28,14 @@ async def authorize(request: Request, scope: str) -> KeyInfo:
         raise Unauthorized(
             "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'."
         )
-    info = await services_of(request).auth.authenticate(token.strip())
+    try:
+        info = await services_of(request).auth.authenticate(token.strip())
+    except KeyStoreUnavailable:
+        raise ServiceUnavailable(
+            "API keys cannot be checked right now; please retry shortly.",
+            code="auth_unavailable",
+            headers={"Retry-After": "2"},
+        ) from None
     if info is None:
         raise Unauthorized("Incorrect API key provided.")
     if not info.allows(scope):

@@ -3,18 +3,12 @@ database, and `royalty up` as a child process."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-
-from pg import fresh_database
+from pg import create_database, drop_database
 from procs import REPO, Gateway, vllm_server
 
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="session")
@@ -32,9 +26,22 @@ def vllm_url(demo_models, tmp_path_factory) -> Iterator[str]:  # type: ignore[no
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    with fresh_database() as url:
+async def database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    """One database for the session's gateway (it runs the migrations itself)."""
+    url = await create_database(postgres_server_url)
+    try:
         yield url
+    finally:
+        await drop_database(postgres_server_url, url)
+
+
+@pytest.fixture
+async def fresh_database_url(postgres_server_url: str) -> AsyncIterator[str]:
+    url = await create_database(postgres_server_url)
+    try:
+        yield url
+    finally:
+        await drop_database(postgres_server_url, url)
 
 
 @pytest.fixture(scope="session")

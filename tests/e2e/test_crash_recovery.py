@@ -9,7 +9,6 @@ import time
 import asyncpg
 import httpx
 import pytest
-from pg import fresh_database
 from procs import Gateway, create_key
 
 pytestmark = pytest.mark.e2e
@@ -25,8 +24,11 @@ async def _rows(url: str, rid: str) -> int:
         await conn.close()
 
 
-def test_kill_9_after_complete_responses_loses_nothing(vllm_url, demo_models, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with fresh_database() as db:
+def test_kill_9_after_complete_responses_loses_nothing(
+    vllm_url, demo_models, tmp_path, fresh_database_url
+) -> None:  # type: ignore[no-untyped-def]
+    db = fresh_database_url
+    if True:
         args = [
             "--engine-url",
             vllm_url,

@@ -99,3 +99,20 @@ def test_rate_limiter_refills_over_time() -> None:
     wait = rl.admit(1, rpm=100, tpm=60)
     assert wait is not None and wait > 60
     assert RateLimiter.retry_after_header(0.2) == "1"
+
+
+async def test_known_keys_survive_a_key_store_outage() -> None:
+    from gateway.auth import Authenticator, InMemoryKeyStore, KeyStoreUnavailable
+
+    store = InMemoryKeyStore()
+    key, info = await store.create("acme", frozenset({"inference"}), None, None)
+    auth = Authenticator(store, ttl_s=0.0)  # every call goes to the store
+    assert await auth.authenticate(key) == info
+
+    async def down(_: bytes) -> None:
+        raise KeyStoreUnavailable("down")
+
+    store.lookup = down  # type: ignore[method-assign]
+    assert await auth.authenticate(key) == info  # stale but known: keep serving
+    with pytest.raises(KeyStoreUnavailable):
+        await auth.authenticate("rk-never-seen")
