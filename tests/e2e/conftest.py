@@ -10,7 +10,6 @@ from pg import create_database, drop_database
 from procs import REPO, Gateway, vllm_server
 
 
-
 @pytest.fixture(scope="session")
 def demo_models():  # type: ignore[no-untyped-def]
     from serving.factory import build_demo_models
