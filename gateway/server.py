@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from types import FrameType
 
 import uvicorn
 from rich.console import Console
@@ -15,6 +16,14 @@ from gateway.settings import Settings
 
 log = logging.getLogger(__name__)
 out = Console()
+
+
+class _Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises the signal after its graceful shutdown, which would end the process
+        # with status 143; SIGTERM is the documented way to stop royalty, so exit 0 instead.
+        self._captured_signals.clear()
 
 
 async def serve(settings: Settings, *, demo_key: bool = True) -> None:
@@ -32,7 +41,7 @@ async def serve(settings: Settings, *, demo_key: bool = True) -> None:
         http="httptools",
         timeout_graceful_shutdown=30,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     banner = asyncio.create_task(_banner(runtime, settings, demo_key))
     try:
         await server.serve()
