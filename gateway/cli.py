@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -75,7 +76,7 @@ def up(
         data_dir, database_url, host=host, port=port,
         engine_urls=tuple(engine_url) if engine_url else None, models_dir=models_dir,
     )  # fmt: skip
-    asyncio.run(serve(settings, demo_key=demo_key))
+    _run_fast(serve(settings, demo_key=demo_key))
 
 
 @keys_app.command("create")
@@ -135,6 +136,17 @@ def db_migrate(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
     from gateway.admin import migrate_only
 
     asyncio.run(migrate_only(_settings(data_dir, database_url)))
+
+
+def _run_fast(coro: Coroutine[Any, Any, None]) -> None:
+    """Run the server on uvloop where it is installed (uvicorn's `loop=` setting only applies
+    when uvicorn creates the loop itself)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
 
 
 def main() -> None:

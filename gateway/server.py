@@ -37,7 +37,6 @@ async def serve(settings: Settings, *, demo_key: bool = True) -> None:
         lifespan="on",
         access_log=False,
         log_level="warning",
-        loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=30,
     )
