@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from litestar import Request
@@ -44,7 +45,7 @@ async def authorize(request: Request, scope: str) -> KeyInfo:
     return info
 
 
-def _authorization(raw_headers: list[tuple[bytes, bytes]]) -> str:
+def _authorization(raw_headers: Iterable[tuple[bytes, bytes]]) -> str:
     # Straight from the ASGI scope: building Litestar's Headers object costs more than the
     # rest of authentication together.
     for name, value in raw_headers:
