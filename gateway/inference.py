@@ -26,6 +26,7 @@ from gateway.protocol.common import UsageMode
 from gateway.ratelimit import RateLimiter
 from metering.usage import Endpoint, UsageRecord, UsageStatus
 from serving.engine import EngineHTTPError, EngineUnavailable
+from serving.placement import AdapterLoadFailed
 from serving.pool import EngineHandle, EnginePool, NoEngineAvailable
 from serving.registry import ModelRegistry, Target, UnknownModel
 
@@ -157,6 +158,7 @@ class InferenceService:
 
     async def _call(self, ctx: CallContext, target: Target, body: bytes) -> bytes:
         path = _PATHS[ctx.endpoint]
+        handle: EngineHandle | None = None
         for attempt in range(2):
             try:
                 async with self.pool.lease(target) as handle:
@@ -166,14 +168,14 @@ class InferenceService:
                 if attempt == 0 and self._adapter_vanished(e, target, handle):
                     continue
                 raise _engine_error(e) from None
-            except (EngineUnavailable, NoEngineAvailable) as e:
+            except (EngineUnavailable, NoEngineAvailable, AdapterLoadFailed) as e:
                 raise _unavailable(e) from None
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _adapter_vanished(e: EngineHTTPError, target: Target, handle: EngineHandle) -> bool:
+    def _adapter_vanished(e: EngineHTTPError, target: Target, handle: EngineHandle | None) -> bool:
         # An engine restarted behind our back forgets runtime-loaded adapters: reload once.
-        if e.status == 404 and target.adapter is not None:
+        if e.status == 404 and target.adapter is not None and handle is not None:
             handle.placement.reset()
             return True
         return False
@@ -201,6 +203,7 @@ class InferenceService:
         error_type: str | None = None
         relay = _ChunkRelay(ctx, req, out)
         body = self._engine_body(req, target, stream=True)
+        handle: EngineHandle | None = None
         try:
             for attempt in range(2):
                 try:
@@ -221,7 +224,7 @@ class InferenceService:
             status = "ok"
             await self._record(ctx, req, target, out, status, http_status, None)
             yield _DONE
-        except (EngineUnavailable, NoEngineAvailable) as e:
+        except (EngineUnavailable, NoEngineAvailable, AdapterLoadFailed) as e:
             status, http_status, error_type = "error", 503, "engine_unavailable"
             if not out.texts and ctx.first_token is None:
                 raise _unavailable(e) from None
@@ -342,6 +345,13 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
 
 
 def _unavailable(e: Exception) -> ServiceUnavailable:
+    if isinstance(e, AdapterLoadFailed):
+        log.error("%s", e)
+        return ServiceUnavailable(
+            f"The model `{e.adapter}` could not be loaded on an engine; please retry later.",
+            code="adapter_unavailable",
+            headers={"Retry-After": "10"},
+        )
     return ServiceUnavailable(
         "The model engine is unavailable right now; please retry shortly.",
         headers={"Retry-After": "2"},

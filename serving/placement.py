@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from serving.engine import EngineClient
+from serving.engine import EngineClient, EngineHTTPError
 from serving.registry import Adapter
 
 
@@ -23,6 +23,15 @@ class PlacementStats:
     loads: int = 0
     evictions: int = 0
     load_seconds: float = 0.0
+
+
+class AdapterLoadFailed(Exception):
+    """The engine refused to load an adapter (bad files, incompatible rank, ...)."""
+
+    def __init__(self, adapter: str, reason: str) -> None:
+        super().__init__(f"adapter {adapter!r} could not be loaded: {reason}")
+        self.adapter = adapter
+        self.reason = reason
 
 
 class AdapterPlacement:
@@ -76,7 +85,10 @@ class AdapterPlacement:
             try:
                 await self._make_room()
                 started = time.perf_counter()
-                await self.engine.load_adapter(adapter.name, adapter.path)
+                try:
+                    await self.engine.load_adapter(adapter.name, adapter.path)
+                except EngineHTTPError as e:
+                    raise AdapterLoadFailed(adapter.name, e.message) from e
                 self.stats.loads += 1
                 self.stats.load_seconds += time.perf_counter() - started
                 self._loaded[adapter.name] = None

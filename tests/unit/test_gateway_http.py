@@ -314,3 +314,20 @@ async def test_settings_from_env() -> None:
 
 def _unused(h: Harness) -> None:  # keeps the import used for type checkers
     del h
+
+
+async def test_an_adapter_the_engine_refuses_is_503_not_500(gw) -> None:
+    from serving.engine import EngineHTTPError
+
+    async def refuse(name: str, path: str) -> None:
+        raise EngineHTTPError(400, b'{"error": {"message": "bad adapter files"}}')
+
+    gw.h.engine.load_adapter = refuse
+    for stream in (False, True):
+        r = await gw.post("/v1/chat/completions", json={**CHAT, "stream": stream}, headers=gw.hdr)
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "adapter_unavailable"
+    r = await gw.post(
+        "/v1/chat/completions", json={**CHAT, "model": "royalty-tiny"}, headers=gw.hdr
+    )
+    assert r.status_code == 200  # the base model still serves
