@@ -7,13 +7,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from gateway.protocol.common import StreamOptions, UsageMode, apply_usage_mode, clean_usage
-
-Temperature = Annotated[float, Meta(ge=0, le=2)]
-Penalty = Annotated[float, Meta(ge=-2, le=2)]
-Probability = Annotated[float, Meta(ge=0, le=1)]
-TokenCount = Annotated[int, Meta(ge=1)]
-Choices = Annotated[int, Meta(ge=1, le=16)]
+from gateway.protocol.common import (
+    SamplingRequest,
+    TokenCount,
+    UsageMode,
+    apply_usage_mode,
+    clean_usage,
+)
 
 
 class ChatMessage(msgspec.Struct, omit_defaults=True):
@@ -24,27 +24,11 @@ class ChatMessage(msgspec.Struct, omit_defaults=True):
     tool_call_id: str | None = None
 
 
-class ChatCompletionRequest(msgspec.Struct, omit_defaults=True):
-    """Fields OpenAI defines that the engine can honour; unknown fields are accepted and
-    dropped (OpenAI clients send fields that only OpenAI's servers use)."""
-
-    model: str
+class ChatCompletionRequest(SamplingRequest, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
-    max_tokens: TokenCount | None = None
     max_completion_tokens: TokenCount | None = None
-    temperature: Temperature | None = None
-    top_p: Probability | None = None
-    n: Choices | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
-    seed: int | None = None
-    user: str | None = None
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+from msgspec import Meta
 
 from gateway.errors import BadRequest
 
@@ -52,6 +53,33 @@ def _param_name(path: str) -> str:
 class StreamOptions(msgspec.Struct, omit_defaults=True):
     include_usage: bool | None = None
     continuous_usage_stats: bool | None = None
+
+
+Temperature = Annotated[float, Meta(ge=0, le=2)]
+Penalty = Annotated[float, Meta(ge=-2, le=2)]
+Probability = Annotated[float, Meta(ge=0, le=1)]
+TokenCount = Annotated[int, Meta(ge=1)]
+Choices = Annotated[int, Meta(ge=1, le=16)]
+
+
+class SamplingRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """What chat and text completions share. Fields OpenAI defines that the engine can honour;
+    unknown fields are accepted and dropped (OpenAI clients send fields that only OpenAI's
+    servers use)."""
+
+    model: str
+    max_tokens: TokenCount | None = None
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    n: Choices | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, float] | None = None
+    seed: int | None = None
+    user: str | None = None
 
 
 UsageMode = Literal["keep", "null", "omit"]

@@ -4,32 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import msgspec
 from msgspec import Meta
 
 from gateway.errors import BadRequest
-from gateway.protocol.chat import Choices, Penalty, Probability, Temperature, TokenCount
-from gateway.protocol.common import StreamOptions, UsageMode, apply_usage_mode, clean_usage
+from gateway.protocol.common import SamplingRequest, UsageMode, apply_usage_mode, clean_usage
 
 
-class CompletionRequest(msgspec.Struct, omit_defaults=True):
-    model: str
+class CompletionRequest(SamplingRequest, kw_only=True):
     prompt: str | list[Any]
-    max_tokens: TokenCount | None = None
-    temperature: Temperature | None = None
-    top_p: Probability | None = None
-    n: Choices | None = None
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
-    presence_penalty: Penalty | None = None
-    frequency_penalty: Penalty | None = None
-    logit_bias: dict[str, float] | None = None
     logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
     echo: bool | None = None
-    seed: int | None = None
     suffix: str | None = None
-    user: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.prompt, list):
