@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 import msgspec
@@ -53,6 +53,14 @@ class EngineClient(Protocol):
     def stream(self, path: str, body: bytes) -> AsyncIterator[bytes]:
         """POST a streaming request; yield each SSE `data:` payload (without the prefix),
         `[DONE]` excluded. Closing the iterator aborts the request on the engine."""
+        ...
+
+    async def count_tokens(self, body: bytes) -> int:
+        """Prompt tokens of a completion or chat request body, by the engine's tokenizer."""
+        ...
+
+    async def count_text(self, body: bytes, text: str) -> int:
+        """Tokens of `text` under the model of `body` (no special tokens)."""
         ...
 
     async def load_adapter(self, name: str, path: str) -> None: ...
@@ -126,6 +134,23 @@ class VLLMHttpEngine:
             # the request: a client that disconnects stops generation too.
             resp.close()
             await cm.__aexit__(None, None, None)
+
+    async def count_tokens(self, body: bytes) -> int:
+        req = msgspec.json.decode(body)
+        ask: dict[str, Any] = {"model": req["model"]}
+        if "messages" in req:
+            ask["messages"] = req["messages"]
+        else:
+            ask["prompt"] = req["prompt"]
+        return await self._tokenize(ask)
+
+    async def count_text(self, body: bytes, text: str) -> int:
+        model = msgspec.json.decode(body)["model"]
+        return await self._tokenize({"model": model, "prompt": text, "add_special_tokens": False})
+
+    async def _tokenize(self, ask: dict[str, Any]) -> int:
+        doc = msgspec.json.decode(await self.post_json("/tokenize", msgspec.json.encode(ask)))
+        return int(doc["count"])
 
     async def load_adapter(self, name: str, path: str) -> None:
         body = msgspec.json.encode({"lora_name": name, "lora_path": path})

@@ -103,6 +103,14 @@ class FakeEngine:
             self.aborted += 1
             raise
 
+    async def count_tokens(self, body: bytes) -> int:
+        self._check_alive()
+        return self._prompt_tokens(msgspec.json.decode(body))
+
+    async def count_text(self, body: bytes, text: str) -> int:
+        self._check_alive()
+        return len(text.split())
+
     async def load_adapter(self, name: str, path: str) -> None:
         self._check_alive()
         self.load_calls.append(name)

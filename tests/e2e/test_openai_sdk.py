@@ -198,5 +198,6 @@ def test_bad_bodies_and_disconnect_leave_the_gateway_serving(gateway, key, datab
     [row] = usage_rows(database_url, [rid])
     assert row["status"] == "client_cancelled"
     assert 1 <= row["completion_tokens"] < 400
+    assert row["prompt_tokens"] > 0
     ok = httpx.post(url, json={**body, "stream": False, "max_tokens": 4}, headers=h, timeout=60)
     assert ok.status_code == 200

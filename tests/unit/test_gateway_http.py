@@ -293,6 +293,7 @@ async def test_client_disconnect_mid_stream_records_generated_tokens() -> None:
     [rec] = h.records
     assert rec.status == "client_cancelled"
     assert 3 <= rec.completion_tokens < 200
+    assert rec.prompt_tokens > 0  # counted by the engine's tokenizer after the hang-up
     assert h.engine.aborted == 1
     assert b"[DONE]" not in b"".join(got)
 
