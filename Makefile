@@ -56,7 +56,7 @@ test: install lint
 	$(PY) -m pytest tests -q -p no:cacheprovider
 
 bench: install
-	$(PY) bench/gateway_overhead.py
+	$(PY) bench/gateway_overhead.py --models-dir "$$($(VENV)/bin/royalty models build | tail -n 1)"
 
 clean:
 	rm -rf $(VENV) .royalty

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
+import msgspec
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.types import LifespanHook
 
+from attribution import errors as domain
+from attribution.service import RATE_WINDOW_S
 from gateway.container import Services
 from gateway.errors import (
     ApiError,
@@ -25,6 +28,8 @@ from gateway.errors import (
 )
 from gateway.middleware import add_request_id
 from gateway.routes.common import JSON, services_of
+from gateway.routes.datanets import BULK_LINES_KEY, bulk_results_json, result_json
+from gateway.routes.datanets import ROUTES as DATANET_ROUTES
 from gateway.routes.openai import ROUTES as OPENAI_ROUTES
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,42 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return _render(err)
 
 
+def _domain_error(request: Request[Any, Any, Any], exc: domain.DatanetError) -> Response[bytes]:
+    """Every `attribution.errors` exception, in OpenAI's error shape with its `status_code`.
+    A rejected record names its rule as `code` and carries the per-record answer (`result`,
+    e.g. `duplicate_of`); an all-or-nothing bulk upload carries every line's answer."""
+    status = exc.status_code
+    type_ = "invalid_request_error"
+    code: str | None = None
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    top: dict[str, Any] = {}
+    message = str(exc)
+    if status == 403:
+        type_, code = "permission_error", "forbidden"
+    elif status == 404:
+        code = "not_found"
+    elif status == 409:
+        code = "conflict"
+    if isinstance(exc, domain.Rejected):
+        r = exc.result
+        code = r.reason
+        message = f"Record rejected ({r.reason}): {r.detail}"
+        extra["result"] = result_json(r)
+        if isinstance(exc, domain.RateLimited):
+            type_ = "rate_limit_error"
+            headers["Retry-After"] = str(int(RATE_WINDOW_S))
+    elif isinstance(exc, domain.BulkRejected):
+        code = "bulk_rejected"
+        lines = cast("list[int] | None", request.scope.get(BULK_LINES_KEY))
+        top["data"] = bulk_results_json(exc.results, lines)
+    body = {
+        "error": {"message": message, "type": type_, "param": None, "code": code, **extra},
+        **top,
+    }
+    return Response(msgspec.json.encode(body), status_code=status, media_type=JSON, headers=headers)
+
+
 def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled error", exc_info=exc)
     return _render(InternalError("The server had an error while processing your request."))
@@ -84,10 +125,11 @@ def create_app(
     extra_routes: Sequence[Callable[..., Any]] = (),
 ) -> Litestar:
     return Litestar(
-        route_handlers=[healthz, *OPENAI_ROUTES, *extra_routes],
+        route_handlers=[healthz, *OPENAI_ROUTES, *DATANET_ROUTES, *extra_routes],
         before_send=[add_request_id],
         exception_handlers={
             ApiError: _api_error,
+            domain.DatanetError: _domain_error,
             HTTPException: _http_error,
             Exception: _unexpected,
         },

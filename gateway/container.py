@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from attribution.service import DatanetService
 from gateway.auth import Authenticator
 from gateway.inference import InferenceService
 from gateway.settings import Settings
@@ -18,3 +19,4 @@ class Services:
     registry: ModelRegistry
     pool: EnginePool
     inference: InferenceService
+    datanets: DatanetService | None = None

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from attribution.service import DatanetService
 from gateway.auth import Authenticator, PostgresKeyStore
 from gateway.container import Services
 from gateway.db import create_engine, migrate, resolve_database_url
@@ -87,6 +88,7 @@ class Runtime:
             registry=registry,
             pool=pool,
             inference=inference,
+            datanets=DatanetService(self.db),
         )
         return self.services
 
