@@ -490,10 +490,17 @@ class DatanetService:
         return [store.row_to_record(r) for r in rows]
 
     async def decide(
-        self, record_id: int, curator_account_id: int, approve: bool, reason: str
+        self,
+        record_id: int,
+        curator_account_id: int,
+        approve: bool,
+        reason: str,
+        *,
+        trusted: bool = False,
     ) -> Decision:
         """Approve (-> accepted) or reject (-> rejected) a pending or flagged record; the
-        decision is recorded (append-only) with who, what, why and when."""
+        decision is recorded (append-only) with who, what, why and when. `trusted` (an admin)
+        skips the curator check but is still recorded as the decider."""
         if not reason.strip():
             raise Invalid("a decision needs a reason")
         async with self.engine.begin() as conn:
@@ -501,7 +508,7 @@ class DatanetService:
             if row is None:
                 raise NotFound(f"no record {record_id}")
             d = await self._datanet(conn, row.datanet_id)
-            if not d.is_curator(curator_account_id):
+            if not trusted and not d.is_curator(curator_account_id):
                 raise Forbidden("only the datanet's curators decide its records")
             lock = (await conn.execute(store.LOCK_DATANET, {"id": d.id})).one()
             row = (await conn.execute(store.SELECT_RECORD_FOR_UPDATE, {"id": record_id})).one()
