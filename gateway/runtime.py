@@ -47,6 +47,7 @@ class Runtime:
     shipper: UsageShipper | None = None
     supervisors: list[EngineSupervisor] = field(default_factory=list)
     services: Services | None = None
+    models_dir: Path | None = None
 
     async def start(self, *, models_dir: Path | None = None) -> Services:
         s = self.settings
@@ -64,7 +65,7 @@ class Runtime:
         )
         self.shipper.start()
 
-        tree = models_dir or demo_models_dir(s)
+        tree = self.models_dir = models_dir or demo_models_dir(s)
         registry = ModelRegistry.from_manifest(tree, s.base_model)
         base = registry.bases[0]
         pool = EnginePool(self._engines(base.name, base.path))

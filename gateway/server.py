@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from rich.console import Console
@@ -59,20 +62,32 @@ async def _banner(runtime: Runtime, settings: Settings, demo_key: bool) -> None:
     if not demo_key:
         return
     key, _ = await PostgresKeyStore(runtime.db).create("demo", frozenset({"inference"}), None, None)
-    adapter = (
-        runtime.services.registry.adapters[0].name
-        if runtime.services.registry.adapters
-        else models[0]
-    )
+    model, prompt = _example(runtime)
     out.print(f"demo API key (account 'demo'): [bold]{key}[/]")
     out.print(
         "try it:\n"
         f'  OPENAI_BASE_URL={base} OPENAI_API_KEY={key} {_python()} -c "from openai import OpenAI; '
-        f"print(OpenAI().completions.create(model='{adapter}', prompt='Recipe:', max_tokens=40)"
+        f"print(OpenAI().completions.create(model='{model}', prompt='{prompt}', max_tokens=40, "
+        "temperature=0)"
         '.choices[0].text)"',
         soft_wrap=True,
         highlight=False,
     )
+
+
+def _example(runtime: Runtime) -> tuple[str, str]:
+    """An adapter and the prompt of its domain, from the model tree's manifest."""
+    assert runtime.services is not None
+    registry = runtime.services.registry
+    manifest: dict[str, Any] = {}
+    if runtime.models_dir is not None:
+        with contextlib.suppress(OSError, ValueError):
+            manifest = json.loads((runtime.models_dir / "manifest.json").read_text())
+    for adapter in sorted(registry.adapters, key=lambda a: a.name != "recipes"):
+        prompt = manifest.get("adapters", {}).get(adapter.name, {}).get("prompt")
+        if isinstance(prompt, str) and "'" not in prompt:
+            return adapter.name, prompt
+    return registry.bases[0].name, "Once upon a time"
 
 
 def _python() -> str:
