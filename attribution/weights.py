@@ -1,0 +1,250 @@
+"""Per-response attribution weights: formula `royalty-weights/1`.
+
+Inputs for one response:
+
+- spans: each kept span (see `attribution.spans`) with its length L and the m distinct records
+  it occurs in;
+- influence (optional): a score per record (higher = more helpful); only positive scores count;
+- the snapshot baseline: how many records each contributor has in the adapter's snapshot;
+- which contributor owns each record named by the evidence.
+
+Formula (exact rational arithmetic, so that the result is the same everywhere):
+
+1. Span share of record r: ``s_r = sum over spans naming r of L / m``, normalised to sum 1.
+   A span's length is split evenly over the records it occurs in: longer verbatim spans earn
+   more, and shared text earns each holder less.
+2. Influence share of record r: ``i_r = max(score_r, 0)``, normalised to sum 1.
+3. Evidence share ``e_r = SPAN_MIX * s_r + (1 - SPAN_MIX) * i_r`` when both kinds of evidence
+   exist, otherwise whichever exists. With no evidence at all (no span and no positive
+   influence), every contributor gets the baseline share: their records / the snapshot's records.
+4. Contributor share: ``w_c = sum of e_r over c's records``.
+5. Cap: no contributor gets more than ``cap`` (default 1/2; never below 1/number of
+   contributors in the snapshot, else the weights could not sum to 1). Excess above the cap is
+   handed to the other, uncapped contributors in proportion to their current share; when none
+   of them has a share, in proportion to their baseline share. This repeats until nobody is
+   over the cap (water-filling).
+6. Integers: contributor weights are apportioned in parts per `DENOMINATOR` (10**6) with the
+   largest-remainder method, ties going to the smaller contributor id, so they sum to exactly
+   `DENOMINATOR`. Each contributor's integer weight is then apportioned the same way over its
+   evidence records (in proportion to e_r) and, for the part that came from the baseline or
+   from redistribution, a `pooled` entry for that contributor (ties: smaller record id first,
+   the pooled entry last). Records plus pooled entries therefore also sum to exactly
+   `DENOMINATOR`, and per contributor they sum to its weight.
+
+A weight never rises above the cap by more than the 1 ppm rounding of step 6.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Protocol
+
+WEIGHTS_VERSION = "royalty-weights/1"
+DENOMINATOR = 1_000_000
+SPAN_MIX = Fraction(1, 2)
+DEFAULT_CAP = Fraction(1, 2)
+
+
+class WeightsError(ValueError):
+    """Evidence that cannot be turned into weights (unknown records, empty snapshot, ...)."""
+
+
+class SpanEvidence(Protocol):
+    """What the formula reads from a span (`attribution.spans.Span` satisfies it)."""
+
+    @property
+    def length(self) -> int: ...
+
+    @property
+    def record_ids(self) -> Sequence[int]: ...
+
+
+@dataclass(frozen=True)
+class ResponseWeights:
+    version: str
+    method: str  # "spans", "influence", "spans+influence" or "baseline"
+    denominator: int
+    contributors: tuple[tuple[int, int], ...]  # (contributor id, parts), ascending id
+    records: tuple[tuple[int, int, int], ...]  # (record id, contributor id, parts), ascending
+    pooled: tuple[tuple[int, int], ...]  # (contributor id, parts) not tied to a record
+
+    def contributor_floats(self) -> dict[int, float]:
+        """Display view; use the integer parts for money."""
+        return {c: parts / self.denominator for c, parts in self.contributors}
+
+    def record_floats(self) -> dict[int, float]:
+        return {r: parts / self.denominator for r, _, parts in self.records}
+
+
+def largest_remainder(
+    shares: Mapping[int, Fraction], total: int, tie_order: Sequence[int] | None = None
+) -> dict[int, int]:
+    """Integer parts summing to exactly `total`, proportional to `shares` (which must be
+    non-negative with a positive sum). Remainder units go to the largest fractional parts;
+    ties by the position of the key in `tie_order` (default ascending key)."""
+    if total < 0:
+        raise WeightsError("total must be non-negative")
+    whole = sum(shares.values(), Fraction(0))
+    if whole <= 0 or any(v < 0 for v in shares.values()):
+        raise WeightsError("shares must be non-negative with a positive sum")
+    order = list(tie_order) if tie_order is not None else sorted(shares)
+    rank = {key: pos for pos, key in enumerate(order)}
+    parts: dict[int, int] = {}
+    remainders: list[tuple[Fraction, int, int]] = []
+    for key, share in shares.items():
+        quota = share * total / whole
+        floor = quota.numerator // quota.denominator
+        parts[key] = floor
+        remainders.append((quota - floor, rank[key], key))
+    left = total - sum(parts.values())
+    remainders.sort(key=lambda item: (-item[0], item[1]))
+    for _, _, key in remainders[:left]:
+        parts[key] += 1
+    return parts
+
+
+def _normalise(scores: Mapping[int, Fraction]) -> dict[int, Fraction]:
+    total = sum(scores.values(), Fraction(0))
+    return {k: v / total for k, v in scores.items() if v > 0} if total > 0 else {}
+
+
+def _apply_cap(
+    weights: dict[int, Fraction], baseline: Mapping[int, int], cap: Fraction
+) -> tuple[dict[int, Fraction], dict[int, Fraction]]:
+    """Water-filling; returns (capped weights, the part of each weight that was handed over)."""
+    w = dict(weights)
+    handed: dict[int, Fraction] = {}
+    capped: set[int] = set()
+    while True:
+        over = [c for c, v in w.items() if v > cap]
+        if not over:
+            return w, handed
+        excess = Fraction(0)
+        for c in over:
+            cut = w[c] - cap
+            excess += cut
+            w[c] = cap
+            capped.add(c)
+            # what c was handed earlier goes back first, so its own share stays >= 0
+            if c in handed:
+                handed[c] -= min(handed[c], cut)
+        receivers = {c: v for c, v in w.items() if c not in capped and v > 0}
+        if not receivers:
+            receivers = {c: Fraction(n) for c, n in baseline.items() if c not in capped and n > 0}
+        whole = sum(receivers.values(), Fraction(0))
+        for c, v in receivers.items():
+            gift = excess * v / whole
+            w[c] = w.get(c, Fraction(0)) + gift
+            handed[c] = handed.get(c, Fraction(0)) + gift
+
+
+def compute_weights(
+    *,
+    spans: Iterable[SpanEvidence],
+    record_contributors: Mapping[int, int],
+    baseline: Mapping[int, int],
+    influence: Mapping[int, float] | None = None,
+    cap: Fraction = DEFAULT_CAP,
+    denominator: int = DENOMINATOR,
+) -> ResponseWeights:
+    """Weights of one response under `WEIGHTS_VERSION` (see the module docstring).
+
+    `baseline` maps each contributor of the snapshot to its number of records there;
+    `record_contributors` maps every record the evidence names to its contributor.
+    """
+    snapshot = {int(c): int(n) for c, n in baseline.items() if int(n) > 0}
+    if not snapshot:
+        raise WeightsError("the snapshot has no records")
+    if any(int(n) < 0 for n in baseline.values()):
+        raise WeightsError("record counts must be non-negative")
+    if not (0 < cap <= 1):
+        raise WeightsError("cap must lie in (0, 1]")
+    if denominator <= 0:
+        raise WeightsError("denominator must be positive")
+
+    span_scores: dict[int, Fraction] = {}
+    for span in spans:
+        rids = sorted({int(r) for r in span.record_ids})
+        if not rids or span.length <= 0:
+            continue
+        each = Fraction(int(span.length), len(rids))
+        for r in rids:
+            span_scores[r] = span_scores.get(r, Fraction(0)) + each
+    influence_scores: dict[int, Fraction] = {}
+    for r, score in (influence or {}).items():
+        value = Fraction(score)  # exact value of the float; raises on nan/inf
+        if value > 0:
+            influence_scores[int(r)] = value
+    s_share, i_share = _normalise(span_scores), _normalise(influence_scores)
+
+    if s_share and i_share:
+        method = "spans+influence"
+        evidence = {r: SPAN_MIX * s_share.get(r, Fraction(0)) for r in s_share.keys() | i_share}
+        for r, v in i_share.items():
+            evidence[r] += (1 - SPAN_MIX) * v
+    elif s_share or i_share:
+        method = "spans" if s_share else "influence"
+        evidence = s_share or i_share
+    else:
+        method = "baseline"
+        evidence = {}
+
+    contributor_of: dict[int, int] = {}
+    for r in evidence:
+        if r not in record_contributors:
+            raise WeightsError(f"record {r} has no known contributor")
+        c = int(record_contributors[r])
+        if c not in snapshot:
+            raise WeightsError(f"record {r}'s contributor {c} has no records in the snapshot")
+        contributor_of[r] = c
+
+    if evidence:
+        shares: dict[int, Fraction] = {}
+        for r, v in evidence.items():
+            shares[contributor_of[r]] = shares.get(contributor_of[r], Fraction(0)) + v
+    else:
+        total_records = sum(snapshot.values())
+        shares = {c: Fraction(n, total_records) for c, n in snapshot.items()}
+    effective_cap = max(cap, Fraction(1, len(snapshot)))
+    shares, handed = _apply_cap(shares, snapshot, effective_cap)
+    shares = {c: v for c, v in shares.items() if v > 0}
+
+    contributor_parts = largest_remainder(shares, denominator)
+    record_parts: list[tuple[int, int, int]] = []
+    pooled: list[tuple[int, int]] = []
+    records_of: dict[int, list[int]] = {}
+    for r in sorted(evidence):
+        records_of.setdefault(contributor_of[r], []).append(r)
+    for c in sorted(contributor_parts):
+        parts = contributor_parts[c]
+        own = records_of.get(c, [])
+        # c's weight = its own evidence (possibly cut by the cap) + what it was handed
+        pool_share = handed.get(c, Fraction(0)) if own else shares[c]
+        evidence_share = shares[c] - pool_share
+        split: dict[int, Fraction] = {}
+        if own and evidence_share > 0:
+            own_total = sum((evidence[r] for r in own), Fraction(0))
+            for r in own:
+                split[r] = evidence_share * evidence[r] / own_total
+        pool_key = -1  # sorts after every record in tie order below
+        if pool_share > 0:
+            split[pool_key] = pool_share
+        if parts == 0 or not split:
+            continue
+        divided = largest_remainder(split, parts, tie_order=[*own, pool_key])
+        for r in own:
+            if divided.get(r, 0):
+                record_parts.append((r, c, divided[r]))
+        if divided.get(pool_key, 0):
+            pooled.append((c, divided[pool_key]))
+
+    return ResponseWeights(
+        version=WEIGHTS_VERSION,
+        method=method,
+        denominator=denominator,
+        contributors=tuple(sorted((c, p) for c, p in contributor_parts.items() if p > 0)),
+        records=tuple(sorted(record_parts)),
+        pooled=tuple(pooled),
+    )

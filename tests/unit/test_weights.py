@@ -1,0 +1,208 @@
+"""Weights formula royalty-weights/1: exact sums, the cap, determinism, and the documented cases."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attribution.spans import Span
+from attribution.weights import (
+    DENOMINATOR,
+    WEIGHTS_VERSION,
+    WeightsError,
+    compute_weights,
+    largest_remainder,
+)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    length: int
+    record_ids: tuple[int, ...]
+
+
+@st.composite
+def scenarios(draw):
+    n_contributors = draw(st.integers(1, 8))
+    contributors = draw(
+        st.lists(
+            st.integers(1, 10**9), min_size=n_contributors, max_size=n_contributors, unique=True
+        )
+    )
+    baseline = {c: draw(st.integers(1, 50)) for c in contributors}
+    record_contributors = {}
+    for c in contributors:
+        for _ in range(draw(st.integers(0, 4))):
+            record_contributors[draw(st.integers(1, 10**6))] = c
+    records = sorted(record_contributors)
+    spans = []
+    if records:
+        for _ in range(draw(st.integers(0, 6))):
+            rids = draw(st.lists(st.sampled_from(records), min_size=1, max_size=4))
+            spans.append(Evidence(draw(st.integers(1, 200)), tuple(rids)))
+    influence = None
+    if records and draw(st.booleans()):
+        influence = {
+            r: draw(st.floats(-5, 5, allow_nan=False, allow_infinity=False))
+            for r in draw(st.lists(st.sampled_from(records), max_size=6))
+        }
+    cap = draw(st.fractions(min_value=Fraction(1, 100), max_value=1).filter(lambda f: f > 0))
+    return spans, record_contributors, baseline, influence, cap
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenarios())
+def test_weights_sum_exactly_respect_the_cap_and_agree_per_contributor(scenario):
+    spans, record_contributors, baseline, influence, cap = scenario
+    w = compute_weights(
+        spans=spans,
+        record_contributors=record_contributors,
+        baseline=baseline,
+        influence=influence,
+        cap=cap,
+    )
+    assert w.version == WEIGHTS_VERSION
+    parts = dict(w.contributors)
+    assert sum(parts.values()) == DENOMINATOR
+    assert all(p > 0 for p in parts.values())
+    assert set(parts) <= set(baseline), "weight for a contributor outside the snapshot"
+    effective_cap = max(cap, Fraction(1, len(baseline)))
+    for p in parts.values():
+        # the cap holds up to the 1-part rounding of the apportionment
+        assert p <= math.floor(effective_cap * DENOMINATOR) + 1
+    # records and pooled entries re-add to each contributor's weight, hence to the total
+    per_contributor: dict[int, int] = {}
+    for rid, cid, p in w.records:
+        assert record_contributors[rid] == cid and p > 0
+        per_contributor[cid] = per_contributor.get(cid, 0) + p
+    for cid, p in w.pooled:
+        per_contributor[cid] = per_contributor.get(cid, 0) + p
+    assert per_contributor == parts
+    assert math.isclose(sum(w.contributor_floats().values()), 1.0)
+    # deterministic, whatever the order the evidence arrives in
+    again = compute_weights(
+        spans=list(reversed(spans)),
+        record_contributors=dict(reversed(list(record_contributors.items()))),
+        baseline=dict(reversed(list(baseline.items()))),
+        influence=dict(reversed(list(influence.items()))) if influence else influence,
+        cap=cap,
+    )
+    assert again == w
+
+
+def test_no_evidence_gives_the_baseline_share():
+    w = compute_weights(
+        spans=[], record_contributors={}, baseline={1: 1, 2: 1, 3: 1}, cap=Fraction(1)
+    )
+    assert w.method == "baseline"
+    # 1/3 each: the one leftover part goes to the smallest id
+    assert w.contributors == ((1, 333334), (2, 333333), (3, 333333))
+    assert w.records == () and sum(p for _, p in w.pooled) == DENOMINATOR
+    # negative influence only is no evidence either
+    w = compute_weights(
+        spans=[],
+        record_contributors={5: 1},
+        baseline={1: 3, 2: 1},
+        influence={5: -2.0},
+        cap=Fraction(1),
+    )
+    assert (w.method, w.contributors) == ("baseline", ((1, 750000), (2, 250000)))
+
+
+def test_span_lengths_are_split_over_the_records_they_occur_in():
+    spans = [
+        Span(0, 30, 1, (10,), (1,)),
+        Span(40, 60, 2, (10, 20), (1, 2)),  # 20 tokens, half each
+    ]
+    w = compute_weights(
+        spans=spans,
+        record_contributors={10: 1, 20: 2},
+        baseline={1: 5, 2: 5, 3: 5},
+        cap=Fraction(1),
+    )
+    assert w.method == "spans"
+    assert w.contributors == ((1, 800000), (2, 200000))  # 40/50 and 10/50
+    assert w.records == ((10, 1, 800000), (20, 2, 200000)) and w.pooled == ()
+
+
+def test_cap_hands_the_excess_to_the_others():
+    spans = [Evidence(90, (10,)), Evidence(10, (20,))]
+    w = compute_weights(
+        spans=spans,
+        record_contributors={10: 1, 20: 2},
+        baseline={1: 1, 2: 1, 3: 8},
+        cap=Fraction(1, 2),
+    )
+    assert w.contributors == ((1, 500000), (2, 500000))
+    assert w.records == ((10, 1, 500000), (20, 2, 100000))
+    assert w.pooled == ((2, 400000),)
+    # a lone evidence contributor: the excess goes to the pool, by records in the snapshot
+    w = compute_weights(
+        spans=[Evidence(5, (10,))],
+        record_contributors={10: 1},
+        baseline={1: 1, 2: 1, 3: 3},
+        cap=Fraction(1, 2),
+    )
+    assert w.contributors == ((1, 500000), (2, 125000), (3, 375000))
+    # cap below 1/n is raised to 1/n: a single contributor gets everything
+    w = compute_weights(
+        spans=[Evidence(5, (10,))],
+        record_contributors={10: 1},
+        baseline={1: 4},
+        cap=Fraction(1, 10),
+    )
+    assert w.contributors == ((1, DENOMINATOR),)
+
+
+def test_spans_and_influence_mix_half_and_half():
+    w = compute_weights(
+        spans=[Evidence(10, (10,))],
+        record_contributors={10: 1, 20: 2},
+        baseline={1: 1, 2: 1},
+        influence={20: 0.25, 10: 0.0},
+        cap=Fraction(1),
+    )
+    assert w.method == "spans+influence"
+    assert w.contributors == ((1, 500000), (2, 500000))
+
+
+def test_bad_evidence_is_refused():
+    with pytest.raises(WeightsError, match="no records"):
+        compute_weights(spans=[], record_contributors={}, baseline={})
+    with pytest.raises(WeightsError, match="no known contributor"):
+        compute_weights(spans=[Evidence(3, (7,))], record_contributors={}, baseline={1: 1})
+    with pytest.raises(WeightsError, match="outside|no records in the snapshot"):
+        compute_weights(spans=[Evidence(3, (7,))], record_contributors={7: 9}, baseline={1: 1})
+    with pytest.raises(WeightsError, match="cap"):
+        compute_weights(spans=[], record_contributors={}, baseline={1: 1}, cap=Fraction(0))
+    with pytest.raises((ValueError, OverflowError)):
+        compute_weights(
+            spans=[], record_contributors={1: 1}, baseline={1: 1}, influence={1: float("nan")}
+        )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(st.integers(0, 50), st.fractions(min_value=0, max_value=10), min_size=1),
+    st.integers(0, 10**7),
+)
+def test_largest_remainder_is_exact_and_within_one_of_the_quota(shares, total):
+    if sum(shares.values()) == 0:
+        with pytest.raises(WeightsError):
+            largest_remainder(shares, total)
+        return
+    parts = largest_remainder(shares, total)
+    assert sum(parts.values()) == total
+    whole = sum(shares.values())
+    for key, share in shares.items():
+        quota = share * total / whole
+        assert math.floor(quota) <= parts[key] <= math.ceil(quota)
+    shuffled = list(shares.items())
+    random.Random(0).shuffle(shuffled)
+    assert largest_remainder(dict(shuffled), total) == parts
