@@ -15,6 +15,7 @@ from litestar.types import LifespanHook
 from attribution import errors as domain
 from attribution.service import RATE_WINDOW_S
 from gateway.container import Services
+from gateway.dashboard import ROUTES as DASHBOARD_ROUTES
 from gateway.errors import (
     ApiError,
     BadRequest,
@@ -26,7 +27,9 @@ from gateway.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from gateway.metrics import count_response, metrics_endpoint
 from gateway.middleware import add_request_id
+from gateway.routes.adapters import ROUTES as ADAPTER_ROUTES
 from gateway.routes.common import JSON, services_of
 from gateway.routes.datanets import BULK_LINES_KEY, bulk_results_json, result_json
 from gateway.routes.datanets import ROUTES as DATANET_ROUTES
@@ -125,8 +128,16 @@ def create_app(
     extra_routes: Sequence[Callable[..., Any]] = (),
 ) -> Litestar:
     return Litestar(
-        route_handlers=[healthz, *OPENAI_ROUTES, *DATANET_ROUTES, *extra_routes],
-        before_send=[add_request_id],
+        route_handlers=[
+            healthz,
+            metrics_endpoint,
+            *DASHBOARD_ROUTES,
+            *OPENAI_ROUTES,
+            *DATANET_ROUTES,
+            *ADAPTER_ROUTES,
+            *extra_routes,
+        ],
+        before_send=[add_request_id, count_response],
         exception_handlers={
             ApiError: _api_error,
             domain.DatanetError: _domain_error,

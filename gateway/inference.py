@@ -21,6 +21,7 @@ import msgspec
 
 from gateway.auth import KeyInfo
 from gateway.errors import ApiError, BadRequest, ModelNotFound, RateLimited, ServiceUnavailable
+from gateway.metrics import InferenceMetrics
 from gateway.protocol import chat, completions
 from gateway.protocol.common import UsageMode
 from gateway.ratelimit import RateLimiter
@@ -94,6 +95,7 @@ class InferenceService:
         self.default_rpm = default_rpm
         self.default_tpm = default_tpm
         self._background: set[asyncio.Task[None]] = set()
+        self.metrics = InferenceMetrics(registry)
 
     # --- admission ---------------------------------------------------------------------
     def _limits(self, key: KeyInfo) -> tuple[int, int]:
@@ -313,6 +315,7 @@ class InferenceService:
         if tokens:
             _, tpm = self._limits(ctx.key)
             self.limiter.debit_tokens(ctx.key.key_id, tpm, tokens)
+        self.metrics.observe(rec)
         try:
             await self.record_usage(rec)
         except Exception:

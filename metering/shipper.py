@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 
+from metering import metrics
 from metering.usage_log import UsageLog
 from metering.usage_store import UsageStore, UsageStoreUnavailable
 
@@ -109,6 +110,7 @@ class UsageShipper:
                 return await self._ship_batch()
             except Exception as exc:
                 self.failures_total += 1
+                metrics.usage_ship_failed()
                 self.consecutive_failures += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 raise
@@ -124,6 +126,7 @@ class UsageShipper:
         # Only now, after the commit: a crash before this line replays the batch.
         await self._log.mark_shipped(cursor)
         self.shipped_total += len(records)
+        metrics.usage_shipped(len(records))
         self.inserted_total += inserted
         self.batches_total += 1
         self.consecutive_failures = 0
