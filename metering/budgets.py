@@ -82,6 +82,8 @@ class PostgresBudgets:
     async def reserve(self, account_id: int, request_id: str, amount: int) -> None:
         if amount < 0:
             raise ValueError("a reservation is >= 0")
+        if amount == 0:
+            return  # a free request (e.g. an unpriced model) needs no credit and holds none
         async with driver(self._engine) as conn, conn.transaction():
             got = await conn.fetchval(RESERVE, account_id, amount, request_id)
             if got is None:
@@ -121,6 +123,8 @@ class InMemoryBudgets:
         return sum(h.amount for h in self.held.values() if h.account_id == account_id)
 
     async def reserve(self, account_id: int, request_id: str, amount: int) -> None:
+        if amount == 0:
+            return
         async with self._lock:
             have = self.balances.get(account_id, 0) - self._held_by(account_id)
             if have < amount:
