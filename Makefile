@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.royalty-installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
 # vLLM's CUDA build where an NVIDIA GPU is present, its CPU build everywhere else.
 HAVE_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
@@ -34,6 +35,9 @@ ifneq ($(HAVE_GPU),1)
 	$(VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 endif
 	$(PY) -c "import vllm, transformers, peft, litestar, openai" >/dev/null
+	@# Headless Chromium for the /dashboard test (Playwright drives Debian's build: no browser
+	@# download). Without root or apt the test says why it skips; nothing else needs it.
+	command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; } || echo "warning: could not install chromium; the dashboard browser test will be skipped"
 	touch $(STAMP)
 
 # Runs the whole stack on embedded defaults: embedded PostgreSQL, demo models (built once),
