@@ -1,12 +1,17 @@
 """Record submission: validation, duplicate checks and insertion, single and bulk.
 
 Submission pipeline (single and bulk share it): decode and validate (UTF-8, schema, size),
-normalise, hash, quality rules (all outside any transaction), MinHash signature; then, in
-one transaction holding the datanet's row lock: rate limit, exact duplicates (against the
-datanet and earlier records of the same batch), near duplicates (LSH), insert. Rows are
-written for every record that passed validation, rejected ones without their content (so
-junk is visible and counts toward the rate limit); records that fail validation or are rate
-limited leave no row.
+normalise, hash, quality rules, MinHash signatures and LSH band keys (all outside any
+transaction, a chunk of records at a time with numpy); then, in one transaction holding the
+datanet's row lock: rate limit, exact duplicates (against the datanet and earlier records of
+the same call), near duplicates (LSH), insert (COPY). Rows are written for every record that
+passed validation, rejected ones without their content (so junk is visible and counts toward
+the rate limit); records that fail validation or are rate limited leave no row.
+
+A large call is cut into chunks of `CHUNK` records and pipelined inside its one transaction:
+while Postgres writes chunk k and looks up chunk k+1's hashes and ids, this process prepares
+chunk k+2, so the two cores work at once. Chunks are decided strictly in order, so the
+answers are exactly those of one record after another.
 
 Single `submit` raises for a rejected record (`DuplicateRecord` -> 409, `RecordRejected` ->
 400/413, `RateLimited` -> 429) after committing its row; `submit_bulk` answers per record,
@@ -22,11 +27,13 @@ process wrote) and an `index_epoch` that curator decisions changing index member
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg
 import msgspec
-from datasketch import MinHash
+import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -41,7 +48,7 @@ from attribution.records import (
     Record,
     RejectReason,
     SubmissionResult,
-    prepare,
+    prepare_many,
 )
 
 RawRecord = bytes | str | dict[str, Any] | Record
@@ -49,14 +56,38 @@ _NO_ROW_REASONS = frozenset(
     {RejectReason.INVALID_UTF8, RejectReason.INVALID_SCHEMA, RejectReason.TOO_LARGE}
 )
 RATE_WINDOW_S = 60.0
+CHUNK = 1000
+"""Records per pipeline stage of a large call."""
+_PREPARE_STEP = 250
+"""Records prepared between yields to the event loop while a chunk's write is in flight."""
+_LOAD_CHUNK = 20_000
+"""Signatures read per round trip while building a datanet's index."""
 
 
 class _Item(msgspec.Struct):
     index: int
     prepared: Prepared | None = None
-    signature: MinHash | None = None
     rejection: SubmissionResult | None = None
     kind: str | None = None
+    sig_row: int = -1
+    """Row of this item's signature in its chunk's signature array (prepared items)."""
+
+
+class _Chunk(msgspec.Struct):
+    """Up to `CHUNK` records, prepared outside the transaction."""
+
+    items: list[_Item]
+    sigs: np.ndarray
+    keys: list[list[int]]
+    sig_bytes: bytes
+    hashes: list[bytes]
+    n_rows: int
+    """Items that get a row unless rate limited: a prepared record or a quality rejection."""
+
+
+class _Lookup(msgspec.Struct):
+    live: dict[bytes, int]
+    ids: list[int]
 
 
 class NearDupIndexes:
@@ -90,13 +121,29 @@ class NearDupIndexes:
             index.epoch = epoch
             self._by_datanet[datanet_id] = index
         if last_record_id > index.watermark:
-            rows = await conn.execute(
+            result = await conn.stream(
                 store.LOAD_SIGNATURES, {"datanet_id": datanet_id, "after": index.watermark}
             )
-            for rid, sig in rows:
-                index.insert(rid, dedup.from_bytes(bytes(sig)))
+            async for part in result.partitions(_LOAD_CHUNK):
+                ids = [r[0] for r in part]
+                sigs = np.frombuffer(b"".join([r[1] for r in part]), dtype="<u4")
+                index.insert_many(ids, sigs.astype(np.uint32).reshape(len(ids), dedup.NUM_PERM))
             index.watermark = last_record_id
         return index
+
+
+class _State:
+    """What deciding one chunk leaves for the next, within one call."""
+
+    def __init__(self, index: NearDupIndex, remaining: int | None) -> None:
+        self.index = index
+        self.remaining = remaining
+        """Records the contributor may still submit this minute (None: no limit)."""
+        self.live: dict[bytes, int] = {}
+        """Content hash -> id of the live record holding it, for the hashes seen so far."""
+        self.added: list[int] = []
+        """Records this call put in the near-duplicate index (undone if it rolls back)."""
+        self.last_id = 0
 
 
 class Ingestion:
@@ -122,9 +169,10 @@ class Ingestion:
                 datanet = await fetch_datanet(conn, datanet_id)
             self._ingest_datanets[datanet_id] = datanet
         policy = datanet.policy
-        items = [self._prepare(i, raw, policy) for i, raw in enumerate(raws)]
-        added: list[int] = []
-        index: NearDupIndex | None = None
+        starts = list(range(0, len(raws), CHUNK)) or [0]
+        chunk = _prepare_chunk(raws[:CHUNK], 0, policy)
+        state: _State | None = None
+        results: list[SubmissionResult] = []
         try:
             async with self.engine.begin() as conn:
                 lock = (
@@ -135,31 +183,52 @@ class Ingestion:
                 index = await self.indexes.load(
                     conn, datanet_id, policy, lock.last_record_id, lock.index_epoch
                 )
-                results, rows = await self._decide_items(
-                    conn, datanet, contributor, items, index, added, rate_limit
-                )
-                if atomic and any(r.status == "rejected" for r in results):
+                state = _State(index, await self._remaining(conn, datanet, contributor, rate_limit))
+                driver = await _driver(conn)
+                lookup = await _lookup(conn, datanet_id, chunk)
+                failed = False
+                for k in range(len(starts)):
+                    chunk_results, rows = self._decide(datanet, chunk, lookup, state)
+                    results.extend(chunk_results)
+                    failed = failed or (
+                        atomic and any(r.status == "rejected" for r in chunk_results)
+                    )
+                    more = k + 1 < len(starts)
+                    # Postgres writes this chunk and looks up the next while Python
+                    # prepares the next; an atomic call that failed only goes on deciding
+                    # (every line gets its answer) and writes nothing.
+                    nxt: _Chunk | None = None
+                    if more:
+                        nxt_raws = raws[starts[k + 1] : starts[k + 1] + CHUNK]
+                        write = asyncio.ensure_future(
+                            _write(driver, datanet_id, contributor, [] if failed else rows)
+                        )
+                        try:
+                            nxt = await _prepare_chunk_yielding(nxt_raws, starts[k + 1], policy)
+                        finally:
+                            await write
+                        lookup = await _lookup(conn, datanet_id, nxt)
+                        chunk = nxt
+                    elif not failed:
+                        await _write(driver, datanet_id, contributor, rows)
+                if failed:
                     raise BulkRejected(results)
-                if rows:
+                if state.last_id:
                     await conn.execute(
-                        store.INSERT_CONTRIBUTIONS,
-                        store.insert_params(datanet_id, contributor, rows),
+                        store.SET_LAST_RECORD, {"id": datanet_id, "last_record_id": state.last_id}
                     )
-                    last = max(r.id for r in rows)
-                    await conn.execute(
-                        store.SET_LAST_RECORD, {"id": datanet_id, "last_record_id": last}
-                    )
-                    index.watermark = max(index.watermark, last)
+                    index.watermark = max(index.watermark, state.last_id)
         except BulkRejected:
-            for rid in added:
-                if index is not None:
-                    index.remove(rid)
+            if state is not None:
+                for rid in state.added:
+                    state.index.remove(rid)
             raise
-        except IntegrityError as e:
+        except (IntegrityError, asyncpg.IntegrityConstraintViolationError) as e:
             self.indexes.forget(datanet_id)
-            if store.sqlstate(e) == "23503":
+            code = store.sqlstate(e) if isinstance(e, IntegrityError) else e.sqlstate
+            if code == "23503":
                 raise NotFound("the contributor account does not exist") from None
-            if store.sqlstate(e) == "23505":
+            if code == "23505":
                 raise Conflict("a concurrent submission stored the same content") from None
             raise
         except BaseException:
@@ -168,64 +237,48 @@ class Ingestion:
         return results
 
     @staticmethod
-    def _prepare(i: int, raw: RawRecord, policy: QualityPolicy) -> _Item:
-        try:
-            p = prepare(raw, policy, i)
-        except RecordRejected as e:
-            return _Item(i, rejection=e.result, kind=e.kind)
-        return _Item(i, prepared=p, signature=dedup.signature(p.normalised))
-
-    async def _decide_items(
-        self,
-        conn: AsyncConnection,
-        datanet: Datanet,
-        contributor: int,
-        items: list[_Item],
-        index: NearDupIndex,
-        added: list[int],
-        rate_limit: bool,
-    ) -> tuple[list[SubmissionResult], list[store.NewRow]]:
-        policy = datanet.policy
-        remaining: int | None = None
-        if rate_limit and policy.max_records_per_minute:
-            recent = (
-                await conn.execute(
-                    store.COUNT_RECENT,
-                    {
-                        "datanet_id": datanet.id,
-                        "contributor": contributor,
-                        "window_s": RATE_WINDOW_S,
-                    },
-                )
-            ).scalar_one()
-            remaining = max(0, policy.max_records_per_minute - recent)
-        hashes = {it.prepared.content_hash for it in items if it.prepared is not None}
-        live: dict[bytes, int] = {}
-        if hashes:
-            found = await conn.execute(
-                store.FIND_LIVE_HASHES, {"datanet_id": datanet.id, "hashes": list(hashes)}
+    async def _remaining(
+        conn: AsyncConnection, datanet: Datanet, contributor: int, rate_limit: bool
+    ) -> int | None:
+        """How many more records the contributor may submit this minute (None: no limit)."""
+        limit = datanet.policy.max_records_per_minute
+        if not rate_limit or not limit:
+            return None
+        recent = (
+            await conn.execute(
+                store.COUNT_RECENT,
+                {
+                    "datanet_id": datanet.id,
+                    "contributor": contributor,
+                    "window_s": RATE_WINDOW_S,
+                    "cap": limit,
+                },
             )
-            live = {bytes(h): rid for h, rid in found.all()}
-        n_rows = sum(
-            1
-            for it in items
-            if it.prepared is not None
-            or (it.rejection is not None and it.rejection.reason not in _NO_ROW_REASONS)
-        )
-        ids: list[int] = []
-        if n_rows:
-            ids = list((await conn.execute(store.NEXT_IDS, {"n": n_rows})).scalars())
-        next_id = iter(ids)
+        ).scalar_one()
+        return max(0, limit - recent)
+
+    @staticmethod
+    def _decide(
+        datanet: Datanet, chunk: _Chunk, lookup: _Lookup, state: _State
+    ) -> tuple[list[SubmissionResult], list[store.NewRow]]:
+        """Rate limit, exact and near duplicates for one chunk, in order; the rows to write."""
+        policy = datanet.policy
+        for h, rid in lookup.live.items():
+            state.live.setdefault(h, rid)
+        live = state.live
+        index = state.index
+        sigs, keys, sig_bytes = chunk.sigs, chunk.keys, chunk.sig_bytes
+        next_id = iter(lookup.ids)
         live_status = "pending" if datanet.acceptance_mode == "curated" else "accepted"
         results: list[SubmissionResult] = []
         rows: list[store.NewRow] = []
-        for it in items:
+        for it in chunk.items:
             rej = it.rejection
             if rej is not None and rej.reason in _NO_ROW_REASONS:
                 results.append(rej)
                 continue
-            if remaining is not None:
-                if remaining <= 0:
+            if state.remaining is not None:
+                if state.remaining <= 0:
                     results.append(
                         SubmissionResult(
                             index=it.index,
@@ -236,8 +289,9 @@ class Ingestion:
                         )
                     )
                     continue
-                remaining -= 1
+                state.remaining -= 1
             rid = next(next_id)
+            state.last_id = max(state.last_id, rid)
             if rej is not None:  # a quality rule fired; keep the fact, not the content
                 assert rej.content_hash is not None
                 rej.record_id = rid
@@ -260,11 +314,13 @@ class Ingestion:
                 results.append(rej)
                 continue
             p = it.prepared
-            assert p is not None and it.signature is not None
+            assert p is not None
+            row = it.sig_row
             rec = p.record
             h_hex = p.content_hash.hex()
             first = live.get(p.content_hash)
             if first is not None:
+                detail = f"same normalised content as record {first}"
                 rows.append(
                     store.NewRow(
                         rid,
@@ -278,7 +334,7 @@ class Ingestion:
                         0,
                         "rejected",
                         RejectReason.DUPLICATE.value,
-                        f"same normalised content as record {first}",
+                        detail,
                         duplicate_of=first,
                     )
                 )
@@ -288,24 +344,24 @@ class Ingestion:
                         status="rejected",
                         record_id=rid,
                         reason=RejectReason.DUPLICATE.value,
-                        detail=f"same normalised content as record {first}",
+                        detail=detail,
                         duplicate_of=first,
                         content_hash=h_hex,
                     )
                 )
                 continue
             live[p.content_hash] = rid
-            near = index.query(it.signature)
+            near = index.query_keys(sigs[row], keys[row])
             status = live_status if near is None else "flagged"
-            reason = detail = None
+            reason = detail_ = None
             near_id: int | None = None
             if near is not None:
                 near_id = near[0]
                 reason = RejectReason.NEAR_DUPLICATE.value
-                detail = f"near duplicate of record {near_id} (similarity {near[1]:.2f})"
+                detail_ = f"near duplicate of record {near_id} (similarity {near[1]:.2f})"
             else:
-                index.insert(rid, it.signature)
-                added.append(rid)
+                index.insert_keys(rid, sigs[row], keys[row])
+                state.added.append(rid)
             rows.append(
                 store.NewRow(
                     rid,
@@ -317,11 +373,11 @@ class Ingestion:
                     if rec.metadata is not None
                     else None,
                     p.content_hash,
-                    dedup.to_bytes(it.signature),
+                    sig_bytes[row * dedup.SIGNATURE_BYTES : (row + 1) * dedup.SIGNATURE_BYTES],
                     p.token_count,
                     status,
                     reason,
-                    detail,
+                    detail_,
                     near_duplicate_of=near_id,
                 )
             )
@@ -331,9 +387,95 @@ class Ingestion:
                     status=status,  # type: ignore[arg-type]
                     record_id=rid,
                     reason=reason,
-                    detail=detail,
+                    detail=detail_,
                     near_duplicate_of=near_id,
                     content_hash=h_hex,
                 )
             )
         return results, rows
+
+
+def _prepare_chunk(raws: Sequence[RawRecord], first_index: int, policy: QualityPolicy) -> _Chunk:
+    """Validate, normalise, hash and quality-check records; signatures and band keys."""
+    items: list[_Item] = []
+    prepared: list[Prepared] = []
+    n_rows = 0
+    for i, out in enumerate(prepare_many(raws, policy, first_index)):
+        if isinstance(out, RecordRejected):
+            items.append(_Item(first_index + i, rejection=out.result, kind=out.kind))
+            if out.result.reason not in _NO_ROW_REASONS:
+                n_rows += 1
+        else:
+            items.append(_Item(first_index + i, prepared=out, sig_row=len(prepared)))
+            prepared.append(out)
+            n_rows += 1
+    sigs = dedup.signatures([p.normalised for p in prepared])
+    return _Chunk(
+        items=items,
+        sigs=sigs,
+        keys=dedup.band_keys(sigs, policy.near_duplicate_threshold),
+        sig_bytes=sigs.astype("<u4", copy=False).tobytes(),
+        hashes=list({p.content_hash: None for p in prepared}),
+        n_rows=n_rows,
+    )
+
+
+async def _prepare_chunk_yielding(
+    raws: Sequence[RawRecord], first_index: int, policy: QualityPolicy
+) -> _Chunk:
+    """`_prepare_chunk` that lets the event loop run every `_PREPARE_STEP` records, so the
+    write in flight keeps streaming to Postgres meanwhile."""
+    parts: list[_Chunk] = []
+    for s in range(0, len(raws), _PREPARE_STEP):
+        parts.append(_prepare_chunk(raws[s : s + _PREPARE_STEP], first_index + s, policy))
+        await asyncio.sleep(0)
+    if len(parts) == 1:
+        return parts[0]
+    items: list[_Item] = []
+    offset = 0
+    for part in parts:
+        for it in part.items:
+            if it.sig_row >= 0:
+                it.sig_row += offset
+            items.append(it)
+        offset += len(part.sigs)
+    return _Chunk(
+        items=items,
+        sigs=np.concatenate([p.sigs for p in parts]),
+        keys=[k for p in parts for k in p.keys],
+        sig_bytes=b"".join(p.sig_bytes for p in parts),
+        hashes=list(dict.fromkeys(h for p in parts for h in p.hashes)),
+        n_rows=sum(p.n_rows for p in parts),
+    )
+
+
+async def _driver(conn: AsyncConnection) -> asyncpg.Connection:
+    """The asyncpg connection under `conn` (same transaction), for COPY."""
+    raw = await conn.get_raw_connection()
+    driver: asyncpg.Connection = raw.driver_connection
+    return driver
+
+
+async def _lookup(conn: AsyncConnection, datanet_id: int, chunk: _Chunk) -> _Lookup:
+    """Which of the chunk's hashes a live record of the datanet holds; ids for its rows."""
+    live: dict[bytes, int] = {}
+    if chunk.hashes:
+        found = await conn.execute(
+            store.FIND_LIVE_HASHES, {"datanet_id": datanet_id, "hashes": chunk.hashes}
+        )
+        live = {bytes(h): rid for h, rid in found}
+    ids: list[int] = []
+    if chunk.n_rows:
+        ids = list((await conn.execute(store.NEXT_IDS, {"n": chunk.n_rows})).scalar_one())
+    return _Lookup(live, ids)
+
+
+async def _write(
+    driver: asyncpg.Connection, datanet_id: int, contributor: int, rows: list[store.NewRow]
+) -> None:
+    if rows:
+        await driver.copy_records_to_table(
+            store.CONTRIBUTIONS_TABLE,
+            records=store.copy_tuples(datanet_id, contributor, rows),
+            columns=store.CONTRIBUTION_COPY_COLUMNS,
+        )

@@ -24,9 +24,11 @@ import math
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import msgspec
+import numpy as np
 
 from attribution.errors import RecordRejected
 
@@ -110,28 +112,46 @@ class Prepared(msgspec.Struct):
     token_count: int
 
 
-_WS = re.compile(r"\s+")
 _LETTERS = re.compile(r"[^\W\d_]+")
 _RECORD_DECODER = msgspec.json.Decoder(Record)
 
 
 def normalise(s: str) -> str:
-    s = unicodedata.normalize("NFC", s)
-    s = unicodedata.normalize("NFC", s.casefold())
-    return _WS.sub(" ", s).strip()
+    return _normalise_words(s)[0]
+
+
+def _normalise_words(s: str) -> tuple[str, list[str]]:
+    """The normalised text and its words."""
+    # str.split() and the regex \s both split on exactly the characters str.isspace() calls
+    # whitespace, so the join equals re.sub(r"\s+", " ", s).strip() (checked for every code
+    # point in tests/unit/test_ingest_records.py); ASCII is NFC and casefolds as lower().
+    if s.isascii():
+        words = s.lower().split()
+    else:
+        s = unicodedata.normalize("NFC", s)
+        words = unicodedata.normalize("NFC", s.casefold()).split()
+    return " ".join(words), words
+
+
+def _hash_normalised(kind: str, first: str, second: str | None = None) -> bytes:
+    if kind == "text":
+        data = b"text\x00" + first.encode("utf-8", "surrogatepass")
+    else:
+        data = (
+            b"pair\x00"
+            + first.encode("utf-8", "surrogatepass")
+            + b"\x00"
+            + (second or "").encode("utf-8", "surrogatepass")
+        )
+    return hashlib.sha256(data).digest()
 
 
 def content_hash(record: Record) -> bytes:
     if record.text is not None:
-        data = b"text\x00" + normalise(record.text).encode("utf-8", "surrogatepass")
-    else:
-        data = (
-            b"pair\x00"
-            + normalise(record.prompt or "").encode("utf-8", "surrogatepass")
-            + b"\x00"
-            + normalise(record.completion or "").encode("utf-8", "surrogatepass")
-        )
-    return hashlib.sha256(data).digest()
+        return _hash_normalised("text", normalise(record.text))
+    return _hash_normalised(
+        "pair", normalise(record.prompt or ""), normalise(record.completion or "")
+    )
 
 
 def token_count(s: str) -> int:
@@ -212,6 +232,40 @@ def _char_entropy(s: str) -> float:
     return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
 
 
+# `prepare_many` computes the entropy of a batch of ASCII texts at once with numpy; its sum
+# runs in another order than `_char_entropy`'s, so the two may differ in the last bits. When
+# the fast value is within this margin of the threshold, the rule uses `_char_entropy`, so
+# every decision (and every message) is the one `_char_entropy` gives.
+_ENTROPY_MARGIN = 1e-9
+
+
+def _ascii_entropies(texts: list[str]) -> np.ndarray:
+    """Shannon entropy (bits per character) of each non-empty ASCII text."""
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    data = np.frombuffer("\n".join(texts).encode("ascii"), dtype=np.uint8)
+    # record number of every byte; "\n" never occurs in normalised text, so the separators
+    # are counted under byte 10 and dropped
+    owner = np.repeat(np.arange(len(texts), dtype=np.int64), lengths + 1)[: len(data)]
+    counts = np.bincount(owner * 128 + data, minlength=len(texts) * 128).reshape(-1, 128)
+    counts[:, 10] = 0
+    p = counts / lengths[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(counts > 0, p * np.log2(np.where(counts > 0, p, 1.0)), 0.0)
+    result: np.ndarray = -terms.sum(axis=1)
+    return result
+
+
+# every ASCII byte that is not a letter: deleting them leaves the letters
+_ASCII_NON_LETTERS = bytes(b for b in range(128) if not chr(b).isalpha())
+
+
+def _letter_count(s: str) -> int:
+    """Characters of `s` that the rule counts as letters (regex `[^\\W\\d_]`)."""
+    if s.isascii():
+        return len(s.encode("ascii").translate(None, _ASCII_NON_LETTERS))
+    return sum(len(m) for m in _LETTERS.findall(s))
+
+
 def _worst_distinct_ratio(tokens: list[str], window: int) -> float | None:
     worst: float | None = None
     for start in range(0, len(tokens), window):
@@ -223,9 +277,21 @@ def _worst_distinct_ratio(tokens: list[str], window: int) -> float | None:
     return worst
 
 
-def check_quality(normalised: str, policy: QualityPolicy) -> None:
+def check_quality(
+    normalised: str,
+    policy: QualityPolicy,
+    words: list[str] | None = None,
+    entropy: float | None = None,
+) -> None:
     """Apply the datanet's quality rules to normalised content; raises `RecordRejected` naming
-    the first rule that fired (order: too_short, non_text, repetitive)."""
+    the first rule that fired (order: too_short, non_text, repetitive). `words` (the
+    normalised words) and `entropy` (an estimate of `_char_entropy(normalised)`, see
+    `_ENTROPY_MARGIN`) save recomputing them."""
+    _check_size_and_letters(normalised, policy)
+    _check_repetition(normalised, policy, words, entropy)
+
+
+def _check_size_and_letters(normalised: str, policy: QualityPolicy) -> None:
     if policy.min_chars and len(normalised) < policy.min_chars:
         raise _reject(
             RejectReason.TOO_SHORT,
@@ -235,7 +301,7 @@ def check_quality(normalised: str, policy: QualityPolicy) -> None:
         # normalised text holds no whitespace but single spaces
         visible = len(normalised) - normalised.count(" ")
         if visible:
-            non_letters = len(_LETTERS.sub("", normalised)) - normalised.count(" ")
+            non_letters = visible - _letter_count(normalised)
             frac = non_letters / visible
             if frac > policy.max_non_letter_fraction:
                 raise _reject(
@@ -243,15 +309,25 @@ def check_quality(normalised: str, policy: QualityPolicy) -> None:
                     f"{frac:.0%} of characters are not letters "
                     f"(limit {policy.max_non_letter_fraction:.0%})",
                 )
+
+
+def _check_repetition(
+    normalised: str, policy: QualityPolicy, words: list[str] | None, entropy: float | None
+) -> None:
     if policy.min_char_entropy_bits:
-        h = _char_entropy(normalised)
+        h = entropy
+        if h is None or abs(h - policy.min_char_entropy_bits) <= _ENTROPY_MARGIN:
+            h = _char_entropy(normalised)
         if h < policy.min_char_entropy_bits:
+            h = _char_entropy(normalised)
             raise _reject(
                 RejectReason.REPETITIVE,
                 f"character entropy {h:.2f} bits, below {policy.min_char_entropy_bits}",
             )
     if policy.min_distinct_token_ratio:
-        ratio = _worst_distinct_ratio(normalised.split(" "), max(8, policy.ratio_window))
+        if words is None or not words:
+            words = normalised.split(" ")
+        ratio = _worst_distinct_ratio(words, max(8, policy.ratio_window))
         if ratio is not None and ratio < policy.min_distinct_token_ratio:
             raise _reject(
                 RejectReason.REPETITIVE,
@@ -259,24 +335,84 @@ def check_quality(normalised: str, policy: QualityPolicy) -> None:
             )
 
 
-def prepare(
-    raw: bytes | str | dict[str, Any] | Record, policy: QualityPolicy, index: int = 0
-) -> Prepared:
+RawInput = bytes | str | dict[str, Any] | Record
+
+
+def prepare(raw: RawInput, policy: QualityPolicy, index: int = 0) -> Prepared:
     """Validate, normalise, hash and quality-check one record. Raises `RecordRejected` (with
     `result.index` set to `index`)."""
+    (result,) = prepare_many([raw], policy, index)
+    if isinstance(result, RecordRejected):
+        raise result
+    return result
+
+
+class _Stage(msgspec.Struct):
+    record: Record
+    norm: str
+    words: list[str]
+    content_hash: bytes
+    tokens: int
+
+
+def _stage(raw: RawInput, policy: QualityPolicy, index: int) -> _Stage | RecordRejected:
+    """Parse, normalise and hash one record (the per-record part of `prepare_many`)."""
     h: bytes | None = None
     try:
         record = parse_record(raw, policy)
-        if record.text is not None:
-            norm = normalise(record.text)
+        text = record.text
+        if text is not None:
+            norm, words = _normalise_words(text)
+            h = _hash_normalised("text", norm)
+            # lower() changes no whitespace, so ASCII words are the raw content's tokens
+            tokens = len(words) if text.isascii() else token_count(text)
         else:
-            norm = normalise(f"{record.prompt} {record.completion}")
-        h = content_hash(record)
-        check_quality(norm, policy)
+            norm, words = _normalise_words(f"{record.prompt} {record.completion}")
+            h = _hash_normalised(
+                "pair", normalise(record.prompt or ""), normalise(record.completion or "")
+            )
+            tokens = token_count(record.raw_content())
+        # the rules before entropy; `prepare_many` applies the rest once it has the batch's
+        # entropies
+        _check_size_and_letters(norm, policy)
     except RecordRejected as e:
         e.result.index = index
         if h is not None:
             e.result.content_hash = h.hex()
             e.kind = record.kind
-        raise
-    return Prepared(record, norm, h, token_count(record.raw_content()))
+        return e
+    return _Stage(record, norm, words, h, tokens)
+
+
+def prepare_many(
+    raws: Sequence[RawInput], policy: QualityPolicy, first_index: int = 0
+) -> list[Prepared | RecordRejected]:
+    """`prepare` for a batch: each record's `Prepared`, or the `RecordRejected` it raised
+    (index `first_index + i`). The character entropy of the batch's ASCII texts is computed
+    in one numpy pass; the decisions are those `prepare` makes one by one."""
+    staged = [_stage(raw, policy, first_index + i) for i, raw in enumerate(raws)]
+    entropies: dict[int, float] = {}
+    if policy.min_char_entropy_bits:
+        ascii_rows = [
+            i
+            for i, st in enumerate(staged)
+            if isinstance(st, _Stage) and st.norm and st.norm.isascii()
+        ]
+        if ascii_rows:
+            values = _ascii_entropies([staged[i].norm for i in ascii_rows])  # type: ignore[union-attr]
+            entropies = dict(zip(ascii_rows, values.tolist(), strict=True))
+    out: list[Prepared | RecordRejected] = []
+    for i, st in enumerate(staged):
+        if isinstance(st, RecordRejected):
+            out.append(st)
+            continue
+        try:
+            _check_repetition(st.norm, policy, st.words, entropies.get(i))
+        except RecordRejected as e:
+            e.result.index = first_index + i
+            e.result.content_hash = st.content_hash.hex()
+            e.kind = st.record.kind
+            out.append(e)
+            continue
+        out.append(Prepared(st.record, st.norm, st.content_hash, st.tokens))
+    return out

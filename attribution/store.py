@@ -63,22 +63,38 @@ BUMP_INDEX_EPOCH = text(
     "UPDATE datanets SET index_epoch = index_epoch + 1 WHERE id = :id RETURNING index_epoch"
 )
 
+# Counting stops at the limit (`cap`): all the rate limit needs to know is how many of the
+# `cap` allowed slots are used, and an uncapped count walks every row of the window (a
+# million rows for a bulk import a minute).
 COUNT_RECENT = text(
     """
-    SELECT count(*) FROM contributions
-    WHERE datanet_id = :datanet_id AND contributor_account_id = :contributor
-      AND created_at > now() - make_interval(secs => :window_s)
+    SELECT count(*) FROM (
+        SELECT 1 FROM contributions
+        WHERE datanet_id = :datanet_id AND contributor_account_id = :contributor
+          AND created_at > now() - make_interval(secs => :window_s)
+        LIMIT :cap
+    ) AS recent
     """
 )
+# One probe of the live-content unique index per hash (LATERAL ... LIMIT 1 pins that plan: with
+# `content_hash = ANY(...)` and statistics gone stale during a large import, the planner
+# scanned every live row of the datanet).
 FIND_LIVE_HASHES = text(
     """
-    SELECT content_hash, id FROM contributions
-    WHERE datanet_id = :datanet_id AND content_hash = ANY(CAST(:hashes AS bytea[]))
-      AND status IN ('accepted', 'pending', 'flagged')
+    SELECT h.content_hash, c.id
+    FROM unnest(CAST(:hashes AS bytea[])) AS h(content_hash)
+    CROSS JOIN LATERAL (
+        SELECT id FROM contributions
+        WHERE datanet_id = :datanet_id AND content_hash = h.content_hash
+          AND status IN ('accepted', 'pending', 'flagged')
+        LIMIT 1
+    ) AS c
     """
 )
+# The identity column's sequence by name: a constant regclass costs one nextval per id, where
+# nextval(pg_get_serial_sequence(...)) looked the sequence up again for every row (4x slower).
 NEXT_IDS = text(
-    "SELECT nextval(pg_get_serial_sequence('contributions', 'id')) FROM generate_series(1, :n)"
+    "SELECT array_agg(nextval('contributions_id_seq'::regclass)) FROM generate_series(1, :n)"
 )
 INSERT_CONTRIBUTIONS = text(
     """
@@ -99,6 +115,27 @@ INSERT_CONTRIBUTIONS = text(
     ) AS u(id, kind, text, prompt, completion, meta, h, mh, tok, status, reason, detail, dup,
            near)
     """
+)
+CONTRIBUTIONS_TABLE = "contributions"
+# The columns a bulk write COPYs, in `NewRow.copy_tuple` order (COPY is the fastest way in;
+# the constraints, triggers and the live-content unique index apply to it as to INSERT).
+CONTRIBUTION_COPY_COLUMNS = (
+    "id",
+    "datanet_id",
+    "contributor_account_id",
+    "kind",
+    "text",
+    "prompt",
+    "completion",
+    "metadata",
+    "content_hash",
+    "minhash",
+    "token_count",
+    "status",
+    "reason",
+    "detail",
+    "duplicate_of",
+    "near_duplicate_of",
 )
 LOAD_SIGNATURES = text(
     """
@@ -306,6 +343,31 @@ class NewRow(msgspec.Struct):
     detail: str | None = None
     duplicate_of: int | None = None
     near_duplicate_of: int | None = None
+
+
+def copy_tuples(datanet_id: int, contributor: int, rows: Sequence[NewRow]) -> list[tuple[Any, ...]]:
+    """The rows as `CONTRIBUTION_COPY_COLUMNS` tuples."""
+    return [
+        (
+            r.id,
+            datanet_id,
+            contributor,
+            r.kind,
+            r.text,
+            r.prompt,
+            r.completion,
+            r.metadata,
+            r.content_hash,
+            r.minhash,
+            r.token_count,
+            r.status,
+            r.reason,
+            r.detail,
+            r.duplicate_of,
+            r.near_duplicate_of,
+        )
+        for r in rows
+    ]
 
 
 def insert_params(datanet_id: int, contributor: int, rows: Sequence[NewRow]) -> dict[str, Any]:
