@@ -127,11 +127,16 @@ def _free_port() -> int:
 @contextlib.asynccontextmanager
 async def served(h: Harness):  # type: ignore[no-untyped-def]
     port = _free_port()
-    config = uvicorn.Config(h.app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        h.app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    while not server.started:
+    for _ in range(500):
+        if server.started:
+            break
         await asyncio.sleep(0.02)
+    assert server.started, "uvicorn did not start"
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -180,6 +185,14 @@ async def wait_polls(page, n: int, within_s: float = 20.0) -> None:  # type: ign
         await asyncio.sleep(0.05)
 
 
+def _keep_screenshot(png: bytes, tmp_path: Path) -> None:
+    """In the test's tmp dir, and in $ROYALTY_ARTIFACTS when set (to look at it)."""
+    for d in (tmp_path, os.environ.get("ROYALTY_ARTIFACTS")):
+        if d:
+            Path(d).mkdir(parents=True, exist_ok=True)
+            (Path(d) / "dashboard.png").write_bytes(png)
+
+
 def _browser_or_skip():  # type: ignore[no-untyped-def]
     if not os.path.exists(CHROMIUM):
         pytest.skip(
@@ -215,9 +228,11 @@ async def test_dashboard_in_headless_chromium_shows_the_metrics(tmp_path: Path) 
                 # Script errors and CSP violations; the login page's own 401/403 are expected.
                 page.on(
                     "console",
-                    lambda m: problems.append(m.text)
-                    if m.type == "error" and not m.text.startswith("Failed to load resource")
-                    else None,
+                    lambda m: (
+                        problems.append(m.text)
+                        if m.type == "error" and not m.text.startswith("Failed to load resource")
+                        else None
+                    ),
                 )
                 page.on("pageerror", lambda e: problems.append(str(e)))
 
@@ -257,10 +272,7 @@ async def test_dashboard_in_headless_chromium_shows_the_metrics(tmp_path: Path) 
                 assert {"contributor", "platform"} <= set(credit_kinds)
 
                 shot = await page.screenshot(full_page=True)
-                (tmp_path / "dashboard.png").write_bytes(shot)
-                if out := os.environ.get("ROYALTY_ARTIFACTS"):
-                    Path(out).mkdir(parents=True, exist_ok=True)
-                    (Path(out) / "dashboard.png").write_bytes(shot)
+                _keep_screenshot(shot, tmp_path)
                 drawn = {
                     "chart-traffic": (47, 111, 216),
                     "chart-tokens": (138, 79, 216),
