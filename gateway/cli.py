@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from gateway.cli_metering import credits_app, ledger_app, payouts_app, prices_app, report
 from gateway.settings import Settings
 
 app = typer.Typer(
@@ -26,6 +27,11 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(datanet_app, name="datanet")
+app.add_typer(credits_app, name="credits")
+app.add_typer(prices_app, name="prices")
+app.add_typer(payouts_app, name="payouts")
+app.add_typer(ledger_app, name="ledger")
+app.command("report")(report)
 
 err = Console(stderr=True)
 

@@ -1,0 +1,357 @@
+"""`royalty credits|prices|payouts|ledger|report`: metering from the command line.
+
+Thin: parses arguments, opens the database, calls `metering` APIs. Registered in
+`gateway/cli.py`. Amounts are typed as decimal credits and parsed exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.settings import Settings
+from metering.sources import AdapterInfo
+
+credits_app = typer.Typer(no_args_is_help=True, help="Consumer credit: top up, show.")
+prices_app = typer.Typer(no_args_is_help=True, help="Versioned prices per base model and adapter.")
+payouts_app = typer.Typer(no_args_is_help=True, help="Monthly close, proofs, penalties.")
+ledger_app = typer.Typer(no_args_is_help=True, help="The ledger: post usage, check invariants.")
+
+err = Console(stderr=True)
+T = TypeVar("T")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="ROYALTY_HOME", help="Data directory (default .royalty)."),
+]
+DbUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url", envvar="DATABASE_URL", help="PostgreSQL URL; embedded server when unset."
+    ),
+]
+Month = Annotated[str, typer.Option("--month", help="Month as YYYY-MM (UTC).")]
+
+
+class LineageAdapterDirectory:
+    """metering's AdapterDirectory over attribution's lineage (owner, snapshot contributors
+    weighted by their record counts), cached per process: lineage of a name is immutable
+    while it is active."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        from attribution.lineage import LineageService
+
+        self._lineage = LineageService(engine)
+        self._cache: dict[str, AdapterInfo | None] = {}
+
+    async def adapter(self, name: str) -> AdapterInfo | None:
+        from attribution.errors import NotFound
+
+        if name not in self._cache:
+            try:
+                found = await self._lineage.get(name)
+                shares = await self._lineage.contributor_shares(name)
+            except NotFound:
+                self._cache[name] = None
+            else:
+                self._cache[name] = AdapterInfo(found.owner_account_id, shares)
+        return self._cache[name]
+
+
+@asynccontextmanager
+async def _engine(data_dir: Path | None, database_url: str | None) -> AsyncIterator[AsyncEngine]:
+    from gateway.db import create_engine, migrate, resolve_database_url
+
+    s = Settings.from_env().with_(data_dir=data_dir, database_url=database_url)
+    engine = create_engine(resolve_database_url(s.database_url, s.data_dir), pool_size=2)
+    try:
+        await migrate(engine)
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+def _run(
+    data_dir: Path | None, database_url: str | None, fn: Callable[[AsyncEngine], Awaitable[T]]
+) -> T:
+    async def go() -> T:
+        async with _engine(data_dir, database_url) as engine:
+            return await fn(engine)
+
+    return asyncio.run(go())
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+def _month(text: str) -> dt.date:
+    from metering.money import parse_month
+
+    try:
+        return parse_month(text)
+    except ValueError as e:
+        raise _fail(str(e), 2) from None
+
+
+async def _drain(engine: AsyncEngine) -> int:
+    """Post every queued usage event, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from metering.posting import PostingWorker
+
+    worker = PostingWorker(engine, LineageAdapterDirectory(engine))
+    depth = await worker.queue_depth()
+    if depth == 0:
+        return 0
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=err, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("posting usage", total=depth)
+        return await worker.drain(lambda n: bar.advance(task, n))
+
+
+# --- credits --------------------------------------------------------------------------------
+@credits_app.command("add")
+def credits_add(
+    account: Annotated[str, typer.Option(help="Consumer account name (created if new).")],
+    amount: Annotated[str, typer.Option(help="Credits, a decimal string (exact, <= 6 places).")],
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Top up an account's credit; prints the new available credit."""
+    from gateway.admin import account_id
+    from metering.ledger import PostgresLedger
+    from metering.money import MoneyError, format_micros, parse_credits
+
+    try:
+        micros = parse_credits(amount)
+    except MoneyError as e:
+        raise _fail(str(e), 2) from None
+
+    async def go(engine: AsyncEngine) -> int:
+        ledger = PostgresLedger(engine)
+        await ledger.top_up(await account_id(engine, account), micros, f"credits add {amount}")
+        return (await ledger.balance("consumer", await account_id(engine, account))).available
+
+    try:
+        available = _run(data_dir, database_url, go)
+    except ValueError as e:
+        raise _fail(str(e), 2) from None
+    sys.stdout.write(f"{account} {format_micros(available)}\n")
+
+
+@credits_app.command("show")
+def credits_show(
+    account: Annotated[str, typer.Option(help="Account name.")],
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Print an account's balance, held (reserved) and available credit."""
+    from gateway.admin import existing_account_id
+    from metering.ledger import PostgresLedger
+    from metering.money import format_micros
+
+    async def go(engine: AsyncEngine) -> Any:
+        return await PostgresLedger(engine).balance(
+            "consumer", await existing_account_id(engine, account)
+        )
+
+    try:
+        b = _run(data_dir, database_url, go)
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    sys.stdout.write(
+        f"balance={format_micros(b.balance)} held={format_micros(b.held)} "
+        f"available={format_micros(b.available)}\n"
+    )
+
+
+# --- prices ---------------------------------------------------------------------------------
+@prices_app.command("set")
+def prices_set(
+    base_model: Annotated[str, typer.Option(help="Base model name.")],
+    input_credits: Annotated[
+        str, typer.Option("--input", help="Credits per million input tokens.")
+    ],
+    output_credits: Annotated[
+        str, typer.Option("--output", help="Credits per million output tokens.")
+    ],
+    adapter: Annotated[str, typer.Option(help="Adapter name; empty = the base model itself.")] = "",
+    effective_from: Annotated[
+        str | None, typer.Option(help="ISO 8601 time with zone (default: now).")
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Add a price version; prints its id (the version stored with every charge)."""
+    from metering.catalog import CatalogError, PostgresCatalog
+    from metering.money import MoneyError, parse_credits
+
+    try:
+        pin = parse_credits(input_credits, allow_zero=True)
+        pout = parse_credits(output_credits, allow_zero=True)
+        when = dt.datetime.fromisoformat(effective_from) if effective_from else None
+    except (MoneyError, ValueError) as e:
+        raise _fail(str(e), 2) from None
+    if when is not None and when.tzinfo is None:
+        raise _fail("--effective-from needs a time zone, e.g. 2026-12-01T00:00:00+00:00", 2)
+    try:
+        price = _run(
+            data_dir, database_url,
+            lambda e: PostgresCatalog(e).set_price(base_model, adapter, pin, pout, when),
+        )  # fmt: skip
+    except CatalogError as e:
+        raise _fail(str(e), 2) from None
+    sys.stdout.write(f"{price.id}\n")
+
+
+@prices_app.command("list")
+def prices_list(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """List every price version (credits per million tokens)."""
+    from rich.table import Table
+
+    from metering.catalog import PostgresCatalog
+    from metering.money import format_micros
+
+    prices = _run(data_dir, database_url, lambda e: PostgresCatalog(e).prices())
+    table = Table("version", "base model", "adapter", "input / M", "output / M", "effective from")
+    for p in prices:
+        table.add_row(
+            str(p.id), p.base_model, p.adapter or "-", format_micros(p.input_micros_per_m),
+            format_micros(p.output_micros_per_m), p.effective_from.isoformat(),
+        )  # fmt: skip
+    Console(width=200).print(table)
+
+
+# --- payouts --------------------------------------------------------------------------------
+@payouts_app.command("close")
+def payouts_close(month: Month, data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """Post queued usage, then freeze the month: statements, Merkle root, proofs. A closed
+    month is left as it is (exit 0)."""
+    from metering.payouts import CloseError, PostgresPayouts
+
+    when = _month(month)
+
+    async def go(engine: AsyncEngine) -> Any:
+        if await PostgresPayouts(engine).month(when) is None:
+            await _drain(engine)
+        return await PostgresPayouts(engine).close(when)
+
+    try:
+        c = _run(data_dir, database_url, go)
+    except CloseError as e:
+        raise _fail(str(e)) from None
+    from metering.money import format_micros
+
+    state = "already closed" if c.already_closed else "closed"
+    sys.stdout.write(
+        f"{month} {state}: root={c.root.hex()} statements={c.statements} events={c.events} "
+        f"charges={format_micros(c.charges)} payouts={format_micros(c.payouts)} "
+        f"fees={format_micros(c.fees)} withheld={format_micros(c.withheld)}\n"
+    )
+
+
+@payouts_app.command("verify")
+def payouts_verify(month: Month, data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """Check every statement's Merkle proof against the month's root; exit 0 only if all do."""
+    from metering.payouts import PostgresPayouts
+
+    checked, bad = _run(data_dir, database_url, lambda e: PostgresPayouts(e).verify(_month(month)))
+    if bad:
+        for b in bad[:20]:
+            err.print(f"[red]does not verify:[/red] {b}")
+        raise typer.Exit(1)
+    sys.stdout.write(f"{month}: {checked} statements verify\n")
+
+
+@payouts_app.command("penalize")
+def payouts_penalize(
+    contributor: Annotated[str, typer.Option(help="Contributor account name.")],
+    reason: Annotated[str, typer.Option(help="Why (shown to the contributor).")],
+    adapter: Annotated[str, typer.Option(help="Only this adapter's credits (default: all).")] = "",
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Withhold a contributor's future credits and reverse their open months' credits."""
+    from gateway.admin import existing_account_id
+    from metering.ledger import LedgerError, PostgresLedger
+    from metering.money import format_micros
+
+    async def go(engine: AsyncEngine) -> tuple[int, int]:
+        who = await existing_account_id(engine, contributor)
+        return await PostgresLedger(engine).penalize(who, adapter, reason)
+
+    try:
+        penalty, reversed_ = _run(data_dir, database_url, go)
+    except (LedgerError, ValueError) as e:
+        raise _fail(str(e)) from None
+    sys.stdout.write(f"penalty {penalty}: reversed {format_micros(reversed_)} credits\n")
+
+
+# --- ledger ---------------------------------------------------------------------------------
+@ledger_app.command("post")
+def ledger_post(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """Price, split and post every queued usage event now; prints how many."""
+    sys.stdout.write(f"{_run(data_dir, database_url, _drain)}\n")
+
+
+@ledger_app.command("check")
+def ledger_check(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """Check every ledger invariant; exit 1 and name the broken ones."""
+    from metering.audit import violations
+
+    broken = _run(data_dir, database_url, violations)
+    for b in broken:
+        err.print(f"[red]violated:[/red] {b}")
+    if broken:
+        raise typer.Exit(1)
+    sys.stdout.write("ledger ok\n")
+
+
+# --- report ---------------------------------------------------------------------------------
+def report(
+    month: Month,
+    fmt: Annotated[str, typer.Option("--format", help="csv, html or pdf.")],
+    output: Annotated[Path, typer.Option(help="File to write.")],
+    account: Annotated[
+        str | None, typer.Option(help="A contributor's own report (default: the operator's).")
+    ] = None,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Write a month's payout report (operator, or one contributor with --account)."""
+    from gateway.admin import existing_account_id
+    from metering.report_data import operator_report, payee_report
+    from metering.report_pdf import render_pdf
+    from metering.report_render import render_text
+
+    if fmt not in ("csv", "html", "pdf"):
+        raise _fail("--format is csv, html or pdf", 2)
+    when = _month(month)
+
+    async def go(engine: AsyncEngine) -> Any:
+        if account is None:
+            return await operator_report(engine, when)
+        return await payee_report(engine, when, await existing_account_id(engine, account))
+
+    try:
+        data = _run(data_dir, database_url, go)
+    except (LookupError, ValueError) as e:
+        raise _fail(str(e)) from None
+    if fmt == "pdf":
+        output.write_bytes(render_pdf(data))
+    else:
+        output.write_text(render_text(data, fmt), encoding="utf-8")
+    sys.stdout.write(f"{output}\n")
