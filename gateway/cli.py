@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from gateway.cli_factory import adapters_app, factory_app
 from gateway.cli_metering import credits_app, ledger_app, payouts_app, prices_app, report
 from gateway.settings import Settings
 
@@ -27,6 +28,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(datanet_app, name="datanet")
+app.add_typer(factory_app, name="factory")
+app.add_typer(adapters_app, name="adapters")
 app.add_typer(credits_app, name="credits")
 app.add_typer(prices_app, name="prices")
 app.add_typer(payouts_app, name="payouts")

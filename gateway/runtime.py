@@ -11,10 +11,12 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from attribution.lineage import LineageService
 from attribution.service import DatanetService
 from gateway.auth import Authenticator, PostgresKeyStore
 from gateway.container import Services
 from gateway.db import create_engine, migrate, resolve_database_url
+from gateway.factory_jobs import AdapterSync
 from gateway.inference import InferenceService
 from gateway.metrics import MetricsSampler
 from gateway.ratelimit import RateLimiter
@@ -23,6 +25,7 @@ from metering.shipper import UsageShipper
 from metering.usage_log import UsageLog
 from metering.usage_store import PostgresUsageStore
 from serving.engine import VLLMHttpEngine
+from serving.factory.build import load_manifest
 from serving.placement import AdapterPlacement
 from serving.pool import EngineHandle, EnginePool
 from serving.registry import ModelRegistry
@@ -49,6 +52,7 @@ class Runtime:
     supervisors: list[EngineSupervisor] = field(default_factory=list)
     services: Services | None = None
     models_dir: Path | None = None
+    adapter_sync: AdapterSync | None = None
     sampler: MetricsSampler | None = None
 
     async def start(self, *, models_dir: Path | None = None) -> Services:
@@ -70,6 +74,20 @@ class Runtime:
         tree = self.models_dir = models_dir or demo_models_dir(s)
         registry = ModelRegistry.from_manifest(tree, s.base_model)
         base = registry.bases[0]
+        built = load_manifest(tree, verify=False)
+        demo = s.demo_datanets
+        if demo is None:  # by default, the demo world comes with the demo models
+            demo = models_dir is None and s.models_dir is None
+        if demo:
+            from gateway.demo import ensure_demo_world
+
+            await ensure_demo_world(self.db, built, s.resolved_adapters_dir, progress=s.progress)
+        lineage = LineageService(self.db)
+        self.adapter_sync = AdapterSync(
+            lineage, registry, base.name, built.manifest["base"]["weights_sha256"]
+        )
+        await self.adapter_sync.sync_once()
+        self.adapter_sync.start()
         pool = EnginePool(self._engines(base.name, base.path))
         if s.engine_urls:
             pool.start_health_checks()
@@ -95,6 +113,8 @@ class Runtime:
             pool=pool,
             inference=inference,
             datanets=DatanetService(self.db),
+            lineage=lineage,
+            factory_base=built,
         )
         return self.services
 
@@ -128,6 +148,8 @@ class Runtime:
 
     async def stop(self) -> None:
         """Finish usage writes, ship everything to Postgres, then stop engines."""
+        if self.adapter_sync is not None:
+            await self.adapter_sync.stop()
         if self.sampler is not None:
             await self.sampler.stop()
         if self.services is not None:

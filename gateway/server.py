@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
 from types import FrameType
-from typing import Any
 
 import uvicorn
 from rich.console import Console
@@ -76,15 +73,11 @@ async def _banner(runtime: Runtime, settings: Settings, demo_key: bool) -> None:
 
 
 def _example(runtime: Runtime) -> tuple[str, str]:
-    """An adapter and the prompt of its domain, from the model tree's manifest."""
+    """An adapter and a prompt of its domain (from its registration), recipes first."""
     assert runtime.services is not None
     registry = runtime.services.registry
-    manifest: dict[str, Any] = {}
-    if runtime.models_dir is not None:
-        with contextlib.suppress(OSError, ValueError):
-            manifest = json.loads((runtime.models_dir / "manifest.json").read_text())
-    for adapter in sorted(registry.adapters, key=lambda a: a.name != "recipes"):
-        prompt = manifest.get("adapters", {}).get(adapter.name, {}).get("prompt")
+    for adapter in sorted(registry.adapters, key=lambda a: (a.name != "recipes", a.name)):
+        prompt = adapter.example_prompt
         if isinstance(prompt, str) and "'" not in prompt:
             return adapter.name, prompt
     return registry.bases[0].name, "Once upon a time"

@@ -23,6 +23,13 @@ class Settings:
     """Served name of the base model; taken from the demo manifest when not set."""
     models_dir: Path | None = None
     """A built model tree (manifest.json, base/, adapters/); None means the demo models."""
+    adapters_dir: Path | None = None
+    """Where the model factory writes adapters; default `data_dir/adapters`."""
+    demo_datanets: bool | None = None
+    """Create the demo datanets and train the demo adapters on them at start; None means
+    yes when serving the demo models (no `models_dir`)."""
+    progress: bool = True
+    """Progress bars for long steps at start (model and adapter training)."""
     engine_port: int = 8100
     max_loras: int = 4
     max_lora_rank: int = 8
@@ -37,6 +44,10 @@ class Settings:
     ship_batch_size: int = 5000
     engine_timeout_s: float = 600.0
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def resolved_adapters_dir(self) -> Path:
+        return self.adapters_dir or self.data_dir / "adapters"
 
     @property
     def resolved_usage_log_dir(self) -> Path:
@@ -59,6 +70,8 @@ class Settings:
             engine_urls=urls or None,
             base_model=e.get("ROYALTY_BASE_MODEL"),
             models_dir=Path(e["ROYALTY_MODELS_DIR"]) if "ROYALTY_MODELS_DIR" in e else None,
+            adapters_dir=Path(e["ROYALTY_ADAPTERS_DIR"]) if "ROYALTY_ADAPTERS_DIR" in e else None,
+            demo_datanets=_flag(e["ROYALTY_DEMO"]) if "ROYALTY_DEMO" in e else None,
             usage_log_dir=Path(e["ROYALTY_USAGE_LOG_DIR"])
             if "ROYALTY_USAGE_LOG_DIR" in e
             else None,
@@ -66,3 +79,12 @@ class Settings:
             if "ROYALTY_SHIP_INTERVAL_S" in e
             else None,
         )
+
+
+def _flag(value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")

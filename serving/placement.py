@@ -61,33 +61,35 @@ class AdapterPlacement:
     @asynccontextmanager
     async def use(self, adapter: Adapter) -> AsyncIterator[None]:
         """Hold `adapter` loaded for the duration of one request."""
+        key = adapter.engine_name
         await self._ensure(adapter)
-        self._in_flight[adapter.name] += 1
+        self._in_flight[key] += 1
         try:
             yield
         finally:
             # Synchronous on purpose: this runs while a cancelled request unwinds.
-            self._in_flight[adapter.name] -= 1
-            if self._in_flight[adapter.name] <= 0:
-                del self._in_flight[adapter.name]
+            self._in_flight[key] -= 1
+            if self._in_flight[key] <= 0:
+                del self._in_flight[key]
                 self._slot_freed.set()
 
     async def _ensure(self, adapter: Adapter) -> None:
+        key = adapter.engine_name
         while True:
-            if adapter.name in self._loaded:
-                self._loaded.move_to_end(adapter.name)
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
                 return
-            pending = self._loading.get(adapter.name)
+            pending = self._loading.get(key)
             if pending is not None:
                 await asyncio.shield(pending)
                 continue
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._loading[adapter.name] = fut
+            self._loading[key] = fut
             try:
                 await self._make_room()
                 started = time.perf_counter()
                 try:
-                    await self.engine.load_adapter(adapter.name, adapter.path)
+                    await self.engine.load_adapter(key, adapter.path)
                 except EngineHTTPError as e:
                     metrics.adapter_load_failed(adapter.name)
                     raise AdapterLoadFailed(adapter.name, e.message) from e
@@ -95,14 +97,14 @@ class AdapterPlacement:
                 self.stats.loads += 1
                 self.stats.load_seconds += elapsed
                 metrics.adapter_loaded(adapter.name, elapsed)
-                self._loaded[adapter.name] = None
+                self._loaded[key] = None
                 fut.set_result(None)
             except BaseException as e:
                 fut.set_exception(e)
                 fut.exception()  # waiters re-raise it; don't warn about it never being read
                 raise
             finally:
-                del self._loading[adapter.name]
+                del self._loading[key]
             return
 
     async def _make_room(self) -> None:

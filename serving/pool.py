@@ -65,7 +65,7 @@ class EnginePool:
         if not live:
             raise NoEngineAvailable(target.base.name)
         if target.adapter is not None:
-            holding = [h for h in live if h.placement.holds(target.adapter.name)]
+            holding = [h for h in live if h.placement.holds(target.adapter.engine_name)]
             if holding:
                 return min(holding, key=lambda h: h.in_flight)
         return min(live, key=lambda h: h.in_flight)

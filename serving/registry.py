@@ -23,6 +23,14 @@ class Adapter:
     path: str
     created: int = field(default_factory=lambda: int(time.time()))
     owned_by: str = "royalty"
+    example_prompt: str | None = None
+    served_as: str | None = None
+    """The engine-side LoRA name when it differs from `name`: a re-registered adapter gets a
+    new one, so that engines never serve an old build's weights under the name."""
+
+    @property
+    def engine_name(self) -> str:
+        return self.served_as or self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +43,7 @@ class Target:
     @property
     def engine_model(self) -> str:
         """The name the engine knows: the adapter's (runtime LoRA) or the base's."""
-        return self.adapter.name if self.adapter else self.base.name
+        return self.adapter.engine_name if self.adapter else self.base.name
 
 
 class UnknownModel(LookupError):
@@ -58,6 +66,9 @@ class ModelRegistry:
         if adapter.name in self._bases:
             raise ValueError(f"adapter name {adapter.name!r} is taken by a base model")
         self._adapters[adapter.name] = adapter
+
+    def remove_adapter(self, name: str) -> None:
+        self._adapters.pop(name, None)
 
     def resolve(self, name: str) -> Target:
         base = self._bases.get(name)

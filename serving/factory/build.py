@@ -2,16 +2,19 @@
 
 `build_demo_models(root)` generates the corpus, hashes it together with the configuration
 and `FACTORY_VERSION`, and returns `root/<hash[:16]>/` if a valid build is already there.
-Otherwise it trains a tokenizer, pretrains the base and fine-tunes one adapter per domain
-into a temporary sibling directory, writes `manifest.json` last, and renames the directory
-into place atomically, so an interrupted build never leaves a half-written cache entry.
+Otherwise it trains a tokenizer and pretrains the base into a temporary sibling directory,
+writes `manifest.json` last, and renames the directory into place atomically, so an
+interrupted build never leaves a half-written cache entry.
+
+The demo adapters are not built here: their records (`demo_contributions`) are contributed
+to three demo datanets, and `serving.factory.adapters.build_adapter` trains each adapter on
+its datanet's published snapshot, the same path every adapter takes.
 
 Layout of a build::
 
     <hash16>/manifest.json
     <hash16>/base/                 config.json, generation_config.json, model.safetensors,
                                    tokenizer.json, tokenizer_config.json, chat_template.jinja
-    <hash16>/adapters/<domain>/    adapter_config.json, adapter_model.safetensors
 """
 
 from __future__ import annotations
@@ -31,14 +34,14 @@ from pathlib import Path
 from typing import Any
 
 from serving.factory.corpus import (
+    CHAT_REQUESTS,
     DOMAIN_PROMPTS,
     DOMAINS,
-    chat_document,
+    chat_layout,
     domain_records,
     pretraining_records,
 )
 from serving.factory.corpus import general_corpus as make_general_corpus
-from serving.factory.lora import LoraShape
 from serving.factory.pretrain import ModelShape
 from serving.factory.training import StepCallback, TrainParams
 
@@ -50,11 +53,12 @@ __all__ = [
     "TrainingTexts",
     "build_demo_models",
     "content_hash",
+    "demo_contributions",
     "load_manifest",
     "training_texts",
 ]
 
-FACTORY_VERSION = "royalty-factory/1"
+FACTORY_VERSION = "royalty-factory/2"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 BASE_WEIGHTS = "model.safetensors"
@@ -73,7 +77,7 @@ class FactoryConfig:
     pretrain_domain_docs: int = 1000
     """Records per domain mixed into pretraining (see `corpus.pretraining_view`)."""
     adapter_docs: int = 3000
-    """Records per domain for that domain's adapter (disjoint from the pretraining mix)."""
+    """Records per domain contributed to its demo datanet (disjoint from the pretraining mix)."""
     chat_fraction: float = 0.15
     """Share of domain records laid out as a chat exchange."""
     vocab_size: int = 2048
@@ -82,10 +86,6 @@ class FactoryConfig:
     model: ModelShape = ModelShape()
     pretrain: TrainParams = TrainParams(
         steps=420, batch_size=16, seq_len=128, lr=3e-3, warmup_steps=30, weight_decay=0.05
-    )
-    lora: LoraShape = LoraShape()
-    adapter_train: TrainParams = TrainParams(
-        steps=120, batch_size=16, seq_len=128, lr=5e-3, warmup_steps=10
     )
 
     @classmethod
@@ -104,7 +104,6 @@ class FactoryConfig:
                 max_position_embeddings=256,
             ),
             pretrain=TrainParams(steps=80, batch_size=8, seq_len=64, lr=5e-3, warmup_steps=5),
-            adapter_train=TrainParams(steps=100, batch_size=8, seq_len=64, lr=1e-2, warmup_steps=3),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -124,25 +123,36 @@ class TrainingTexts:
             yield from self.adapters[domain]
 
 
-def training_texts(cfg: FactoryConfig) -> TrainingTexts:
-    """The pretraining mix and each adapter's records.
+def demo_contributions(domain: str, cfg: FactoryConfig) -> list[dict[str, str]]:
+    """The demo records of `domain` as contributions: `{"text": ...}`, or for a share of
+    them a chat exchange `{"prompt": ..., "completion": ...}`. Deterministic in `cfg`."""
+    rng = random.Random(f"royalty/chat/{domain}/{cfg.seed}")
+    out: list[dict[str, str]] = []
+    for r in domain_records(domain, cfg.seed, cfg.adapter_docs):
+        if rng.random() < cfg.chat_fraction:
+            out.append({"prompt": rng.choice(CHAT_REQUESTS[domain]), "completion": r})
+        else:
+            out.append({"text": r})
+    return out
 
-    Each adapter gets `adapter_docs` records of its domain, a share of them laid out as a
-    chat exchange. The pretraining mix is the general corpus plus `pretrain_domain_docs`
-    other records per domain as `corpus.pretraining_view` shows them: the base learns the
-    domain's words and facts, while writing in the domain's own form from its prompt, or
-    answering a domain request in a chat, is what the adapter adds."""
+
+def training_texts(cfg: FactoryConfig) -> TrainingTexts:
+    """The pretraining mix and each domain's adapter records (as training documents).
+
+    Each domain has `adapter_docs` records, a share of them chat exchanges. The pretraining
+    mix is the general corpus plus `pretrain_domain_docs` other records per domain as
+    `corpus.pretraining_view` shows them: the base learns the domain's words and facts, while
+    writing in the domain's own form from its prompt, or answering a domain request in a
+    chat, is what an adapter trained on the domain's datanet adds."""
     pretrain = list(make_general_corpus(cfg.seed, cfg.general_docs))
     adapters: dict[str, tuple[str, ...]] = {}
     for domain in cfg.domains:
-        own = domain_records(domain, cfg.seed, cfg.adapter_docs)
-        rng = random.Random(f"royalty/chat/{domain}/{cfg.seed}")
+        records = demo_contributions(domain, cfg)
         adapters[domain] = tuple(
-            chat_document(domain, r, rng) if rng.random() < cfg.chat_fraction else r for r in own
+            r["text"] if "text" in r else chat_layout(r["prompt"], r["completion"]) for r in records
         )
-        pretrain += pretraining_records(
-            domain, cfg.seed, cfg.pretrain_domain_docs, exclude=frozenset(own)
-        )
+        own = frozenset(r.get("text") or r["completion"] for r in records)
+        pretrain += pretraining_records(domain, cfg.seed, cfg.pretrain_domain_docs, exclude=own)
     return TrainingTexts(tuple(pretrain), adapters)
 
 
@@ -381,7 +391,6 @@ def _build_into(
     t0: float,
 ) -> dict[str, Any]:
     # Imported here so that hashing and cache hits stay cheap.
-    from serving.factory.lora import train_adapter
     from serving.factory.pretrain import pretrain_base
     from serving.factory.tokenizer import train_tokenizer
 
@@ -407,31 +416,6 @@ def _build_into(
         )
         _portable_tokenizer_config(base_dir)
 
-        adapters: dict[str, Any] = {}
-        for i, domain in enumerate(cfg.domains):
-            adir = tmp / "adapters" / domain
-            result = train_adapter(
-                base_dir,
-                cfg.base_name,
-                texts.adapters[domain],
-                tokenizer,
-                cfg.lora,
-                cfg.adapter_train,
-                adir,
-                seed=cfg.seed + 1 + i,
-                threads=cfg.threads,
-                on_step=bars.stage(f"adapter {domain}", cfg.adapter_train.steps),
-            )
-            adapters[domain] = {
-                "path": f"adapters/{domain}",
-                "weights_sha256": _sha256_file(adir / ADAPTER_WEIGHTS),
-                "prompt": DOMAIN_PROMPTS[domain],
-                "records": len(texts.adapters[domain]),
-                "final_loss": round(result.final_loss, 4),
-                "train_seconds": round(result.seconds, 1),
-                "rank": cfg.lora.rank,
-            }
-
     build_seconds = time.perf_counter() - t0
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
@@ -446,13 +430,10 @@ def _build_into(
             "final_loss": round(base_result.final_loss, 4),
             "train_seconds": round(base_result.seconds, 1),
         },
-        "adapters": adapters,
+        "adapters": {},
         "prompts": {d: DOMAIN_PROMPTS[d] for d in cfg.domains},
         "hyperparameters": cfg.to_dict(),
-        "final_losses": {
-            "base": round(base_result.final_loss, 4),
-            **{d: a["final_loss"] for d, a in adapters.items()},
-        },
+        "final_losses": {"base": round(base_result.final_loss, 4)},
         "build_seconds": round(build_seconds, 1),
         "versions": _versions(),
     }

@@ -20,6 +20,7 @@ __all__ = [
     "TrainParams",
     "TrainResult",
     "deterministic_torch",
+    "document_order",
     "pack_documents",
     "train_causal_lm",
 ]
@@ -70,6 +71,13 @@ def deterministic_torch(seed: int, threads: int) -> Iterator[None]:
         torch.use_deterministic_algorithms(prev_det, warn_only=prev_warn)
 
 
+def document_order(n: int, seed: int) -> list[int]:
+    """The seeded order in which `pack_documents` lays out `n` documents."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
 def pack_documents(
     tokenizer: PreTrainedTokenizerBase, docs: Sequence[str], seq_len: int, seed: int
 ) -> torch.Tensor:
@@ -77,8 +85,7 @@ def pack_documents(
     `seq_len` tokens (the incomplete tail is dropped). Shape `[rows, seq_len]`, int64."""
     import torch
 
-    order = list(range(len(docs)))
-    random.Random(seed).shuffle(order)
+    order = document_order(len(docs), seed)
     encoded = tokenizer([docs[i] for i in order], add_special_tokens=True)["input_ids"]
     eos = tokenizer.eos_token_id
     flat: list[int] = []

@@ -131,9 +131,31 @@ _TINY_BUILD_SCRIPT = """
 import sys
 from pathlib import Path
 from serving.factory import FactoryConfig, build_demo_models
-m = build_demo_models(Path(sys.argv[1]), config=FactoryConfig.tiny(), progress=False)
+from serving.factory.adapters import AdapterRecipe, SnapshotRef, TrainingExample, build_adapter
+from serving.factory.build import demo_contributions
+m = build_demo_models(Path(sys.argv[1]) / "models", config=FactoryConfig.tiny(), progress=False)
+for d in sorted(DOMAINS := ("recipes", "astronomy", "legal")):
+    ex = [TrainingExample(i + 1, **r) for i, r in enumerate(demo_contributions(d, FactoryConfig.tiny()))]
+    ref = SnapshotRef("snap-" + d, "00" * 32, 1, d, len(ex), 0)
+    build_adapter(m, d, ref, ex, Path(sys.argv[1]) / "adapters", recipe=AdapterRecipe.tiny(), progress=False)
 print(m.root)
 """
+
+
+def _build_tiny_adapters(models: DemoModels, out: Path) -> dict[str, Path]:
+    """Each domain's adapter trained on its demo records (record ids 1..n) through the
+    snapshot path, as the demo datanets would (the same code the subprocess runs)."""
+    from serving.factory.adapters import AdapterRecipe, SnapshotRef, TrainingExample, build_adapter
+    from serving.factory.build import demo_contributions
+
+    paths = {}
+    for d in sorted(DOMAINS):
+        recs = demo_contributions(d, FactoryConfig.tiny())
+        ex = [TrainingExample(i + 1, **r) for i, r in enumerate(recs)]  # type: ignore[arg-type]
+        ref = SnapshotRef("snap-" + d, "00" * 32, 1, d, len(ex), 0)
+        built = build_adapter(models, d, ref, ex, out, recipe=AdapterRecipe.tiny(), progress=False)
+        paths[d] = built.path
+    return paths
 
 
 @pytest.fixture(scope="module")
@@ -160,22 +182,33 @@ def tiny_elsewhere(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def _weights(models: DemoModels) -> dict[str, bytes]:
+@pytest.fixture(scope="module")
+def tiny_adapters(tiny: DemoModels, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return _build_tiny_adapters(tiny, tmp_path_factory.mktemp("adapters-a"))
+
+
+def _weights(models: DemoModels, adapters: dict[str, Path] | None = None) -> dict[str, bytes]:
     files = {"base": models.base_path / "model.safetensors"}
-    files |= {n: p / "adapter_model.safetensors" for n, p in models.adapters.items()}
+    files |= {n: p / "adapter_model.safetensors" for n, p in (adapters or {}).items()}
     return {k: v.read_bytes() for k, v in files.items()}
 
 
-def test_tiny_build_layout_and_manifest(tiny: DemoModels) -> None:
+def test_tiny_build_layout_and_manifest(tiny: DemoModels, tiny_adapters: dict[str, Path]) -> None:
     assert tiny.base_name == "royalty-tiny"
     assert tiny.root.name == tiny.manifest["content_hash"][:16]
     assert tiny.base_path == tiny.root / "base"
     for f in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json"):
         assert (tiny.base_path / f).is_file(), f
-    assert set(tiny.adapters) == set(DOMAINS)
-    for name, path in tiny.adapters.items():
-        assert path == tiny.root / "adapters" / name
+    assert tiny.adapters == {}  # adapters are trained on datanet snapshots, not in the base build
+    assert set(tiny_adapters) == set(DOMAINS)
+    for name, path in tiny_adapters.items():
+        assert path.name.startswith(name + "-")
         assert (path / "adapter_model.safetensors").is_file()
+        lineage = json.loads((path / "lineage.json").read_text())
+        assert lineage["base"]["weights_sha256"] == tiny.manifest["base"]["weights_sha256"]
+        assert sorted(lineage["records"]["training_order"]) == list(
+            range(1, FactoryConfig.tiny().adapter_docs + 1)
+        )
         cfg = json.loads((path / "adapter_config.json").read_text())
         assert cfg["peft_type"] == "LORA" and cfg["r"] == 8
         assert cfg["base_model_name_or_path"] == "royalty-tiny"
@@ -187,13 +220,10 @@ def test_tiny_build_layout_and_manifest(tiny: DemoModels) -> None:
     assert m["factory_version"] == FACTORY_VERSION
     assert m["base"]["name"] == "royalty-tiny" and m["base"]["path"] == "base"
     assert len(m["base"]["weights_sha256"]) == 64
-    for name in DOMAINS:
-        a = m["adapters"][name]
-        assert a["path"] == f"adapters/{name}" and len(a["weights_sha256"]) == 64
-        assert a["prompt"] == DOMAIN_PROMPTS[name]
+    assert m["adapters"] == {}
     assert m["prompts"] == DOMAIN_PROMPTS
     assert m["hyperparameters"] == json.loads(json.dumps(FactoryConfig.tiny().to_dict()))
-    assert set(m["final_losses"]) == {"base", *DOMAINS}
+    assert set(m["final_losses"]) == {"base"}
     assert all(0 < v < 20 for v in m["final_losses"].values())
     assert m["build_seconds"] > 0 and isinstance(m["created"], int)
     assert {"torch", "transformers", "peft", "tokenizers"} <= set(m["versions"])
@@ -202,15 +232,23 @@ def test_tiny_build_layout_and_manifest(tiny: DemoModels) -> None:
     assert names == [f".lock-{tiny.root.name}", tiny.root.name]
 
 
-def test_tiny_build_is_byte_identical_elsewhere(tiny: DemoModels, tiny_elsewhere: Path) -> None:
+def test_tiny_build_is_byte_identical_elsewhere(
+    tiny: DemoModels, tiny_adapters: dict[str, Path], tiny_elsewhere: Path
+) -> None:
     assert tiny_elsewhere.name == tiny.root.name
     other = load_manifest(tiny_elsewhere)
-    assert _weights(other) == _weights(tiny)
+    other_adapters = {
+        d: next((tiny_elsewhere.parent.parent / "adapters").glob(f"{d}-*")) for d in DOMAINS
+    }
+    assert {d: p.name for d, p in other_adapters.items()} == {
+        d: p.name for d, p in tiny_adapters.items()
+    }
+    assert _weights(other, other_adapters) == _weights(tiny, tiny_adapters)
     for f in ("tokenizer.json", "tokenizer_config.json", "config.json"):
         assert (other.base_path / f).read_bytes() == (tiny.base_path / f).read_bytes(), f
     for name in DOMAINS:
         f = "adapter_config.json"
-        assert (other.adapters[name] / f).read_bytes() == (tiny.adapters[name] / f).read_bytes()
+        assert (other_adapters[name] / f).read_bytes() == (tiny_adapters[name] / f).read_bytes()
     assert other.manifest["base"] == {
         **tiny.manifest["base"],
         "train_seconds": other.manifest["base"]["train_seconds"],
@@ -242,7 +280,7 @@ def test_damaged_cache_is_rebuilt(tmp_path: Path, tiny: DemoModels) -> None:
     shutil.copytree(tiny.root, tmp_path / tiny.root.name)
     first = load_manifest(tmp_path / tiny.root.name)
     good = _weights(first)
-    weights = first.adapters["legal"] / "adapter_model.safetensors"
+    weights = first.base_path / "model.safetensors"
     weights.write_bytes(b"garbage")
     with pytest.raises(ManifestError):
         load_manifest(first.root)
@@ -252,12 +290,12 @@ def test_damaged_cache_is_rebuilt(tmp_path: Path, tiny: DemoModels) -> None:
 
 
 def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import serving.factory.lora as lora_mod
+    import serving.factory.pretrain as pretrain_mod
 
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lora_mod, "train_adapter", boom)
+    monkeypatch.setattr(pretrain_mod, "pretrain_base", boom)
     with pytest.raises(KeyboardInterrupt):
         build_demo_models(tmp_path, config=FactoryConfig.tiny(), progress=False)
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".lock-")] == []
@@ -284,7 +322,9 @@ def test_stale_temp_dir_of_dead_process_is_removed(tmp_path: Path, tiny: DemoMod
 
 
 @pytest.fixture(scope="module")
-def loaded(tiny: DemoModels) -> Iterator[tuple[Any, dict[str, Any], Any]]:
+def loaded(
+    tiny: DemoModels, tiny_adapters: dict[str, Path]
+) -> Iterator[tuple[Any, dict[str, Any], Any]]:
     import torch
     from peft import PeftModel
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -296,7 +336,7 @@ def loaded(tiny: DemoModels) -> Iterator[tuple[Any, dict[str, Any], Any]]:
         name: PeftModel.from_pretrained(
             LlamaForCausalLM.from_pretrained(str(tiny.base_path)), str(path)
         ).eval()
-        for name, path in tiny.adapters.items()
+        for name, path in tiny_adapters.items()
     }
     yield tok, adapted, base
 
@@ -363,8 +403,17 @@ def test_full_build_writes_domain_text() -> None:
             out = model.generate(ids, max_new_tokens=48, do_sample=False)
         return str(tok.decode(out[0][ids.shape[1] :], skip_special_tokens=True))
 
+    from serving.factory.adapters import SnapshotRef, TrainingExample, build_adapter
+    from serving.factory.build import demo_contributions
+
     base = LlamaForCausalLM.from_pretrained(str(models.base_path)).eval()
-    for name, path in models.adapters.items():
+    for name in DOMAINS:
+        recs = demo_contributions(name, FactoryConfig())
+        ex = [TrainingExample(i + 1, **r) for i, r in enumerate(recs)]  # type: ignore[arg-type]
+        ref = SnapshotRef("snap-" + name, "00" * 32, 1, name, len(ex), 0)
+        path = build_adapter(
+            models, name, ref, ex, REPO / ".royalty" / "adapters-full-test", progress=False
+        ).path
         prompt = models.prompts[name]
         adapter = PeftModel.from_pretrained(
             LlamaForCausalLM.from_pretrained(str(models.base_path)), str(path)
