@@ -8,17 +8,22 @@ math itself is in `attribution.snapshots`.
 from __future__ import annotations
 
 import msgspec
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from attribution import store
 from attribution.access import fetch_datanet, readable_record
 from attribution.errors import Forbidden, Invalid, NotFound
 from attribution.snapshots import (
+    WINDOW,
     InclusionProof,
     Snapshot,
     inclusion_proof,
-    merkle_root,
+    leaf_hash,
+    merkle_levels,
+    proof_from_windows,
     snapshot_id,
+    stored_levels,
+    window_of,
 )
 
 
@@ -55,9 +60,9 @@ class Publishing:
             rows = (await conn.execute(store.SELECT_ACCEPTED, {"datanet_id": datanet_id})).all()
             if not rows:
                 raise Invalid("the datanet has no accepted records to publish")
-            record_ids = [r.id for r in rows]
             hashes = [bytes(r.content_hash) for r in rows]
-            root = merkle_root(hashes)
+            levels = merkle_levels(hashes)
+            root = levels[-1][0]
             sid = snapshot_id(datanet_id, root)
             existing = (await conn.execute(store.SELECT_SNAPSHOT, {"id": sid})).first()
             if existing is not None:
@@ -79,10 +84,22 @@ class Publishing:
                     },
                 )
             ).scalar_one()
-            await conn.execute(
-                store.INSERT_SNAPSHOT_RECORDS,
-                {"snapshot_id": sid, "record_ids": record_ids, "hashes": hashes},
+            written = await conn.execute(
+                store.INSERT_SNAPSHOT_RECORDS_FROM_ACCEPTED,
+                {"snapshot_id": sid, "datanet_id": datanet_id},
             )
+            if written.rowcount != len(rows):  # the lock makes this impossible; make sure
+                raise RuntimeError("the accepted records changed while publishing")
+            kept = stored_levels(len(hashes))
+            if kept:
+                await conn.execute(
+                    store.INSERT_SNAPSHOT_LEVELS,
+                    {
+                        "snapshot_id": sid,
+                        "levels": kept,
+                        "nodes": [b"".join(levels[lv]) for lv in kept],
+                    },
+                )
         return Snapshot(
             id=sid,
             datanet_id=datanet_id,
@@ -153,23 +170,63 @@ class Publishing:
         self, snapshot_id_: str, record_id: int, viewer_account_id: int | None = None
     ) -> RecordProof:
         """Proof that `record_id` is in the snapshot; for the record's contributor, the
-        datanet's curators, or a trusted caller."""
+        datanet's curators, or a trusted caller. Reads one window of 16 nodes per stored
+        level of the tree (`attribution.snapshots`), so it costs the same at a million
+        records as at a hundred."""
         async with self.engine.connect() as conn:
             snap_row = (await conn.execute(store.SELECT_SNAPSHOT, {"id": snapshot_id_})).first()
             if snap_row is None:
                 raise NotFound(f"no snapshot {snapshot_id_}")
             await readable_record(conn, record_id, viewer_account_id)
-            rows = (
-                await conn.execute(store.SELECT_SNAPSHOT_RECORDS, {"snapshot_id": snapshot_id_})
-            ).all()
-        hashes = [bytes(r.record_hash) for r in rows]
-        position = next((r.position for r in rows if r.record_id == record_id), None)
-        if position is None:
-            raise NotFound(f"record {record_id} is not in snapshot {snapshot_id_}")
+            at = (
+                await conn.execute(
+                    store.SELECT_SNAPSHOT_RECORD_POSITION,
+                    {"snapshot_id": snapshot_id_, "record_id": record_id},
+                )
+            ).first()
+            if at is None:
+                raise NotFound(f"record {record_id} is not in snapshot {snapshot_id_}")
+            proof = await _proof(conn, snapshot_id_, at.position, snap_row.record_count)
         return RecordProof(
             snapshot_id=snapshot_id_,
             record_id=record_id,
-            record_hash=hashes[position].hex(),
+            record_hash=bytes(at.record_hash).hex(),
             root=bytes(snap_row.root).hex(),
-            proof=inclusion_proof(hashes, position),
+            proof=proof,
         )
+
+
+async def _proof(
+    conn: AsyncConnection, snapshot_id_: str, position: int, count: int
+) -> InclusionProof:
+    start, stop = window_of(position, 0)
+    leaves = (
+        await conn.execute(
+            store.SELECT_SNAPSHOT_LEAF_WINDOW,
+            {"snapshot_id": snapshot_id_, "start": start, "stop": stop},
+        )
+    ).scalars()
+    windows = {0: [leaf_hash(bytes(h)) for h in leaves]}
+    levels = stored_levels(count)
+    if levels:
+        rows = (
+            await conn.execute(
+                store.SELECT_SNAPSHOT_LEVEL_WINDOWS,
+                {
+                    "snapshot_id": snapshot_id_,
+                    "levels": levels,
+                    "starts": [window_of(position, lv)[0] for lv in levels],
+                    "window": WINDOW,
+                },
+            )
+        ).all()
+        for lv, nodes in rows:
+            data = bytes(nodes)
+            windows[lv] = [data[i : i + 32] for i in range(0, len(data), 32)]
+    if any(lv not in windows for lv in levels):
+        # published before its levels were stored (migration 0005): hash the whole tree
+        rows = (
+            await conn.execute(store.SELECT_SNAPSHOT_RECORDS, {"snapshot_id": snapshot_id_})
+        ).all()
+        return inclusion_proof([bytes(r.record_hash) for r in rows], position)
+    return proof_from_windows(position, count, windows)

@@ -24,6 +24,11 @@ levels contribute no step. To verify: ``acc = leaf(record_hash)``, fold the path
 the root. `verify_inclusion` additionally checks that the record hash is 32 bytes and that
 the sides are the ones position `leaf_index` of `leaf_count` leaves must take, which pins the
 record's position.
+
+Proofs without the whole tree: publishing stores every fourth level above the leaves
+(`stored_levels`, table `snapshot_levels`); `proof_from_windows` builds the same proof as
+`inclusion_proof` from 16 leaves and one window of 16 nodes per stored level, so a proof
+costs O(log n) reads and at most 15 hashes per window instead of hashing all n leaves.
 """
 
 from __future__ import annotations
@@ -62,19 +67,90 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 def _next_level(level: list[bytes]) -> list[bytes]:
-    nxt = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+    sha = hashlib.sha256
+    # the odd last node (if any) has no partner: zip stops before it, and it is promoted
+    pairs = zip(level[::2], level[1::2], strict=False)
+    nxt = [sha(NODE_PREFIX + a + b).digest() for a, b in pairs]
     if len(level) % 2:
         nxt.append(level[-1])
     return nxt
 
 
-def merkle_root(record_hashes: Sequence[bytes]) -> bytes:
+def merkle_levels(record_hashes: Sequence[bytes]) -> list[list[bytes]]:
+    """Every level of the tree, the leaves (`leaf_hash`es) first and the root last."""
     if not record_hashes:
         raise ValueError("a Merkle tree needs at least one leaf")
-    level = [leaf_hash(h) for h in record_hashes]
-    while len(level) > 1:
-        level = _next_level(level)
-    return level[0]
+    sha = hashlib.sha256
+    levels = [[sha(LEAF_PREFIX + h).digest() for h in record_hashes]]
+    while len(levels[-1]) > 1:
+        levels.append(_next_level(levels[-1]))
+    return levels
+
+
+def merkle_root(record_hashes: Sequence[bytes]) -> bytes:
+    return merkle_levels(record_hashes)[-1][0]
+
+
+# --- proofs from stored levels ----------------------------------------------------------------
+# Node i of level j is the root of leaves [i * 2**j, (i + 1) * 2**j) (cut at the leaf count):
+# pairs never cross a block boundary that is a multiple of a power of two, and a promoted
+# last node is the root of its shorter block. So the levels j..j+STRIDE-1 of the siblings a
+# proof needs all lie in one aligned window of WINDOW nodes of level j, and storing every
+# STRIDE-th level (`stored_levels`) makes a proof a few windows of 16 nodes.
+STRIDE = 4
+WINDOW = 1 << STRIDE
+
+
+def level_size(leaf_count: int, level: int) -> int:
+    return -(-leaf_count // (1 << level))
+
+
+def stored_levels(leaf_count: int) -> list[int]:
+    """The levels above the leaves that publishing stores: every STRIDE-th one with more
+    than one node (a proof needs no window of the root)."""
+    out: list[int] = []
+    level = STRIDE
+    while level_size(leaf_count, level) > 1:
+        out.append(level)
+        level += STRIDE
+    return out
+
+
+def window_of(leaf_index: int, level: int) -> tuple[int, int]:
+    """The [start, stop) node positions of `level` a proof for `leaf_index` reads (stop may
+    pass the level's end; read what exists)."""
+    start = (leaf_index >> level) & ~(WINDOW - 1)
+    return start, start + WINDOW
+
+
+def proof_from_windows(
+    leaf_index: int, leaf_count: int, windows: dict[int, list[bytes]]
+) -> InclusionProof:
+    """The inclusion proof of `leaf_index` given, for level 0 and each of
+    `stored_levels(leaf_count)`, the nodes of `window_of(leaf_index, level)` (level 0: the
+    `leaf_hash`es of the records in the window). Equal to `inclusion_proof`."""
+    if not 0 <= leaf_index < leaf_count:
+        raise IndexError(f"leaf {leaf_index} of {leaf_count}")
+    path: list[tuple[str, str]] = []
+    base = 0
+    while level_size(leaf_count, base) > 1:
+        nodes = windows[base]
+        start, _ = window_of(leaf_index, base)
+        # the window is a subtree: build its levels base..base+STRIDE-1
+        size = level_size(leaf_count, base)
+        for j in range(base, base + STRIDE):
+            if size <= 1:
+                break
+            i = (leaf_index >> j) - start
+            if (leaf_index >> j) % 2 == 1:
+                path.append(("L", nodes[i - 1].hex()))
+            elif (leaf_index >> j) + 1 < size:
+                path.append(("R", nodes[i + 1].hex()))
+            nodes = _next_level(nodes)
+            start //= 2
+            size = (size + 1) // 2
+        base += STRIDE
+    return InclusionProof(leaf_index=leaf_index, leaf_count=leaf_count, path=path)
 
 
 def _sides(index: int, count: int) -> list[str]:

@@ -219,12 +219,42 @@ INSERT_SNAPSHOT = text(
     RETURNING created_at
     """
 )
-INSERT_SNAPSHOT_RECORDS = text(
+# The same set and order as SELECT_ACCEPTED read in the same transaction (the datanet's row
+# lock, which every status change takes, is held), written without a round trip of arrays.
+INSERT_SNAPSHOT_RECORDS_FROM_ACCEPTED = text(
     """
     INSERT INTO snapshot_records (snapshot_id, position, record_id, record_hash)
-    SELECT :snapshot_id, u.ord - 1, u.rid, u.h
-    FROM unnest(CAST(:record_ids AS bigint[]), CAST(:hashes AS bytea[]))
-         WITH ORDINALITY AS u(rid, h, ord)
+    SELECT :snapshot_id, row_number() OVER (ORDER BY id) - 1, id, content_hash
+    FROM contributions
+    WHERE datanet_id = :datanet_id AND status = 'accepted'
+    """
+)
+INSERT_SNAPSHOT_LEVELS = text(
+    """
+    INSERT INTO snapshot_levels (snapshot_id, level, nodes)
+    SELECT :snapshot_id, u.level, u.nodes
+    FROM unnest(CAST(:levels AS integer[]), CAST(:nodes AS bytea[])) AS u(level, nodes)
+    """
+)
+# A window of WINDOW nodes of each stored level (nodes are 32 bytes; substring is 1-based).
+SELECT_SNAPSHOT_LEVEL_WINDOWS = text(
+    """
+    SELECT l.level, substring(l.nodes FROM w.start * 32 + 1 FOR 32 * :window) AS nodes
+    FROM unnest(CAST(:levels AS integer[]), CAST(:starts AS integer[])) AS w(level, start)
+    JOIN snapshot_levels l ON l.snapshot_id = :snapshot_id AND l.level = w.level
+    """
+)
+SELECT_SNAPSHOT_RECORD_POSITION = text(
+    """
+    SELECT position, record_hash FROM snapshot_records
+    WHERE snapshot_id = :snapshot_id AND record_id = :record_id
+    """
+)
+SELECT_SNAPSHOT_LEAF_WINDOW = text(
+    """
+    SELECT record_hash FROM snapshot_records
+    WHERE snapshot_id = :snapshot_id AND position >= :start AND position < :stop
+    ORDER BY position
     """
 )
 SELECT_SNAPSHOT_RECORDS = text(
