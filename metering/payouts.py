@@ -90,7 +90,7 @@ def _close_of(row: asyncpg.Record, already: bool) -> MonthClose:
     )  # fmt: skip
 
 
-def _proof(stored: object) -> list[tuple[str, str]]:
+def decode_proof(stored: object) -> list[tuple[str, str]]:
     # SQLAlchemy's asyncpg dialect installs a jsonb codec; a bare connection returns text.
     steps = json.loads(stored) if isinstance(stored, str | bytes) else stored
     return [(str(side), str(h)) for side, h in steps]  # type: ignore[union-attr]
@@ -152,7 +152,8 @@ class PostgresPayouts:
         async with driver(self._engine) as conn:
             rows = await conn.fetch(SELECT_STATEMENTS, month)
         return [
-            Statement(r["payee"], r["amount"], r["leaf_index"], _proof(r["proof"])) for r in rows
+            Statement(r["payee"], r["amount"], r["leaf_index"], decode_proof(r["proof"]))
+            for r in rows
         ]
 
     async def verify(self, month: dt.date) -> tuple[int, list[str]]:

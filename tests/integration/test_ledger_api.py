@@ -1,0 +1,127 @@
+"""`GET /v1/me/earnings` and `GET /v1/me/statements/{month}` against real Postgres: each key
+sees only its own account; statements carry proofs that verify against the month's root."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from litestar.testing import AsyncTestClient
+from openai_schema import assert_conforms
+from sqlalchemy.ext.asyncio import AsyncEngine
+from unit.gateway_harness import make_harness
+
+from gateway.app import create_app
+from gateway.auth import Authenticator, PostgresKeyStore
+from gateway.db import create_engine
+from metering import payout_merkle
+from metering.catalog import PostgresCatalog
+from metering.payouts import PostgresPayouts
+from metering.posting import PostingWorker
+from metering.service import MeteringService
+from metering.sources import AdapterInfo, InMemoryAdapterDirectory
+from metering.usage import UsageRecord
+from metering.usage_store import PostgresUsageStore
+
+pytestmark = pytest.mark.integration
+T0 = dt.datetime(2026, 10, 2, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+async def client(database_url: str) -> AsyncIterator[AsyncTestClient[Any]]:
+    h = make_harness()
+    engines: list[AsyncEngine] = []
+
+    async def start() -> None:
+        e = create_engine(database_url, pool_size=4)
+        engines.append(e)
+        h.services.auth = Authenticator(PostgresKeyStore(e), ttl_s=0.0)
+        h.services.metering = MeteringService(e)
+
+    async def stop() -> None:
+        for e in engines:
+            await e.dispose()
+
+    async with AsyncTestClient(
+        app=create_app(h.services, on_startup=[start], on_shutdown=[stop])
+    ) as c:
+        yield c
+
+
+async def test_each_key_sees_only_its_own_earnings_and_statements(
+    engine: AsyncEngine, client: AsyncTestClient[Any]
+) -> None:
+    keys = PostgresKeyStore(engine)
+    hdr = {}
+    ids = {}
+    for name, scope in (("alice", "contributor"), ("bob", "contributor"), ("payer", "inference")):
+        k, info = await keys.create(name, frozenset({scope}), None, None)
+        hdr[name] = {"Authorization": f"Bearer {k}"}
+    from metering.pg import driver
+
+    async with driver(engine) as conn:
+        for r in await conn.fetch("SELECT id, name FROM accounts"):
+            ids[r["name"]] = r["id"]
+    await PostgresCatalog(engine).set_price(
+        "tiny", "", 1_000_000, 3_000_000, T0 - dt.timedelta(days=30)
+    )
+    events = [
+        UsageRecord(
+            request_id=f"api-{i}",
+            account_id=ids["payer"],
+            key_id=1,
+            endpoint="completions",
+            model="recipes",
+            base_model="tiny",
+            adapter="recipes",
+            status="ok",
+            http_status=200,
+            prompt_tokens=500,
+            completion_tokens=200,
+            started_at=T0 + dt.timedelta(hours=i),
+            total_ms=1.0,
+            ttft_ms=None,
+            output_sha256=None,
+        )  # fmt: skip
+        for i in range(20)
+    ]
+    await PostgresUsageStore(engine).insert_batch(events)
+    directory = InMemoryAdapterDirectory({"recipes": AdapterInfo(ids["bob"], {ids["alice"]: 3})})
+    await PostingWorker(engine, directory).drain()
+
+    r = await client.get("/v1/me/earnings", headers=hdr["alice"])
+    assert r.status_code == 200, r.text
+    mine = r.json()
+    assert mine["account_id"] == ids["alice"]
+    assert [m["month"] for m in mine["months"]] == ["2026-10"]
+    assert (
+        mine["months"][0]["status"] == "open" and mine["months"][0]["adapter_owner"] == "0.000000"
+    )
+    # 20 events x 0.0011 credits; the data share is 50 % under the default policy
+    assert mine["months"][0]["total_micros"] == 20 * 1100 // 2
+    bob = (await client.get("/v1/me/earnings", headers=hdr["bob"])).json()
+    assert bob["account_id"] == ids["bob"] and bob["months"][0]["contributor"] == "0.000000"
+    assert bob["months"][0]["total_micros"] == 20 * 1100 * 20 // 100
+
+    r = await client.get("/v1/me/statements/2026-10", headers=hdr["alice"])
+    assert r.status_code == 404  # not closed yet
+    assert_conforms(r.json(), "ErrorResponse")
+    closed = await PostgresPayouts(engine).close(dt.date(2026, 10, 1))
+    r = await client.get("/v1/me/statements/2026-10", headers=hdr["alice"])
+    assert r.status_code == 200, r.text
+    st = r.json()
+    assert st["merkle_root"] == closed.root.hex()
+    assert [s["payee"] for s in st["statements"]] == ["contributor:alice"]
+    line = st["statements"][0]
+    assert payout_merkle.verify(
+        "2026-10", line["payee"], line["amount_micros"], line["proof"], closed.root
+    )
+    r = await client.get("/v1/me/statements/2026-10", headers=hdr["payer"])
+    assert r.status_code == 404  # the payer earned nothing; it sees nobody else's lines
+    r = await client.get("/v1/me/statements/2026-13", headers=hdr["alice"])
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_month"
+    assert (await client.get("/v1/me/earnings")).status_code == 401
+    payer = (await client.get("/v1/me/earnings", headers=hdr["payer"])).json()
+    assert payer["months"] == [] and payer["credit_available"] == "-0.022000"
