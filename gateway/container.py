@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from attribution.lineage import LineageService
 from attribution.service import DatanetService
 from gateway.auth import Authenticator
 from gateway.inference import InferenceService
 from gateway.settings import Settings
 from metering.service import MeteringService
+from serving.factory.build import DemoModels
 from serving.pool import EnginePool
 from serving.registry import ModelRegistry
 
@@ -22,3 +24,6 @@ class Services:
     inference: InferenceService
     datanets: DatanetService | None = None
     metering: MeteringService | None = None
+    lineage: LineageService | None = None
+    factory_base: DemoModels | None = None
+    """The served base model's build, for training adapters in this process (admin API)."""
