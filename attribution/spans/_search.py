@@ -9,6 +9,11 @@ one binary search that skips the prefix already shared with both bounds (Manber-
 `min(lcp_lo, lcp_hi)`), then the match is extended token by token, narrowing the interval with
 two binary searches per token (one comparison when a single occurrence is left).
 
+Starts whose match is shorter than `min_length` can never give a kept span, so their exact
+length is not needed: when the carried-over prefix is shorter than `min_length`, one binary
+search for the `min_length`-gram at `i` decides whether the start is worth extending at all.
+Most starts of novel text are settled by that single search.
+
 Everything is plain integer arrays so that numba compiles it without Python objects; the
 arrays may be read-only memory maps.
 """
@@ -64,8 +69,8 @@ def _compare(tokens, sa, m, query, start, length, skip):
 @njit(cache=True, nogil=True)
 def _locate(tokens, sa, lo, hi, query, start, length):
     """Interval `[first, last)` of the suffixes in `[lo, hi)` that start with the pattern
-    `query[start:start+length]` (known to occur, and to share its first token with all of
-    `[lo, hi)`)."""
+    `query[start:start+length]` (empty when it does not occur); all of `[lo, hi)` share the
+    pattern's first token."""
     # lower bound: first suffix >= pattern
     a = lo
     b = hi
@@ -82,6 +87,11 @@ def _locate(tokens, sa, lo, hi, query, start, length):
             b = m
             lcp_b = lcp
     first = a
+    if first == hi:
+        return first, first
+    sign, lcp = _compare(tokens, sa, first, query, start, length, min(lcp_a, lcp_b))
+    if sign != 0:
+        return first, first  # the pattern does not occur
     # upper bound: first suffix that does not start with the pattern
     b = hi
     lcp_a = length
@@ -100,9 +110,26 @@ def _locate(tokens, sa, lo, hi, query, start, length):
 
 
 @njit(cache=True, nogil=True)
-def longest_matches(tokens, sa, first_bounds, query):
+def _occurs(tokens, sa, first_bounds, query, start, stop):
+    """Whether query[start:stop] (all valid tokens) occurs in the index."""
+    q0 = query[start]
+    lo = first_bounds[q0]
+    hi = first_bounds[q0 + 1]
+    if lo == hi:
+        return False
+    if stop - start == 1:
+        return True
+    lo, hi = _locate(tokens, sa, lo, hi, query, start, stop - start)
+    return lo < hi
+
+
+@njit(cache=True, nogil=True)
+def longest_matches(tokens, sa, first_bounds, query, min_length):
     """For each start i: (end[i], lo[i], hi[i]) with output[i:end[i]] the longest match and
-    sa[lo[i]:hi[i]] its occurrences (end[i] == i and lo == hi when query[i] never occurs).
+    sa[lo[i]:hi[i]] its occurrences, for every start that begins a maximal match of at least
+    `min_length` tokens. Other starts report no interval and an end that is enough to tell
+    that they are not such a start: end[i] == i for a match shorter than `min_length`, or the
+    end of the match that contains theirs.
 
     `first_bounds[t]:first_bounds[t+1]` is the suffix-array interval of token t; query values
     outside `[0, len(first_bounds) - 1)` (unknown tokens, the separator) never match.
@@ -112,19 +139,40 @@ def longest_matches(tokens, sa, first_bounds, query):
     los = np.zeros(n, np.int64)
     his = np.zeros(n, np.int64)
     n_tok = first_bounds.shape[0] - 1
+    m = max(min_length, 1)
+    # next_bad[i]: first position >= i holding a token that cannot match
+    next_bad = np.empty(n + 1, np.int64)
+    next_bad[n] = n
+    for k in range(n - 1, -1, -1):
+        t = query[k]
+        next_bad[k] = k if (t < 0 or t >= n_tok) else next_bad[k + 1]
     e = 0
-    for i in range(n):
-        q0 = query[i]
-        if q0 < 0 or q0 >= n_tok or first_bounds[q0] == first_bounds[q0 + 1]:
-            ends[i] = i
-            e = i + 1
+    i = 0
+    while i < n:
+        ends[i] = i
+        if next_bad[i] == i:
+            i += 1
             continue
+        q0 = query[i]
         lo = first_bounds[q0]
         hi = first_bounds[q0 + 1]
-        if e <= i + 1:
-            e = i + 1
-        elif e - i > 1:
-            lo, hi = _locate(tokens, sa, lo, hi, query, i, e - i)
+        if lo == hi:
+            i += 1
+            continue
+        known = e - i
+        if known >= m:
+            if known > 1:
+                lo, hi = _locate(tokens, sa, lo, hi, query, i, known)
+        else:
+            if next_bad[i] < i + m:
+                i += 1
+                continue
+            if m > 1:
+                lo, hi = _locate(tokens, sa, lo, hi, query, i, m)
+                if lo == hi:
+                    i += 1
+                    continue
+            e = i + m
         while e < n:
             t = query[e]
             if t < 0 or t >= n_tok:
@@ -143,4 +191,29 @@ def longest_matches(tokens, sa, first_bounds, query):
         ends[i] = e
         los[i] = lo
         his[i] = hi
+        # Every start j in (i, e) matches at least output[j:e]; its match reaches past e iff
+        # output[j:e+1] occurs, which holds for all j from some j* on. Binary search for j*
+        # instead of visiting every start; the starts before it end exactly at e, inside
+        # this match, so they are not maximal.
+        reaches_past = False
+        if e < n and next_bad[e] > e:
+            a = i + 1
+            b = e  # output[e:e+1] is a valid token; P(b) is checked by the search too
+            while a < b:
+                mid = (a + b) >> 1
+                if _occurs(tokens, sa, first_bounds, query, mid, e + 1):
+                    b = mid
+                else:
+                    a = mid + 1
+            j = a
+            reaches_past = j < e or _occurs(tokens, sa, first_bounds, query, e, e + 1)
+            if not reaches_past:
+                j = e + 1
+        else:
+            j = e
+        for k in range(i + 1, min(j, n)):
+            ends[k] = e
+        if reaches_past:
+            e = e + 1  # output[j:e+1] occurs
+        i = j
     return ends, los, his

@@ -96,7 +96,23 @@ def trace(index: SpanIndex, output_token_ids: Sequence[int], params: TraceParams
     n = query.size
     if n == 0 or index.header.token_count == 0:
         return []
-    ends, los, his = longest_matches(index.tokens, index.sa, index.first_bounds, query)
+    ends, los, his = longest_matches(
+        index.tokens, index.sa, index.first_bounds, query, params.min_tokens
+    )
+    return spans_from_matches(index, query, ends, los, his, params)
+
+
+def spans_from_matches(
+    index: SpanIndex,
+    query: np.ndarray[Any, np.dtype[np.int64]],
+    ends: np.ndarray[Any, np.dtype[np.int64]],
+    los: np.ndarray[Any, np.dtype[np.int64]],
+    his: np.ndarray[Any, np.dtype[np.int64]],
+    params: TraceParams,
+) -> list[Span]:
+    """The kept spans, given each start's longest match (end, suffix-array interval); starts
+    shorter than `min_tokens` may report end == start."""
+    n = query.size
     starts = np.arange(n)
     lengths = ends - starts
     maximal = np.empty(n, bool)
@@ -142,4 +158,4 @@ def trace(index: SpanIndex, output_token_ids: Sequence[int], params: TraceParams
 def warm_up(index: SpanIndex) -> None:
     """Compile (or load from numba's cache) the search kernel for this index's dtypes, so the
     first response does not pay for it."""
-    longest_matches(index.tokens, index.sa, index.first_bounds, np.zeros(2, np.int64))
+    longest_matches(index.tokens, index.sa, index.first_bounds, np.zeros(2, np.int64), 2)

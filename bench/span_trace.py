@@ -1,0 +1,391 @@
+"""Span trace benchmark: Royalty's span index against infini-gram's `attribute()` and a naive
+search, on the same synthetic corpora, in one run.
+
+For each corpus size (default 1M, 10M, 100M tokens) it generates a text-like corpus (tokens
+drawn from a Zipf-distributed phrase table over a 32k vocabulary, records of log-normal length,
+planted boilerplate shared by many records and passages quoted by a few), builds
+
+- `royalty`: `attribution.spans.build_index` (pydivsufsort suffix array, memory-mapped);
+- `infini-gram`: the same token stream written in infini-gram's `tokenized.0`/`offset.0`
+  format and indexed by its own indexer (`python -m infini_gram.indexing`, Rust), if the
+  `infini-gram` package is installed;
+
+then times tracing 64- and 256-token outputs (a third copied from records, a third novel text
+from the same phrase model, a third mixing copied passages and novel text) with
+
+- `royalty`: `SpanIndex.trace` (matching statistics with interval reuse, numba);
+- `naive`: the same post-processing over a search that starts every output position afresh
+  (first-token interval, then token-by-token narrowing), i.e. no reuse across starts;
+- `infini-gram`: `InfiniGramEngine.attribute(ids, delim_ids=[], min_len, max_cnt,
+  enforce_bow=False)` with the same minimum length and occurrence cap.
+
+Targets rotate query by query so that drift on the (shared) machine hits all alike. The run
+also checks that royalty, naive and infini-gram find the same maximal spans (length >=
+min_tokens, occurrences <= max_occurrences) for every query.
+
+    .venv/bin/python bench/span_trace.py                  # 1M, 10M, 100M (several minutes)
+    .venv/bin/python bench/span_trace.py --sizes 1M --queries 30   # smoke run
+
+Data lives under bench/.work/span_trace (removed at the end unless --keep); results go to
+bench/results/span_trace-<stamp>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from attribution.spans import SpanIndex, TraceParams, build_index  # noqa: E402
+from attribution.spans._search import _narrow, longest_matches  # noqa: E402
+from attribution.spans.trace import as_query, spans_from_matches  # noqa: E402
+
+WORK = ROOT / "bench" / ".work" / "span_trace"
+RESULTS = ROOT / "bench" / "results"
+
+
+# ---------------------------------------------------------------- corpus
+
+
+class PhraseModel:
+    """Text-like token streams: phrases of 1-5 tokens (tokens Zipf over the vocabulary) drawn
+    with Zipf frequencies, so that common n-grams recur as they do in text."""
+
+    def __init__(self, vocab: int, n_phrases: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        token_p = 1.0 / np.arange(1, vocab + 1) ** 1.05
+        self.token_cdf = np.cumsum(token_p / token_p.sum())
+        self.lengths = rng.integers(1, 6, n_phrases)
+        self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1]))
+        self.tokens = self._draw(rng, self.token_cdf, int(self.lengths.sum())).astype(np.uint16)
+        phrase_p = 1.0 / np.arange(1, n_phrases + 1) ** 1.0
+        self.phrase_cdf = np.cumsum(phrase_p / phrase_p.sum())
+
+    @staticmethod
+    def _draw(rng: np.random.Generator, cdf: np.ndarray, n: int) -> np.ndarray:
+        return np.minimum(np.searchsorted(cdf, rng.random(n)), cdf.size - 1)
+
+    def stream(self, n_tokens: int, rng: np.random.Generator) -> np.ndarray:
+        n_draw = int(n_tokens / self.lengths.mean() * 1.05) + 16
+        ids = self._draw(rng, self.phrase_cdf, n_draw)
+        lens = self.lengths[ids]
+        ends = np.cumsum(lens)
+        keep = int(np.searchsorted(ends, n_tokens)) + 1
+        ids, lens, ends = ids[:keep], lens[:keep], ends[:keep]
+        out_starts = ends - lens
+        gather = np.repeat(self.starts[ids] - out_starts, lens) + np.arange(int(ends[-1]))
+        return self.tokens[gather][:n_tokens]
+
+
+def make_corpus(n_tokens: int, model: PhraseModel, seed: int) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    tokens = model.stream(n_tokens, rng)
+    lengths = np.clip(rng.lognormal(np.log(400), 1.0, n_tokens // 100), 16, 8000).astype(np.int64)
+    ends = np.cumsum(lengths)
+    ends = np.append(ends[ends < n_tokens], n_tokens)
+    starts = np.concatenate(([0], ends[:-1]))
+    n_records = starts.size
+    # boilerplate: 20 passages of 40 tokens, each opening 2% of the records (at least 10)
+    boiler = [model.stream(40, rng) for _ in range(20)]
+    for passage in boiler:
+        targets = rng.choice(n_records, max(10, n_records // 50), replace=False)
+        targets = targets[ends[targets] - starts[targets] >= 40]
+        tokens[(starts[targets][:, None] + np.arange(40)).ravel()] = np.tile(passage, targets.size)
+    # quotes: passages of 30-100 tokens copied from one record into 1-3 others
+    for _ in range(max(10, n_records // 100)):
+        length = int(rng.integers(30, 101))
+        src = int(rng.integers(0, n_tokens - length))
+        for dst in rng.choice(n_records, int(rng.integers(1, 4)), replace=False):
+            if ends[dst] - starts[dst] >= length:
+                tokens[starts[dst] : starts[dst] + length] = tokens[src : src + length]
+    contributors = np.minimum(rng.zipf(1.5, n_records), 1000).astype(np.int64)
+    return {"tokens": tokens, "starts": starts, "ends": ends, "contributors": contributors}
+
+
+def make_queries(
+    corpus: dict[str, Any], model: PhraseModel, length: int, n_per_kind: int, seed: int
+) -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    tokens, n = corpus["tokens"], corpus["tokens"].size
+    queries: list[tuple[str, np.ndarray]] = []
+    for _ in range(n_per_kind):
+        src = int(rng.integers(0, n - length))
+        queries.append(("copied", tokens[src : src + length].astype(np.int64)))
+        queries.append(("novel", model.stream(length, rng).astype(np.int64)))
+        parts: list[np.ndarray] = []
+        while sum(p.size for p in parts) < length:
+            k = int(rng.integers(16, 49))
+            src = int(rng.integers(0, n - k))
+            parts.append(tokens[src : src + k])
+            parts.append(model.stream(int(rng.integers(8, 33)), rng))
+        queries.append(("mixed", np.concatenate(parts)[:length].astype(np.int64)))
+    order = rng.permutation(len(queries))
+    return [queries[i] for i in order]
+
+
+# ---------------------------------------------------------------- engines
+
+
+@njit(cache=True, nogil=True)
+def longest_matches_naive(tokens, sa, first_bounds, query):
+    """Each start searched from scratch: first-token interval, then narrow token by token."""
+    n = query.shape[0]
+    ends = np.empty(n, np.int64)
+    los = np.zeros(n, np.int64)
+    his = np.zeros(n, np.int64)
+    n_tok = first_bounds.shape[0] - 1
+    for i in range(n):
+        q0 = query[i]
+        ends[i] = i
+        if q0 < 0 or q0 >= n_tok or first_bounds[q0] == first_bounds[q0 + 1]:
+            continue
+        lo = first_bounds[q0]
+        hi = first_bounds[q0 + 1]
+        e = i + 1
+        while e < n:
+            t = query[e]
+            if t < 0 or t >= n_tok:
+                break
+            nlo, nhi = _narrow(tokens, sa, lo, hi, e - i, t)
+            if nlo == nhi:
+                break
+            lo, hi, e = nlo, nhi, e + 1
+        ends[i], los[i], his[i] = e, lo, hi
+    return ends, los, his
+
+
+def maximal_spans(ends: np.ndarray, los: np.ndarray, his: np.ndarray, p: TraceParams) -> set:
+    keep = set()
+    prev = -1
+    for i, e in enumerate(ends.tolist()):
+        if e > prev and e - i >= p.min_tokens and his[i] - los[i] <= p.max_occurrences:
+            keep.add((i, e))
+        prev = max(prev, e)
+    return keep
+
+
+def build_infini_gram(corpus: dict[str, Any], save: Path) -> float | str:
+    try:
+        import infini_gram  # noqa: F401
+    except ImportError:
+        return "infini-gram is not installed (.venv/bin/pip install infini-gram)"
+    save.mkdir(parents=True, exist_ok=True)
+    (save.parent / "ig-data").mkdir(exist_ok=True)  # its indexer wants a data dir; unused
+    sep = np.array([0xFFFF], np.uint16)
+    with open(save / "tokenized.0", "wb") as ds, open(save / "offset.0", "wb") as od:
+        offsets = corpus["starts"] * 2 + np.arange(corpus["starts"].size) * 2
+        od.write(offsets.astype(np.uint64).tobytes())
+        for s, e in zip(corpus["starts"].tolist(), corpus["ends"].tolist(), strict=True):
+            ds.write(sep.tobytes())
+            ds.write(corpus["tokens"][s:e].tobytes())
+    t0 = time.perf_counter()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    cmd = [sys.executable, "-m", "infini_gram.indexing", "--data_dir", str(save.parent / "ig-data")]
+    cmd += ["--save_dir", str(save), "--token_dtype", "u16", "--cpus", str(os.cpu_count() or 1)]
+    cmd += ["--mem", "8", "--ulimit", str(hard)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0 or not (save / "table.0").exists():
+        return f"infini-gram indexer failed: {proc.stdout[-300:]} {proc.stderr[-300:]}"
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- run
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    arr = np.asarray(samples) * 1e3
+    return {
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "mean_ms": float(arr.mean()),
+        "n": len(samples),
+    }
+
+
+def run_size(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dict[str, Any]:
+    out: dict[str, Any] = {"tokens": n_tokens}
+    t0 = time.perf_counter()
+    corpus = make_corpus(n_tokens, model, seed=args.seed + n_tokens)
+    out["generate_s"] = time.perf_counter() - t0
+    out["records"] = int(corpus["starts"].size)
+    work = WORK / f"{n_tokens}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+
+    records = (
+        (i, int(c), corpus["tokens"][s:e])
+        for i, (s, e, c) in enumerate(
+            zip(corpus["starts"], corpus["ends"], corpus["contributors"], strict=True)
+        )
+    )
+    t0 = time.perf_counter()
+    build_index(records, work / "royalty")
+    out["royalty_build_s"] = time.perf_counter() - t0
+    index = SpanIndex.open(work / "royalty")
+    out["royalty_bytes_per_token"] = index.nbytes() / n_tokens
+
+    engine = None
+    ig = None if args.no_infini_gram else build_infini_gram(corpus, work / "infini-gram")
+    if isinstance(ig, float):
+        from infini_gram.engine import InfiniGramEngine
+
+        out["infini_gram_build_s"] = ig
+        size = sum(f.stat().st_size for f in (work / "infini-gram").iterdir())
+        out["infini_gram_bytes_per_token"] = size / n_tokens
+        engine = InfiniGramEngine(
+            index_dir=str(work / "infini-gram"),
+            eos_token_id=0,
+            vocab_size=65535,
+            version=4,
+            load_to_ram=True,  # its faster mode (about 2.5x on 1M tokens)
+        )
+    else:
+        out["infini_gram"] = ig or "skipped (--no-infini-gram)"
+
+    params = TraceParams(min_tokens=args.min_tokens, max_records=args.max_records)
+    targets: dict[str, Any] = {
+        "royalty": lambda q: index.trace(q, params),
+        "naive": lambda q: spans_from_matches(
+            index, q, *longest_matches_naive(index.tokens, index.sa, index.first_bounds, q), params
+        ),
+    }
+    if engine is not None:
+        targets["infini-gram"] = lambda q: engine.attribute(
+            input_ids=q.tolist(),
+            delim_ids=[],
+            min_len=params.min_tokens,
+            max_cnt=params.max_occurrences,
+            enforce_bow=False,
+        )
+    for length in (64, 256):
+        queries = make_queries(corpus, model, length, args.queries, seed=args.seed + length)
+        agree = {"naive": 0, "infini-gram": 0}
+        spans_found = 0
+        for k, (_, q) in enumerate(queries):  # warm-up (page cache, numba) and agreement
+            q = as_query(q)
+            ref = maximal_spans(
+                *longest_matches(index.tokens, index.sa, index.first_bounds, q, params.min_tokens),
+                params,
+            )
+            naive = maximal_spans(
+                *longest_matches_naive(index.tokens, index.sa, index.first_bounds, q), params
+            )
+            agree["naive"] += naive == ref
+            spans_found += len(targets["royalty"](q))
+            if engine is not None and k < args.ig_queries:
+                got = targets["infini-gram"](q)
+                agree["infini-gram"] += {(s["l"], s["r"]) for s in got["spans"]} == ref
+        samples: dict[str, list[float]] = {name: [] for name in targets}
+        by_kind: dict[str, list[float]] = {}
+        names = list(targets)
+        for round_no in range(args.rounds):
+            for k, (kind, q) in enumerate(queries):
+                # rotate who goes first: a target that runs right after infini-gram finds
+                # the caches cold, one that runs after another on the same query warm
+                for name in names[k % len(names) :] + names[: k % len(names)]:
+                    if name == "infini-gram" and (round_no > 0 or k >= args.ig_queries):
+                        continue
+                    fn = targets[name]
+                    t = time.perf_counter()
+                    fn(q)
+                    dt = time.perf_counter() - t
+                    samples[name].append(dt)
+                    if name == "royalty":
+                        by_kind.setdefault(kind, []).append(dt)
+        out[f"len{length}"] = {
+            "queries": len(queries),
+            "kept_spans_per_query": spans_found / len(queries),
+            "agreement_with_royalty": {
+                "naive": f"{agree['naive']}/{len(queries)}",
+                "infini-gram": f"{agree['infini-gram']}/{min(len(queries), args.ig_queries)}"
+                if engine is not None
+                else "-",
+            },
+            "latency": {name: percentiles(s) for name, s in samples.items()},
+            "royalty_by_kind": {k: percentiles(v) for k, v in by_kind.items()},
+        }
+        print(json.dumps({f"{n_tokens}/len{length}": out[f"len{length}"]}, indent=1), flush=True)
+    targets.clear()  # drop the engines (and their maps) before removing the files
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"Machine: {results['machine']}; load average at start {results['loadavg_start']}, "
+        f"at end {results['loadavg_end']}.",
+        "",
+        "| corpus | build royalty | build infini-gram | bytes/token royalty | bytes/token infini-gram "
+        "| output | royalty p50 / p99 | naive p50 / p99 | infini-gram p50 / p99 | same spans (naive, infini-gram) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["sizes"]:
+        for length in (64, 256):
+            lat = r[f"len{length}"]["latency"]
+            cell = {k: f"{v['p50_ms']:.3f} / {v['p99_ms']:.3f} ms" for k, v in lat.items()}
+            agree = r[f"len{length}"]["agreement_with_royalty"]
+            lines.append(
+                f"| {r['tokens'] / 1e6:g}M tokens, {r['records']} records "
+                f"| {r['royalty_build_s']:.1f} s | {r.get('infini_gram_build_s', float('nan')):.1f} s "
+                f"| {r['royalty_bytes_per_token']:.2f} | {r.get('infini_gram_bytes_per_token', float('nan')):.2f} "
+                f"| {length} | {cell['royalty']} | {cell['naive']} | {cell.get('infini-gram', r.get('infini_gram', '-'))} "
+                f"| {agree.get('naive', '-')}, {agree.get('infini-gram', '-')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1M,10M,100M")
+    parser.add_argument("--queries", type=int, default=100, help="per kind and length")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--min-tokens", type=int, default=6)
+    parser.add_argument("--max-records", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-infini-gram", action="store_true")
+    parser.add_argument(
+        "--ig-queries",
+        type=int,
+        default=60,
+        help="infini-gram runs only the first N queries of each length, once (it is slow)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the corpora and indexes")
+    args = parser.parse_args()
+    sizes = [int(float(s[:-1]) * 1e6) if s.endswith("M") else int(s) for s in args.sizes.split(",")]
+
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "args": vars(args),
+        "sizes": [],
+    }
+    model = PhraseModel(args.vocab, 200_000, seed=args.seed)
+    for n in sizes:
+        results["sizes"].append(run_size(n, args, model))
+    results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (RESULTS / f"span_trace-{stamp}.json").write_text(json.dumps(results, indent=1))
+    md = markdown(results)
+    (RESULTS / f"span_trace-{stamp}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
