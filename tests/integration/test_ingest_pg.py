@@ -74,7 +74,7 @@ def workload(seed: int, n: int) -> list[dict[str, Any]]:
 
 def shape(results: list[SubmissionResult]) -> list[tuple[Any, ...]]:
     """The answers with record ids replaced by positions (ids differ between datanets)."""
-    pos = {r.record_id: r.index for r in results if r.record_id is not None}
+    pos: dict[int | None, int] = {r.record_id: r.index for r in results if r.record_id}
     return [
         (
             r.index,
