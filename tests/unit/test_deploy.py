@@ -350,3 +350,11 @@ def test_grafana_dashboard_queries_exported_metrics(exported) -> None:
     compose = load_compose()
     mounts = compose["services"]["grafana"]["volumes"]
     assert f"./grafana/dashboards:{provider['providers'][0]['options']['path']}:ro" in mounts
+
+
+def test_operations_guide_documents_every_exported_metric(exported) -> None:
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    table = set(re.findall(r"^\| `(royalty_\w+)` \|", doc, flags=re.MULTILINE))
+    families = {re.sub(r"_(bucket|sum|count)$", "", n) for n in exported}
+    families = {f for f in families if f + "_bucket" in exported or f in exported}
+    assert families == table, (families - table, table - families)
