@@ -2,7 +2,8 @@
 
 A leaf module (only `prometheus_client`), so `serving` records its own events without
 importing `gateway`; the gateway's `/metrics` endpoint exposes them. Labels are bounded:
-`adapter` only ever names an adapter of the model registry (placement never sees another),
+`adapter` is the name an adapter of the model registry is loaded under on the engine (its
+registry name unless it is served under another), and placement never sees any other;
 `engine` names a configured engine replica.
 
 Gauges carry a `multiprocess_mode` so that, with `PROMETHEUS_MULTIPROC_DIR` set (several

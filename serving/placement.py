@@ -91,12 +91,12 @@ class AdapterPlacement:
                 try:
                     await self.engine.load_adapter(key, adapter.path)
                 except EngineHTTPError as e:
-                    metrics.adapter_load_failed(adapter.name)
+                    metrics.adapter_load_failed(key)
                     raise AdapterLoadFailed(adapter.name, e.message) from e
                 elapsed = time.perf_counter() - started
                 self.stats.loads += 1
                 self.stats.load_seconds += elapsed
-                metrics.adapter_loaded(adapter.name, elapsed)
+                metrics.adapter_loaded(key, elapsed)
                 self._loaded[key] = None
                 fut.set_result(None)
             except BaseException as e:
