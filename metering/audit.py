@@ -67,6 +67,15 @@ CHECKS: dict[str, str] = {
            OR m.payouts + m.fees <> (SELECT coalesce(sum(amount), 0) FROM statements s
                                      WHERE s.month = m.month)
     """,
+    "usage postings that name a missing transaction, account, price or policy": """
+        SELECT count(*) FROM usage_postings p
+        WHERE NOT EXISTS (SELECT 1 FROM ledger_transactions t WHERE t.id = p.txn_id)
+           OR NOT EXISTS (SELECT 1 FROM ledger_accounts a WHERE a.id = p.payer_id)
+           OR (p.price_id IS NOT NULL AND NOT EXISTS (SELECT 1 FROM prices x WHERE x.id = p.price_id))
+           OR NOT EXISTS (SELECT 1 FROM split_policies s WHERE s.id = p.policy_id)
+           OR EXISTS (SELECT 1 FROM unnest(p.payees) AS x(id)
+                      WHERE NOT EXISTS (SELECT 1 FROM ledger_accounts a WHERE a.id = x.id))
+    """,
     "held credit differs from open reservations": """
         SELECT count(*) FROM ledger_accounts a
         LEFT JOIN (SELECT account_id, sum(amount) AS s FROM budget_reservations

@@ -4,7 +4,7 @@ One batch is one Postgres transaction:
 1. take the close lock shared (a month close waits for the batch, and vice versa);
 2. DELETE up to N event ids from the `usage_unposted` queue (FOR UPDATE SKIP LOCKED, so
    workers share the queue) and read the events;
-3. price and split every event in Python (integers only, `metering.pricing`);
+3. price and split every event (integers only; numpy per group, `metering.split_batch`);
 4. COPY one `usage_postings` row per event (primary key = event id: the idempotency key,
    holding the event's payees and amounts, which sum to its charge);
 5. append one ledger transaction whose entries are the batch's splits summed per
@@ -20,9 +20,8 @@ closed, to the first open month after it.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -36,15 +35,13 @@ from metering.ledger import (
     LOCK_SHARED,
     _closed,
     ensure_accounts,
-    open_month_for,
     penalties,
     post_entries,
     system_payees,
 )
-from metering.money import month_start
 from metering.pg import driver
-from metering.pricing import EventParties, Payees, PriceBook, charge_micros, split_event
-from metering.sources import AdapterDirectory, AdapterInfo, AttributionSource, NoAttribution
+from metering.sources import AdapterDirectory, AttributionSource, NoAttribution
+from metering.split_batch import compute_postings
 
 log = logging.getLogger(__name__)
 
@@ -186,100 +183,3 @@ class PostingWorker:
             )  # fmt: skip
         await conn.execute(RELEASE_RESERVATIONS, ids)
         return BatchResult(len(events), charged, txn)
-
-
-def compute_postings(
-    events: Sequence[Mapping[str, object]],
-    txn: int,
-    book: PriceBook,
-    system: Payees,
-    closed: set[dt.date],
-    penalised: Mapping[tuple[int, str], str],
-    payers: Mapping[int, int],
-    infos: Mapping[str, AdapterInfo | None],
-    weights: Mapping[str, Mapping[int, int]],
-    contributors: Mapping[int, int],
-    owners: Mapping[int, int],
-) -> tuple[
-    list[tuple[object, ...]],
-    dict[tuple[int, dt.date], int],
-    list[tuple[dt.date, int, int, str]],
-    int,
-]:
-    """Pure: posting rows, per-(account, month) sums, withheld items, total charged."""
-    rows: list[tuple[object, ...]] = []
-    sums: dict[tuple[int, dt.date], int] = {}
-    withheld: dict[tuple[dt.date, int, str], int] = {}
-    month_cache: dict[dt.date, dt.date] = {}
-    parties_cache: dict[tuple[str, int], EventParties] = {}
-    charged = 0
-    for e in events:
-        event_id = str(e["request_id"])
-        started: dt.datetime = e["started_at"]  # type: ignore[assignment]
-        adapter = str(e["adapter"] or "")
-        account = int(e["account_id"])  # type: ignore[call-overload]
-        day = started.astimezone(dt.UTC).date()
-        own_month = month_start(day)
-        month = month_cache.get(own_month)
-        if month is None:
-            month = month_cache[own_month] = open_month_for(own_month, closed)
-        price = book.price(str(e["base_model"]), adapter, started)
-        charge = 0 if e["status"] == "error" else charge_micros(
-            price, int(e["prompt_tokens"]), int(e["completion_tokens"])  # type: ignore[call-overload]
-        )  # fmt: skip
-        policy = book.policy(adapter, started)
-        per_event = weights.get(event_id)
-        if per_event is None:
-            parties = parties_cache.get((adapter, account))
-            if parties is None:
-                parties = parties_cache[(adapter, account)] = _parties(
-                    account, adapter, infos.get(adapter), None, contributors, owners, penalised
-                )
-        else:
-            parties = _parties(
-                account, adapter, infos.get(adapter), per_event, contributors, owners, penalised
-            )
-        split = split_event(event_id, charge, policy, parties, system)
-        payer = payers[account]
-        rows.append((
-            event_id, txn, month, day, payer, adapter, price.id if price else None, policy.id,
-            charge, split.payees, split.amounts,
-        ))  # fmt: skip
-        if charge:
-            charged += charge
-            key = (payer, month)
-            sums[key] = sums.get(key, 0) - charge
-            for p, x in zip(split.payees, split.amounts, strict=True):
-                k = (p, month)
-                sums[k] = sums.get(k, 0) + x
-            for beneficiary, amount, reason in split.withheld:
-                wk = (month, beneficiary, reason)
-                withheld[wk] = withheld.get(wk, 0) + amount
-    items = [(m, b, x, r) for (m, b, r), x in withheld.items()]
-    return rows, sums, items, charged
-
-
-def _parties(
-    payer: int,
-    adapter: str,
-    info: AdapterInfo | None,
-    per_event: Mapping[int, int] | None,
-    contributors: Mapping[int, int],
-    owners: Mapping[int, int],
-    penalised: Mapping[tuple[int, str], str],
-) -> EventParties:
-    if not adapter or info is None:
-        return EventParties(payer_account=payer, adapter=adapter, owner=None, contributors=())
-    owner = None
-    if info.owner_account_id is not None:
-        owner = (info.owner_account_id, owners[info.owner_account_id])
-    source = per_event if per_event is not None else info.baseline
-    cs = tuple(sorted((a, contributors[a], int(w)) for a, w in source.items() if w > 0))
-    pens = {}
-    for a, _, _ in cs:
-        reason = penalised.get((a, adapter)) or penalised.get((a, ""))
-        if reason is not None:
-            pens[a] = reason
-    return EventParties(
-        payer_account=payer, adapter=adapter, owner=owner, contributors=cs, penalties=pens
-    )

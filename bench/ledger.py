@@ -1,0 +1,276 @@
+"""Metering benchmark: usage events priced, split and posted per second, batched
+(`metering.posting.PostingWorker`: COPY of postings + per-batch aggregated entries) against a
+naive row-by-row baseline (one transaction per event, one INSERT per entry, one UPDATE per
+balance) in the same run on the same database; then the month close (statements, Merkle root
+and proofs) at the event count asked for.
+
+    .venv/bin/python bench/ledger.py --events 200000 --naive 5000 --close-events 1000000
+
+Needs a PostgreSQL it may create a database on (`--database-url`, default the machine's
+server at 127.0.0.1:5432); the database is dropped at the end. Both posting paths use the
+same pricing and split code (`metering.posting.compute_postings`); only the storage strategy
+differs. Generating and shipping the usage events (COPY via `PostgresUsageStore`) is not timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gateway.db import create_engine, migrate
+from metering.audit import violations
+from metering.catalog import PostgresCatalog, load_price_book
+from metering.ledger import (
+    CLOSE_LOCK_KEY,
+    INSERT_TXN,
+    LOCK_SHARED,
+    _closed,
+    ensure_accounts,
+    penalties,
+    system_payees,
+)
+from metering.payouts import PostgresPayouts
+from metering.pg import driver
+from metering.posting import POSTING_COLUMNS, PostingWorker, compute_postings
+from metering.sources import AdapterInfo, InMemoryAdapterDirectory
+from metering.usage import UsageRecord
+from metering.usage_store import PostgresUsageStore
+
+MONTH = dt.date(2026, 10, 1)
+T0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+
+TAKE_ONE = """
+DELETE FROM usage_unposted WHERE event_id = (
+    SELECT event_id FROM usage_unposted ORDER BY event_id LIMIT 1 FOR UPDATE SKIP LOCKED
+) RETURNING event_id
+"""
+SELECT_EVENT = """
+SELECT request_id, account_id, base_model, adapter, status, prompt_tokens, completion_tokens,
+       started_at FROM usage_events WHERE request_id = $1
+"""
+INSERT_ENTRY = (
+    "INSERT INTO ledger_entries (txn_id, account_id, month, amount) VALUES ($1, $2, $3, $4)"
+)
+UPDATE_BALANCE = (
+    "UPDATE ledger_accounts SET balance = balance + $2, version = version + 1 WHERE id = $1"
+)
+
+
+async def setup(
+    url: str, consumers: int, contributors: int
+) -> tuple[InMemoryAdapterDirectory, list[int]]:
+    conn = await asyncpg.connect(url)
+    try:
+        names = [f"consumer-{i}" for i in range(consumers)] + [
+            f"contrib-{i}" for i in range(contributors)
+        ]
+        names += [f"owner-{i}" for i in range(3)]
+        rows = await conn.fetch(
+            "INSERT INTO accounts (name) SELECT unnest($1::text[]) RETURNING id, name", names
+        )
+    finally:
+        await conn.close()
+    ids = {r["name"]: r["id"] for r in rows}
+    rng = random.Random(1)
+    adapters = {}
+    for i, name in enumerate(("recipes", "astronomy", "legal")):
+        people = rng.sample(range(contributors), k=min(contributors, 8 + 6 * i))
+        adapters[name] = AdapterInfo(
+            ids[f"owner-{i}"], {ids[f"contrib-{p}"]: rng.randint(1, 400) for p in people}
+        )
+    return InMemoryAdapterDirectory(adapters), [ids[f"consumer-{i}"] for i in range(consumers)]
+
+
+async def ship(engine, payers: list[int], n: int, start: int, progress: bool = True) -> None:  # type: ignore[no-untyped-def]
+    store = PostgresUsageStore(engine, timeout_s=600)
+    rng = random.Random(start)
+    chunk = 50_000
+    for lo in range(start, start + n, chunk):
+        batch = []
+        for i in range(lo, min(lo + chunk, start + n)):
+            adapter = rng.choice(("recipes", "astronomy", "legal", None))
+            batch.append(
+                UsageRecord(
+                    request_id=f"{uuid.UUID(int=rng.getrandbits(128))}",
+                    account_id=rng.choice(payers),
+                    key_id=1,
+                    endpoint="chat.completions",
+                    model=adapter or "tiny",
+                    base_model="tiny",
+                    adapter=adapter,
+                    status="ok",
+                    http_status=200,
+                    prompt_tokens=rng.randint(10, 2000),
+                    completion_tokens=rng.randint(1, 500),
+                    started_at=T0 + dt.timedelta(seconds=i % (27 * 86400)),
+                    total_ms=10.0,
+                    ttft_ms=1.0,
+                    output_sha256=None,
+                )  # fmt: skip
+            )
+        await store.insert_batch(batch)
+        if progress:
+            print(
+                f"  shipped {min(lo + chunk, start + n) - start:,}/{n:,}", file=sys.stderr, end="\r"
+            )
+    print(file=sys.stderr)
+
+
+async def naive_post(engine, directory: InMemoryAdapterDirectory, n: int) -> int:  # type: ignore[no-untyped-def]
+    """Row by row: one transaction per event, one statement per entry and balance."""
+    done = 0
+    async with driver(engine) as conn:
+        for _ in range(n):
+            async with conn.transaction():
+                await conn.execute(LOCK_SHARED, CLOSE_LOCK_KEY)
+                eid = await conn.fetchval(TAKE_ONE)
+                if eid is None:
+                    break
+                ev = await conn.fetchrow(SELECT_EVENT, eid)
+                book = await load_price_book(conn)
+                system, _ = await system_payees(conn)
+                payers = await ensure_accounts(conn, "consumer", [ev["account_id"]])
+                info = await directory.adapter(ev["adapter"]) if ev["adapter"] else None
+                contributors = await ensure_accounts(
+                    conn, "contributor", info.baseline if info else []
+                )
+                owners = await ensure_accounts(
+                    conn,
+                    "adapter_owner",
+                    [info.owner_account_id] if info and info.owner_account_id else [],
+                )
+                txn = int(await conn.fetchval(INSERT_TXN, "usage", None, "1 usage event"))
+                rows, sums, _, _ = compute_postings(
+                    [ev], txn, book, system, await _closed(conn), await penalties(conn), payers,
+                    {ev["adapter"]: info} if ev["adapter"] else {}, {}, contributors, owners,
+                )  # fmt: skip
+                placeholders = ", ".join(f"${i + 1}" for i in range(len(POSTING_COLUMNS)))
+                await conn.execute(
+                    f"INSERT INTO usage_postings ({', '.join(POSTING_COLUMNS)}) VALUES ({placeholders})",  # noqa: S608
+                    *rows[0],
+                )
+                for (account, month), amount in sorted(sums.items()):
+                    if amount:
+                        await conn.execute(INSERT_ENTRY, txn, account, month, amount)
+                        await conn.execute(UPDATE_BALANCE, account, amount)
+            done += 1
+    return done
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    ap.add_argument(
+        "--events", type=int, default=200_000, help="events for the batched posting rate"
+    )
+    ap.add_argument("--naive", type=int, default=5_000, help="events for the row-by-row baseline")
+    ap.add_argument(
+        "--close-events", type=int, default=1_000_000, help="events in the month that is closed"
+    )
+    ap.add_argument("--batch-size", type=int, default=20_000)
+    ap.add_argument("--keep", action="store_true", help="keep the database")
+    a = ap.parse_args()
+
+    name = f"royalty_bench_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(a.database_url)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = a.database_url.rsplit("/", 1)[0] + "/" + name
+    engine = create_engine(url, pool_size=2)
+    try:
+        await migrate(engine)
+        directory, payers = await setup(url, consumers=1000, contributors=60)
+        await PostgresCatalog(engine).set_price(
+            "tiny", "", 1_000_000, 3_000_000, T0 - dt.timedelta(days=1)
+        )
+        await PostgresCatalog(engine).set_price(
+            "tiny", "recipes", 2_000_000, 6_000_000, T0 - dt.timedelta(days=1)
+        )
+        print(
+            f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}",
+            file=sys.stderr,
+        )
+
+        await ship(engine, payers, a.naive, 0)
+        t = time.perf_counter()
+        naive_n = await naive_post(engine, directory, a.naive)
+        naive_s = time.perf_counter() - t
+
+        await ship(engine, payers, a.events, 10_000_000)
+        worker = PostingWorker(engine, directory, batch_size=a.batch_size)
+        t = time.perf_counter()
+        batched_n = await worker.drain()
+        batched_s = time.perf_counter() - t
+
+        rest = max(a.close_events - naive_n - batched_n, 0)
+        if rest:
+            await ship(engine, payers, rest, 20_000_000)
+            t = time.perf_counter()
+            more = await worker.drain()
+            more_s = time.perf_counter() - t
+        else:
+            more, more_s = 0, 0.0
+        async with driver(engine) as conn:
+            await conn.execute("VACUUM ANALYZE usage_postings")
+            events_in_month = await conn.fetchval(
+                "SELECT count(*) FROM usage_postings WHERE month = $1", MONTH
+            )
+        t = time.perf_counter()
+        closed = await PostgresPayouts(engine).close(MONTH)
+        close_s = time.perf_counter() - t
+        t = time.perf_counter()
+        checked, bad = await PostgresPayouts(engine).verify(MONTH)
+        verify_s = time.perf_counter() - t
+        t = time.perf_counter()
+        broken = await violations(engine)
+        audit_s = time.perf_counter() - t
+        assert not bad and not broken, (bad, broken)
+        assert closed.charges == closed.payouts + closed.fees + closed.withheld
+
+        print("| what | events | seconds | events/s |")
+        print("|---|---|---|---|")
+        print(
+            f"| naive row-by-row posting | {naive_n:,} | {naive_s:.2f} | {naive_n / naive_s:,.0f} |"
+        )
+        print(
+            f"| batched posting (batch {a.batch_size:,}) | {batched_n:,} | {batched_s:.2f} | {batched_n / batched_s:,.0f} |"
+        )
+        if more:
+            print(
+                f"| batched posting, filling the month | {more:,} | {more_s:.2f} | {more / more_s:,.0f} |"
+            )
+        print(
+            f"| month close: {closed.statements} statements, Merkle root, conservation check | {events_in_month:,} | {close_s:.2f} | – |"
+        )
+        print(f"| verify every proof | {events_in_month:,} | {verify_s:.2f} | – |")
+        print(f"| full ledger audit (all invariants) | {events_in_month:,} | {audit_s:.2f} | – |")
+        print(
+            f"\nbatched ÷ naive: {(batched_n / batched_s) / (naive_n / naive_s):.1f}×; root {closed.root.hex()}"
+        )
+    finally:
+        await engine.dispose()
+        if not a.keep:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
