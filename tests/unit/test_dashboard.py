@@ -161,10 +161,14 @@ def _metric_totals(text: str) -> tuple[int, int, list[str]]:
     return int(requests), int(tokens_out), order
 
 
-def _pixels_near(png: bytes, rgb: tuple[int, int, int], tol: int = 40) -> int:
+def _pixels_near(
+    png: bytes, rgb: tuple[int, int, int], tol: int = 40, top_fraction: float = 1.0
+) -> int:
+    """Pixels within `tol` of `rgb`, counting only the top `top_fraction` of the image."""
     from PIL import Image
 
     img = Image.open(io.BytesIO(png)).convert("RGB")
+    img = img.crop((0, 0, img.width, int(img.height * top_fraction)))
     r0, g0, b0 = rgb
     return sum(
         1
@@ -282,8 +286,14 @@ async def test_dashboard_in_headless_chromium_shows_the_metrics(tmp_path: Path) 
                 for chart, colour in drawn.items():
                     png = await page.locator(f"#{chart}").screenshot()
                     assert _pixels_near(png, colour) > 150, chart
-                # The backlog chart is flat at zero (nothing pending in the fake): axis only,
-                # no series colour far above the baseline; the whole-page shot is not blank.
+                    # Rates rose while the page watched: the lines leave the zero baseline
+                    # (a flat line at zero lies in the bottom tenth of the chart).
+                    assert _pixels_near(png, colour, top_fraction=0.75) > 40, chart
+                # The backlog chart stays flat at zero (the fake's harness ships nothing):
+                # its series hug the baseline.
+                backlog = await page.locator("#chart-backlog").screenshot()
+                assert _pixels_near(backlog, (47, 180, 216), top_fraction=0.75) == 0
+                # And the whole page is not blank.
                 assert _pixels_near(shot, (244, 245, 247), tol=3) < 0.95 * (1280 * 1100)
                 assert problems == []
             finally:
