@@ -310,11 +310,11 @@ _active_sampler: MetricsSampler | None = None
 
 
 def refresh_now(pool: EnginePool) -> None:
-    """Local state gauges, fresh for this scrape (engine queues stay at the sampler's pace)."""
-    if _active_sampler is not None:
-        _active_sampler.refresh_local()
-    else:
-        refresh_pool(pool)
+    """Local state gauges, fresh for this scrape (engine queues stay at the sampler's pace):
+    the serving app's own pool, and the running sampler's usage log."""
+    refresh_pool(pool)
+    if _active_sampler is not None and _active_sampler.usage_log is not None:
+        refresh_usage_log(_active_sampler.usage_log)
 
 
 # --- exposition -------------------------------------------------------------------------------
