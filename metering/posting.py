@@ -20,6 +20,7 @@ closed, to the first open month after it.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -71,6 +72,26 @@ UPDATE ledger_accounts a SET held = a.held - p.amount
 FROM per_account p WHERE a.id = p.account_id
 """
 QUEUE_DEPTH = "SELECT count(*) FROM usage_unposted"
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _text(value: str) -> str:
+    return value.translate(_COPY_ESCAPES)
+
+
+def postings_copy_text(rows: Sequence[Sequence[object]]) -> bytes:
+    """Posting rows in COPY text format. asyncpg's binary COPY spends ~30 µs a row checking
+    every array element against collection ABCs; this is ~3 µs. Only the event id and the
+    adapter name are free text, and both are escaped; the rest are integers and dates."""
+    out = []
+    null = "\\N"
+    for eid, txn, month, day, payer, adapter, price, policy, charge, payees, amounts in rows:
+        out.append(
+            f"{_text(eid)}\t{txn}\t{month}\t{day}\t{payer}\t{_text(adapter)}\t"  # type: ignore[arg-type]
+            f"{null if price is None else price}\t{policy}\t{charge}\t"
+            f"{{{','.join(map(str, payees))}}}\t{{{','.join(map(str, amounts))}}}\n"  # type: ignore[call-overload]
+        )
+    return "".join(out).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +193,9 @@ class PostingWorker:
             contributors,
             owners,
         )
-        await conn.copy_records_to_table("usage_postings", records=rows, columns=POSTING_COLUMNS)
+        await conn.copy_to_table(
+            "usage_postings", source=io.BytesIO(postings_copy_text(rows)), columns=POSTING_COLUMNS
+        )
         if self.fail_after_copy is not None:
             self.fail_after_copy()
         await post_entries(conn, txn, [(a, m, x) for (a, m), x in sums.items()])

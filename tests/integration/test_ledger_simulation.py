@@ -263,3 +263,39 @@ async def test_ledger_rows_are_append_only_and_transactions_balanced(engine: Asy
     with pytest.raises(Exception, match="already reversed"):
         await ledger.reverse(txn, "again")
     assert await violations(engine) == []
+
+
+async def test_event_ids_and_adapter_names_with_copy_metacharacters_post_intact(
+    engine: AsyncEngine,
+) -> None:
+    ids = await make_accounts(engine, ["odd"])
+    await PostgresCatalog(engine).set_price("tiny", "", 1_000_000, 1_000_000, T_OCT)
+    weird = ["back\\slash", "tab\there", "new\nline", "cr\rret", "\\N", "ünïcode ✓"]
+    events = [
+        UsageRecord(
+            request_id=rid,
+            account_id=ids["odd"],
+            key_id=1,
+            endpoint="completions",
+            model="m",
+            base_model="tiny",
+            adapter=rid,
+            status="ok",
+            http_status=200,
+            prompt_tokens=1000,
+            completion_tokens=1000,
+            started_at=T_OCT,
+            total_ms=1.0,
+            ttft_ms=None,
+            output_sha256=None,
+        )  # fmt: skip
+        for rid in weird
+    ]
+    await PostgresUsageStore(engine).insert_batch(events)
+    assert await PostingWorker(engine, InMemoryAdapterDirectory()).drain() == len(weird)
+    async with driver(engine) as conn:
+        rows = await conn.fetch("SELECT event_id, adapter, charge FROM usage_postings")
+    assert sorted((r["event_id"], r["adapter"], r["charge"]) for r in rows) == sorted(
+        (w, w, 2000) for w in weird
+    )
+    assert await violations(engine) == []
