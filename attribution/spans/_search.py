@@ -14,6 +14,10 @@ length is not needed: when the carried-over prefix is shorter than `min_length`,
 search for the `min_length`-gram at `i` decides whether the start is worth extending at all.
 Most starts of novel text are settled by that single search.
 
+Most of those searches are avoided altogether by a Bloom filter over the index's
+`filter_m`-grams (built with the index): a start whose `filter_m`-gram is not in the filter
+cannot begin a match of `min_length >= filter_m` tokens. False positives only cost the search.
+
 Everything is plain integer arrays so that numba compiles it without Python objects; the
 arrays may be read-only memory maps.
 """
@@ -22,6 +26,53 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+FILTER_HASHES = 3
+
+
+@njit(cache=True, nogil=True)
+def _gram_hash(arr, start, m):
+    """64-bit hash of arr[start:start+m] (FNV-1a over whole tokens, splitmix64 finish)."""
+    h = _FNV_OFFSET
+    for k in range(m):
+        h = (h ^ np.uint64(arr[start + k])) * _FNV_PRIME
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return h
+
+
+@njit(cache=True, nogil=True)
+def _filter_may_contain(bits, mask, arr, start, m):
+    h = _gram_hash(arr, start, m)
+    step = (h >> np.uint64(32)) | np.uint64(1)
+    for j in range(FILTER_HASHES):
+        pos = (h + np.uint64(j) * step) & mask
+        if (bits[pos >> np.uint64(3)] >> (pos & np.uint64(7))) & np.uint64(1) == 0:
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def build_gram_filter(tokens, separator, m, bits, mask):
+    """Set the filter bits of every m-gram of `tokens` that contains no separator."""
+    run = 0
+    for p in range(tokens.shape[0]):
+        if tokens[p] == separator:
+            run = 0
+            continue
+        run += 1
+        if run < m:
+            continue
+        h = _gram_hash(tokens, p - m + 1, m)
+        step = (h >> np.uint64(32)) | np.uint64(1)
+        for j in range(FILTER_HASHES):
+            pos = (h + np.uint64(j) * step) & mask
+            bits[pos >> np.uint64(3)] |= np.uint8(1) << np.uint8(pos & np.uint64(7))
 
 
 @njit(cache=True, nogil=True)
@@ -124,7 +175,7 @@ def _occurs(tokens, sa, first_bounds, query, start, stop):
 
 
 @njit(cache=True, nogil=True)
-def longest_matches(tokens, sa, first_bounds, query, min_length):
+def longest_matches(tokens, sa, first_bounds, query, min_length, bits, mask, filter_m):
     """For each start i: (end[i], lo[i], hi[i]) with output[i:end[i]] the longest match and
     sa[lo[i]:hi[i]] its occurrences, for every start that begins a maximal match of at least
     `min_length` tokens. Other starts report no interval and an end that is enough to tell
@@ -133,6 +184,7 @@ def longest_matches(tokens, sa, first_bounds, query, min_length):
 
     `first_bounds[t]:first_bounds[t+1]` is the suffix-array interval of token t; query values
     outside `[0, len(first_bounds) - 1)` (unknown tokens, the separator) never match.
+    `bits`/`mask`/`filter_m`: the index's m-gram filter (`filter_m == 0`: none).
     """
     n = query.shape[0]
     ends = np.empty(n, np.int64)
@@ -140,6 +192,7 @@ def longest_matches(tokens, sa, first_bounds, query, min_length):
     his = np.zeros(n, np.int64)
     n_tok = first_bounds.shape[0] - 1
     m = max(min_length, 1)
+    use_filter = 0 < filter_m <= m
     # next_bad[i]: first position >= i holding a token that cannot match
     next_bad = np.empty(n + 1, np.int64)
     next_bad[n] = n
@@ -165,6 +218,9 @@ def longest_matches(tokens, sa, first_bounds, query, min_length):
                 lo, hi = _locate(tokens, sa, lo, hi, query, i, known)
         else:
             if next_bad[i] < i + m:
+                i += 1
+                continue
+            if use_filter and not _filter_may_contain(bits, mask, query, i, filter_m):
                 i += 1
                 continue
             if m > 1:

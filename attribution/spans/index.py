@@ -10,8 +10,12 @@ Layout of an index directory (all arrays are `.npy`, opened with `mmap_mode="r"`
   suffixes starting with token t (saves the first binary search and gives unigram counts);
 - `record_starts.npy`, `record_ids.npy`, `contributor_ids.npy`: one entry per record, in
   snapshot order; position p lies in record `searchsorted(record_starts, p, "right") - 1`;
-- `header.json`: format version, dtypes, token count (without separators), record count and the
-  sha256 of the inputs (record id, contributor id and token ids of every record, in order).
+- `gram_filter.npy`: a Bloom filter (3 hashes, about 8-16 bits per position) of every
+  `filter_m`-gram inside a record, which lets tracing skip most output positions of novel text
+  without touching the suffix array (`filter_m == 0`: no filter, an empty array);
+- `header.json`: format version, dtypes, token count (without separators), record count, the
+  filter's `filter_m` and size, and the sha256 of the inputs (record id, contributor id and
+  token ids of every record, in order).
 
 A build writes into a temporary sibling directory and renames it into place, so a reader sees
 either no index or a complete one. Building the same inputs again is a no-op; building different
@@ -34,12 +38,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from attribution.spans._search import build_gram_filter, longest_matches
+
 if TYPE_CHECKING:
     from attribution.spans.trace import Span, TraceParams
 
 FORMAT_VERSION = 1
 HEADER = "header.json"
-_ARRAYS = ("tokens", "sa", "first_bounds", "record_starts", "record_ids", "contributor_ids")
+_ARRAYS = (
+    "tokens",
+    "sa",
+    "first_bounds",
+    "record_starts",
+    "record_ids",
+    "contributor_ids",
+    "gram_filter",
+)
+DEFAULT_FILTER_M = 6
+_MIN_FILTER_LOG2_BITS = 6
 
 
 class SpanIndexError(Exception):
@@ -55,6 +71,8 @@ class IndexHeader:
     record_count: int
     separator: int
     inputs_sha256: str
+    filter_m: int
+    filter_log2_bits: int
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -65,6 +83,8 @@ class IndexHeader:
             "record_count": self.record_count,
             "separator": self.separator,
             "inputs_sha256": self.inputs_sha256,
+            "filter_m": self.filter_m,
+            "filter_log2_bits": self.filter_log2_bits,
         }
 
     @classmethod
@@ -78,6 +98,8 @@ class IndexHeader:
                 record_count=int(data["record_count"]),
                 separator=int(data["separator"]),
                 inputs_sha256=str(data["inputs_sha256"]),
+                filter_m=int(data["filter_m"]),
+                filter_log2_bits=int(data["filter_log2_bits"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SpanIndexError(f"malformed index header: {exc}") from exc
@@ -136,9 +158,17 @@ def _save(directory: Path, name: str, array: NDArray[Any]) -> None:
         os.fsync(f.fileno())
 
 
-def build_index(records: Iterable[Record], directory: str | os.PathLike[str]) -> IndexHeader:
+def build_index(
+    records: Iterable[Record],
+    directory: str | os.PathLike[str],
+    *,
+    filter_m: int = DEFAULT_FILTER_M,
+) -> IndexHeader:
     """Build the span index of `records` (record id, contributor id, token ids; in snapshot
-    order) into `directory`, atomically. Returns the header."""
+    order) into `directory`, atomically. Returns the header. `filter_m` is the gram length of
+    the skip filter (0: none); it speeds up traces whose `min_tokens >= filter_m`."""
+    if filter_m < 0:
+        raise SpanIndexError("filter_m must be >= 0")
     target = Path(directory)
     h = hashlib.sha256(b"royalty-span-index/1")
     parts: list[NDArray[np.uint32]] = []
@@ -183,6 +213,13 @@ def build_index(records: Iterable[Record], directory: str | os.PathLike[str]) ->
     sa = _suffix_array(tokens)
     # suffixes sort numerically and the separator is the largest value, so the suffixes that
     # start with token t form one contiguous block, in token order.
+    log2_bits = 0
+    gram_filter = np.zeros(0, np.uint8)
+    if filter_m:
+        # about 8-16 bits per position: ~1-3 % false positives with 3 hashes
+        log2_bits = max(_MIN_FILTER_LOG2_BITS, int(np.ceil(np.log2(max(8 * position, 1)))))
+        gram_filter = np.zeros(1 << (log2_bits - 3), np.uint8)
+        build_gram_filter(tokens, separator, filter_m, gram_filter, np.uint64((1 << log2_bits) - 1))
     first_bounds = np.zeros(max_token + 2, np.int64)
     if max_token >= 0:
         np.cumsum(
@@ -196,6 +233,8 @@ def build_index(records: Iterable[Record], directory: str | os.PathLike[str]) ->
         record_count=len(record_ids),
         separator=separator,
         inputs_sha256=digest,
+        filter_m=filter_m,
+        filter_log2_bits=log2_bits,
     )
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -207,6 +246,7 @@ def build_index(records: Iterable[Record], directory: str | os.PathLike[str]) ->
         _save(tmp, "record_starts", np.asarray(starts, np.int64))
         _save(tmp, "record_ids", np.asarray(record_ids, np.int64))
         _save(tmp, "contributor_ids", np.asarray(contributor_ids, np.int64))
+        _save(tmp, "gram_filter", gram_filter)
         with open(tmp / HEADER, "w") as f:
             json.dump(header.to_json(), f, indent=1, sort_keys=True)
             f.flush()
@@ -240,6 +280,8 @@ class SpanIndex:
         self.record_starts = arrays["record_starts"]
         self.record_ids = arrays["record_ids"]
         self.contributor_ids = arrays["contributor_ids"]
+        self.gram_filter = arrays["gram_filter"]
+        self._filter_mask = np.uint64((1 << header.filter_log2_bits) - 1)
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str]) -> SpanIndex:
@@ -267,6 +309,7 @@ class SpanIndex:
             "record_starts": header.record_count,
             "record_ids": header.record_count,
             "contributor_ids": header.record_count,
+            "gram_filter": (1 << header.filter_log2_bits) // 8 if header.filter_m else 0,
         }
         for name, size in expected.items():
             if arrays[name].shape != (size,):
@@ -281,6 +324,23 @@ class SpanIndex:
     def nbytes(self) -> int:
         """Bytes on disk of the arrays (what the page cache holds when hot)."""
         return sum(int(getattr(self, a).nbytes) for a in _ARRAYS)
+
+    def longest_matches(
+        self, query: NDArray[np.int64], min_tokens: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+        """Per output start: end of its longest match and suffix-array interval (see
+        `_search.longest_matches`)."""
+        h = self.header
+        return longest_matches(
+            self.tokens,
+            self.sa,
+            self.first_bounds,
+            query,
+            min_tokens,
+            self.gram_filter,
+            self._filter_mask,
+            h.filter_m,
+        )
 
     def trace(
         self, output_token_ids: Sequence[int], params: TraceParams | None = None

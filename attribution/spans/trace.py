@@ -26,8 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attribution.spans._search import longest_matches
-
 if TYPE_CHECKING:
     from attribution.spans.index import SpanIndex
 
@@ -96,9 +94,7 @@ def trace(index: SpanIndex, output_token_ids: Sequence[int], params: TraceParams
     n = query.size
     if n == 0 or index.header.token_count == 0:
         return []
-    ends, los, his = longest_matches(
-        index.tokens, index.sa, index.first_bounds, query, params.min_tokens
-    )
+    ends, los, his = index.longest_matches(query, params.min_tokens)
     return spans_from_matches(index, query, ends, los, his, params)
 
 
@@ -158,4 +154,4 @@ def spans_from_matches(
 def warm_up(index: SpanIndex) -> None:
     """Compile (or load from numba's cache) the search kernel for this index's dtypes, so the
     first response does not pay for it."""
-    longest_matches(index.tokens, index.sa, index.first_bounds, np.zeros(2, np.int64), 2)
+    index.longest_matches(np.zeros(2, np.int64), 2)

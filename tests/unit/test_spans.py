@@ -65,9 +65,9 @@ def _reference(records: Records, output: list[int], params: TraceParams) -> list
     return kept
 
 
-def _build(records: Records) -> SpanIndex:
+def _build(records: Records, filter_m: int = 6) -> SpanIndex:
     directory = Path(tempfile.mkdtemp(prefix="spans-test-")) / "index"
-    build_index(records, directory)
+    build_index(records, directory, filter_m=filter_m)
     return SpanIndex.open(directory)
 
 
@@ -80,12 +80,13 @@ UNCAPPED_RATE = 1000.0  # spans per output token: no cap
     output=st.lists(st.integers(0, 6), max_size=40),
     min_tokens=st.integers(1, 4),
     max_records=st.integers(1, 3),
+    filter_m=st.sampled_from([0, 1, 2, 3, 6]),  # the skip filter is used when <= min_tokens
 )
-def test_trace_equals_brute_force(records, output, min_tokens, max_records):
+def test_trace_equals_brute_force(records, output, min_tokens, max_records, filter_m):
     params = TraceParams(
         min_tokens=min_tokens, max_records=max_records, spans_per_token=UNCAPPED_RATE
     )
-    index = _build(records)
+    index = _build(records, filter_m)
     got = [(s.start, s.end, s.occurrences, s.record_ids) for s in index.trace(output, params)]
     assert got == _reference(records, output, params)
 
@@ -93,7 +94,7 @@ def test_trace_equals_brute_force(records, output, min_tokens, max_records):
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records=records_st, output=st.lists(st.integers(0, 6), max_size=40))
 def test_spans_are_verbatim_maximal_and_name_only_indexed_records(records, output):
-    index = _build(records)
+    index = _build(records, filter_m=1)
     by_id = {rid: (cid, toks) for rid, cid, toks in records}
     params = TraceParams(min_tokens=1, max_records=3, spans_per_token=UNCAPPED_RATE)
     for span in index.trace(output, params):
@@ -245,3 +246,35 @@ def test_concurrent_builds_of_the_same_snapshot_agree(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]
     (span,) = SpanIndex.open(target).trace(records[10][2], TraceParams(min_tokens=50))
     assert span.record_ids == (10,)
+
+
+def test_gram_filter_has_no_false_negatives_and_few_false_positives():
+    from attribution.spans._search import _filter_may_contain
+
+    rng = np.random.default_rng(11)
+    records: Records = [(k, k, rng.integers(0, 300, 200).tolist()) for k in range(100)]
+    index = _build(records, filter_m=4)
+    mask = np.uint64((1 << index.header.filter_log2_bits) - 1)
+    for _, _, toks in records:
+        arr = np.asarray(toks, np.int64)
+        for j in range(len(toks) - 3):
+            assert _filter_may_contain(index.gram_filter, mask, arr, j, 4)
+    novel = rng.integers(1000, 2000, 5000).astype(np.int64)  # no record holds these tokens
+    false_positives = sum(
+        _filter_may_contain(index.gram_filter, mask, novel, j, 4) for j in range(4996)
+    )
+    assert false_positives < 0.05 * 4996
+
+
+def test_trace_is_the_same_with_and_without_the_gram_filter():
+    rng = np.random.default_rng(5)
+    records: Records = [(k, k % 7, rng.integers(0, 40, 300).tolist()) for k in range(200)]
+    with_filter, without = _build(records, filter_m=6), _build(records, filter_m=0)
+    assert without.gram_filter.size == 0 and with_filter.gram_filter.size > 0
+    for _ in range(30):
+        src = records[int(rng.integers(0, 200))][2]
+        start = int(rng.integers(0, 250))
+        output = [*src[start : start + 30], *rng.integers(0, 40, 60).tolist()]
+        for min_tokens in (3, 6, 9):
+            params = TraceParams(min_tokens=min_tokens, spans_per_token=UNCAPPED_RATE)
+            assert with_filter.trace(output, params) == without.trace(output, params)
