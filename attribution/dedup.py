@@ -99,15 +99,70 @@ def _fmix32(hv: np.ndarray) -> np.ndarray:
     return hv ^ (hv >> np.uint32(16))
 
 
+def _crc_table() -> np.ndarray:
+    table = np.zeros(256, dtype=np.uint32)
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0xEDB88320 if c & 1 else c >> 1
+        table[i] = c
+    return table
+
+
+_CRC_TABLE = _crc_table()
+"""zlib's CRC-32 (reflected polynomial 0xEDB88320), one byte at a time."""
+
+
+def _crc32_ranges(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """`zlib.crc32(data[s:s + n])` for every (s, n), a byte position at a time across all
+    ranges (longest first, so the ranges still running are a prefix)."""
+    crc = np.full(len(starts), 0xFFFFFFFF, dtype=np.uint32)
+    if not len(starts):
+        return crc
+    order = np.argsort(-lengths, kind="stable")
+    starts, lengths = starts[order], lengths[order]
+    # running[j]: how many ranges are longer than j bytes
+    running = np.searchsorted(-lengths, -np.arange(1, int(lengths[0]) + 1), side="right")
+    for j, k in enumerate(running.tolist()):
+        c = crc[:k]
+        crc[:k] = _CRC_TABLE[(c ^ data[starts[:k] + j]) & 0xFF] ^ (c >> 8)
+    out = np.empty_like(crc)
+    out[order] = crc ^ np.uint32(0xFFFFFFFF)
+    return out
+
+
+def batch_shingle_hashes(normalised: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The CRC-32 of every shingle of every text (those `shingle_hashes` gives, record after
+    record) and the number of shingles of each text, computed over one buffer of the
+    encoded texts: word boundaries, shingle ranges and their CRCs all with numpy."""
+    n = len(normalised)
+    # "\n" never occurs in normalised text (it is whitespace): it separates the records
+    data = np.frombuffer("\n".join(normalised).encode("utf-8", "surrogatepass"), np.uint8)
+    seps = np.flatnonzero((data == 32) | (data == 10))
+    word_start = np.concatenate(([0], seps + 1))
+    word_end = np.concatenate((seps, [len(data)]))
+    record_of_word = np.concatenate(([0], np.cumsum(data[seps] == 10)))
+    words = np.bincount(record_of_word, minlength=n)
+    first_word = np.concatenate(([0], np.cumsum(words)[:-1]))
+    # a text of at most SHINGLE words is one shingle (all of it); else one per word window
+    counts = np.maximum(words - (SHINGLE - 1), 1)
+    total = int(counts.sum())
+    first_shingle = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    start_word = np.repeat(first_word - first_shingle, counts) + np.arange(total)
+    end_word = np.minimum(start_word + SHINGLE - 1, np.repeat(first_word + words - 1, counts))
+    starts = word_start[start_word]
+    return _crc32_ranges(data, starts, word_end[end_word] - starts), counts
+
+
 def signatures(normalised: Sequence[str]) -> np.ndarray:
     """The signatures of many normalised texts, as an (n, 128) uint32 array; row i equals
     `signature(normalised[i]).hashvalues`."""
-    hashes: list[int] = []
-    counts = [shingle_hashes(s, hashes) for s in normalised]
-    out = np.empty((len(counts), NUM_PERM), dtype=np.uint32)
-    if not counts:
+    out = np.empty((len(normalised), NUM_PERM), dtype=np.uint32)
+    if not len(normalised):
         return out
-    hv = _fmix32(np.asarray(hashes, dtype=np.uint32))
+    hashes, counts_arr = batch_shingle_hashes(normalised)
+    counts = counts_arr.tolist()
+    hv = _fmix32(hashes)
     ends = list(accumulate(counts))
     # process whole records in blocks of about _BLOCK shingles
     rec = 0

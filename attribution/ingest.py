@@ -56,7 +56,7 @@ _NO_ROW_REASONS = frozenset(
     {RejectReason.INVALID_UTF8, RejectReason.INVALID_SCHEMA, RejectReason.TOO_LARGE}
 )
 RATE_WINDOW_S = 60.0
-CHUNK = 1000
+CHUNK = 500
 """Records per pipeline stage of a large call."""
 _PREPARE_STEP = 250
 """Records prepared between yields to the event loop while a chunk's write is in flight."""
@@ -169,8 +169,10 @@ class Ingestion:
                 datanet = await fetch_datanet(conn, datanet_id)
             self._ingest_datanets[datanet_id] = datanet
         policy = datanet.policy
-        starts = list(range(0, len(raws), CHUNK)) or [0]
-        chunk = _prepare_chunk(raws[:CHUNK], 0, policy)
+        parts = [raws[s : s + CHUNK] for s in range(0, len(raws), CHUNK)] or [raws]
+        # the first chunk (and the second) are prepared before the lock is taken
+        chunk = _prepare_chunk(parts[0], 0, policy)
+        upcoming = _prepare_chunk(parts[1], CHUNK, policy) if len(parts) > 1 else None
         state: _State | None = None
         results: list[SubmissionResult] = []
         try:
@@ -185,32 +187,40 @@ class Ingestion:
                 )
                 state = _State(index, await self._remaining(conn, datanet, contributor, rate_limit))
                 driver = await _driver(conn)
-                lookup = await _lookup(conn, datanet_id, chunk)
+                decided = self._decide(
+                    datanet, chunk, await _lookup(conn, datanet_id, chunk), state
+                )
                 failed = False
-                for k in range(len(starts)):
-                    chunk_results, rows = self._decide(datanet, chunk, lookup, state)
+                for k in range(len(parts)):
+                    chunk_results, rows = decided
                     results.extend(chunk_results)
+                    # an atomic call that failed goes on deciding (every line gets its
+                    # answer) and writes nothing more; the transaction rolls back
                     failed = failed or (
                         atomic and any(r.status == "rejected" for r in chunk_results)
                     )
-                    more = k + 1 < len(starts)
-                    # Postgres writes this chunk and looks up the next while Python
-                    # prepares the next; an atomic call that failed only goes on deciding
-                    # (every line gets its answer) and writes nothing.
-                    nxt: _Chunk | None = None
-                    if more:
-                        nxt_raws = raws[starts[k + 1] : starts[k + 1] + CHUNK]
-                        write = asyncio.ensure_future(
-                            _write(driver, datanet_id, contributor, [] if failed else rows)
+                    if upcoming is None:
+                        if not failed:
+                            await _write(driver, datanet_id, contributor, rows)
+                        break
+                    # Pipeline: look up chunk k+1 (its hashes, ids), then while Postgres
+                    # writes chunk k, decide chunk k+1 and prepare chunk k+2. Deciding k+1
+                    # before k is written is sound: this call's own hashes are in
+                    # state.live, the index and the rate count are in memory.
+                    lookup = await _lookup(conn, datanet_id, upcoming)
+                    write = asyncio.ensure_future(
+                        _write(driver, datanet_id, contributor, [] if failed else rows)
+                    )
+                    try:
+                        await asyncio.sleep(0)  # the write starts streaming
+                        decided = self._decide(datanet, upcoming, lookup, state)
+                        upcoming = (
+                            await _prepare_chunk_yielding(parts[k + 2], (k + 2) * CHUNK, policy)
+                            if k + 2 < len(parts)
+                            else None
                         )
-                        try:
-                            nxt = await _prepare_chunk_yielding(nxt_raws, starts[k + 1], policy)
-                        finally:
-                            await write
-                        lookup = await _lookup(conn, datanet_id, nxt)
-                        chunk = nxt
-                    elif not failed:
-                        await _write(driver, datanet_id, contributor, rows)
+                    finally:
+                        await write
                 if failed:
                     raise BulkRejected(results)
                 if state.last_id:

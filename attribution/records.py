@@ -248,10 +248,9 @@ def _ascii_entropies(texts: list[str]) -> np.ndarray:
     owner = np.repeat(np.arange(len(texts), dtype=np.int64), lengths + 1)[: len(data)]
     counts = np.bincount(owner * 128 + data, minlength=len(texts) * 128).reshape(-1, 128)
     counts[:, 10] = 0
-    p = counts / lengths[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(counts > 0, p * np.log2(np.where(counts > 0, p, 1.0)), 0.0)
-    result: np.ndarray = -terms.sum(axis=1)
+    rows, chars = np.nonzero(counts)  # about 30 distinct characters a text, of 128
+    p = counts[rows, chars] / lengths[rows]
+    result: np.ndarray = -np.bincount(rows, weights=p * np.log2(p), minlength=len(texts))
     return result
 
 
