@@ -125,12 +125,19 @@ async def ensure_accounts(
 
 
 async def post_entries(
-    conn: asyncpg.Connection, txn_id: int, entries: Sequence[tuple[int, dt.date, int]]
+    conn: asyncpg.Connection,
+    txn_id: int,
+    entries: Sequence[tuple[int, dt.date, int]],
+    lock_also: Iterable[int] = (),
 ) -> None:
     """Append entries (account, month, amount) to `txn_id` and move the cached balances.
-    Zero amounts are dropped; the caller's transaction must sum to zero."""
+    Zero amounts are dropped; the caller's transaction must sum to zero. The touched balance
+    rows, and `lock_also` (rows the caller updates next), are locked in id order first."""
     rows = [e for e in entries if e[2] != 0]
+    extra = sorted(set(lock_also))
     if not rows:
+        if extra:
+            await conn.execute(LOCK_ACCOUNTS, extra)
         return
     await conn.execute(
         INSERT_ENTRIES,
@@ -143,7 +150,7 @@ async def post_entries(
     for a, _, x in rows:
         deltas[a] = deltas.get(a, 0) + x
     ids = sorted(deltas)
-    await conn.execute(LOCK_ACCOUNTS, ids)
+    await conn.execute(LOCK_ACCOUNTS, sorted(set(ids) | set(extra)))
     await conn.execute(APPLY_BALANCES, ids, [deltas[i] for i in ids])
 
 

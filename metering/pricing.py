@@ -96,6 +96,16 @@ class PriceBook:
             found = self._prices.at((base_model, ""), t)
         return found  # type: ignore[return-value]
 
+    def latest(
+        self, base_model: str, adapter: str
+    ) -> tuple[Price | None, SplitPolicy, dt.datetime]:
+        """The versions in force from the returned time on (no later version exists): a batch
+        prices every event at or after that time without a lookup."""
+        end = dt.datetime.max.replace(tzinfo=dt.UTC)
+        price, policy = self.price(base_model, adapter, end), self.policy(adapter, end)
+        since = max(policy.effective_from, price.effective_from if price else policy.effective_from)
+        return price, policy, since
+
     def policy(self, adapter: str, t: dt.datetime) -> SplitPolicy:
         found = self._policies.at(adapter, t)
         if found is None and adapter:

@@ -23,6 +23,7 @@ from metering.money import month_start
 from metering.pricing import (
     EventParties,
     Payees,
+    Price,
     PriceBook,
     SplitPolicy,
     charge_micros,
@@ -101,23 +102,30 @@ def compute_postings(
     charges: list[int] = []
     price_ids: list[int | None] = []
     policies: list[SplitPolicy] = []
-    month_cache: dict[dt.date, dt.date] = {}
+    day_months: dict[dt.date, dt.date] = {}
+    latest: dict[tuple[str, str], tuple[Price | None, SplitPolicy, dt.datetime]] = {}
     for e, adapter in zip(events, adapters, strict=True):
         started: dt.datetime = e["started_at"]  # type: ignore[assignment]
-        day = started.astimezone(dt.UTC).date()
-        own = month_start(day)
-        month = month_cache.get(own)
+        day = (started if started.tzinfo is dt.UTC else started.astimezone(dt.UTC)).date()
+        month = day_months.get(day)
         if month is None:
-            month = month_cache[own] = open_month_for(own, closed)
+            month = day_months[day] = open_month_for(month_start(day), closed)
         days.append(day)
         months.append(month)
-        price = book.price(str(e["base_model"]), adapter, started)
+        base = str(e["base_model"])
+        now = latest.get((base, adapter))
+        if now is None:
+            now = latest[(base, adapter)] = book.latest(base, adapter)
+        if started >= now[2]:
+            price, policy = now[0], now[1]
+        else:
+            price, policy = book.price(base, adapter, started), book.policy(adapter, started)
         price_ids.append(price.id if price else None)
         charges.append(
             0 if e["status"] == "error"
-            else charge_micros(price, int(e["prompt_tokens"]), int(e["completion_tokens"]))  # type: ignore[call-overload]
+            else charge_micros(price, e["prompt_tokens"], e["completion_tokens"])  # type: ignore[arg-type]
         )  # fmt: skip
-        policies.append(book.policy(adapter, started))
+        policies.append(policy)
 
     groups: dict[tuple[int, str, str | None], list[int]] = {}
     for i in range(n):

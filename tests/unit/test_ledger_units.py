@@ -160,3 +160,26 @@ def test_merkle_leaf_encoding_is_the_documented_one() -> None:
     assert root == hashlib.sha256(b"\x01" + ab + c).digest()
     assert proofs[2] == [("L", ab.hex())]
     assert proofs[0] == [("R", b.hex()), ("R", c.hex())]
+
+
+def test_the_worked_example_in_docs_payouts_md_is_what_the_code_computes() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[2] / "docs" / "payouts.md").read_text()
+    items = [
+        ("contributor:alice", 1_250_000),
+        ("contributor:bob", 750_000),
+        ("operator", 500_000),
+        ("treasury", 100_000),
+    ]
+    leaves = [pm.leaf_hash("2026-11", p, a) for p, a in items]
+    root, proofs = pm.build(leaves)
+    assert root.hex() in doc
+    assert pm.EMPTY_ROOT.hex() in doc
+    for leaf in leaves:
+        assert leaf.hex() in doc
+    for _, sibling in proofs[0]:
+        assert sibling in doc
+    # and the standalone verifier printed in the document accepts it
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    exec(compile(code, "docs/payouts.md", "exec"), {})
