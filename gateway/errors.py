@@ -86,6 +86,15 @@ class UnsupportedMediaType(ApiError):
     code = "unsupported_media_type"
 
 
+class PaymentRequired(ApiError):
+    """The account's prepaid credit cannot cover the request's reservation (metering
+    budgets). OpenAI reports exhausted quota with type and code `insufficient_quota`."""
+
+    status = 402
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 class RateLimited(ApiError):
     status = 429
     type = "rate_limit_error"
