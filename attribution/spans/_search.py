@@ -273,3 +273,120 @@ def longest_matches(tokens, sa, first_bounds, query, min_length, bits, mask, fil
             e = e + 1  # output[j:e+1] occurs
         i = j
     return ends, los, his
+
+
+@njit(cache=True, nogil=True)
+def distinct_records(sa, record_starts, los, his, candidates, max_records):
+    """For each candidate start c: the distinct records (indices, ascending) holding the
+    occurrences sa[los[c]:his[c]], in out[k, :count[k]]; count[k] == -1 when there are more
+    than `max_records` of them (the scan stops there)."""
+    k_max = candidates.shape[0]
+    count = np.zeros(k_max, np.int64)
+    out = np.zeros((k_max, max_records), np.int64)
+    n_records = record_starts.shape[0]
+    for k in range(k_max):
+        c = candidates[k]
+        found = 0
+        for s in range(los[c], his[c]):
+            p = sa[s]
+            # record holding position p: last start <= p
+            a = 0
+            b = n_records
+            while a < b:
+                mid = (a + b) >> 1
+                if record_starts[mid] <= p:
+                    a = mid + 1
+                else:
+                    b = mid
+            r = a - 1
+            seen = False
+            for x in range(found):
+                if out[k, x] == r:
+                    seen = True
+                    break
+            if seen:
+                continue
+            if found == max_records:
+                found = -1
+                break
+            out[k, found] = r
+            found += 1
+        count[k] = found
+        if found > 1:
+            out[k, :found].sort()
+    return count, out
+
+
+@njit(cache=True, nogil=True)
+def select_spans(
+    query,
+    ends,
+    los,
+    his,
+    sa,
+    first_bounds,
+    record_starts,
+    record_ids,
+    contributor_ids,
+    token_count,
+    min_tokens,
+    max_occurrences,
+    max_records,
+    cap,
+):
+    """Apply the rules of `attribution.spans.trace` to each start's longest match.
+
+    Returns, for the chosen spans in start order: starts, ends, occurrences, record counts,
+    and (count-padded) matrices of their record ids (ascending) and contributor ids.
+    """
+    n = query.shape[0]
+    cand = np.empty(n, np.int64)
+    nc = 0
+    for i in range(n):
+        e = ends[i]
+        if i > 0 and e <= ends[i - 1]:
+            continue  # contained in the previous start's match: not maximal
+        if e - i >= min_tokens and his[i] - los[i] <= max_occurrences:
+            cand[nc] = i
+            nc += 1
+    cand = cand[:nc]
+    count, recs = distinct_records(sa, record_starts, los, his, cand, max_records)
+    # unigram log-probability of each token, then of each candidate span
+    n_tok = first_bounds.shape[0] - 1
+    prefix = np.zeros(n + 1, np.float64)
+    for k in range(n):
+        t = query[k]
+        c = 1
+        if 0 <= t < n_tok:
+            c = max(first_bounds[t + 1] - first_bounds[t], 1)
+        prefix[k + 1] = prefix[k] + np.log(c / token_count)
+    rare = np.flatnonzero(count > 0)
+    scores = np.empty(rare.shape[0], np.float64)
+    for x in range(rare.shape[0]):
+        i = cand[rare[x]]
+        scores[x] = prefix[ends[i]] - prefix[i]
+    # least probable first; a stable sort keeps earlier starts first among equals
+    chosen = np.sort(rare[np.argsort(scores, kind="mergesort")[:cap]])
+    m = chosen.shape[0]
+    out_start = np.empty(m, np.int64)
+    out_end = np.empty(m, np.int64)
+    out_occ = np.empty(m, np.int64)
+    out_count = np.empty(m, np.int64)
+    out_rid = np.zeros((m, max_records), np.int64)
+    out_cid = np.zeros((m, max_records), np.int64)
+    for x in range(m):
+        k = chosen[x]
+        i = cand[k]
+        out_start[x] = i
+        out_end[x] = ends[i]
+        out_occ[x] = his[i] - los[i]
+        cnt = count[k]
+        out_count[x] = cnt
+        rids = np.empty(cnt, np.int64)
+        for y in range(cnt):
+            rids[y] = record_ids[recs[k, y]]
+        by_id = np.argsort(rids, kind="mergesort")
+        for y in range(cnt):
+            out_rid[x, y] = rids[by_id[y]]
+            out_cid[x, y] = contributor_ids[recs[k, by_id[y]]]
+    return out_start, out_end, out_occ, out_count, out_rid, out_cid

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attribution.spans._search import select_spans
+
 if TYPE_CHECKING:
     from attribution.spans.index import SpanIndex
 
@@ -108,47 +110,41 @@ def spans_from_matches(
 ) -> list[Span]:
     """The kept spans, given each start's longest match (end, suffix-array interval); starts
     shorter than `min_tokens` may report end == start."""
-    n = query.size
-    starts = np.arange(n)
-    lengths = ends - starts
-    maximal = np.empty(n, bool)
-    maximal[0] = True
-    np.greater(ends[1:], ends[:-1], out=maximal[1:])
-    candidates = np.flatnonzero(
-        maximal & (lengths >= params.min_tokens) & (his - los <= params.max_occurrences)
+    starts, span_ends, occurrences, counts, rids, cids = select_spans(
+        query,
+        ends,
+        los,
+        his,
+        index.sa,
+        index.first_bounds,
+        index.record_starts,
+        index.record_ids,
+        index.contributor_ids,
+        float(max(index.header.token_count, 1)),
+        params.min_tokens,
+        params.max_occurrences,
+        params.max_records,
+        params.span_cap(query.size),
     )
-    if candidates.size == 0:
-        return []
-
-    # unigram log-probability of each span, from the per-token counts the index keeps
-    fb = index.first_bounds
-    known = (query >= 0) & (query < fb.size - 1)
-    safe = np.where(known, query, 0)
-    counts = np.where(known, fb[safe + 1] - fb[safe], 1).astype(np.float64)
-    logp = np.log(np.maximum(counts, 1.0) / index.header.token_count)
-    prefix = np.concatenate(([0.0], np.cumsum(logp)))
-
-    kept: list[tuple[float, int, Span]] = []
-    for i in candidates.tolist():
-        lo, hi = int(los[i]), int(his[i])
-        positions = index.sa[lo:hi]
-        rec = np.unique(np.searchsorted(index.record_starts, positions, side="right") - 1)
-        if rec.size > params.max_records:
-            continue
-        rids = index.record_ids[rec]
-        order = np.argsort(rids, kind="stable")
-        span = Span(
-            start=i,
-            end=int(ends[i]),
-            occurrences=hi - lo,
-            record_ids=tuple(int(r) for r in rids[order]),
-            contributor_ids=tuple(int(c) for c in index.contributor_ids[rec][order]),
+    rid_rows, cid_rows = rids.tolist(), cids.tolist()
+    return [
+        Span(
+            start=start,
+            end=end,
+            occurrences=occ,
+            record_ids=tuple(rid_rows[k][:count]),
+            contributor_ids=tuple(cid_rows[k][:count]),
         )
-        kept.append((float(prefix[span.end] - prefix[span.start]), i, span))
-    kept.sort(key=lambda item: (item[0], item[1]))
-    chosen = [span for _, _, span in kept[: params.span_cap(n)]]
-    chosen.sort(key=lambda s: s.start)
-    return chosen
+        for k, (start, end, occ, count) in enumerate(
+            zip(
+                starts.tolist(),
+                span_ends.tolist(),
+                occurrences.tolist(),
+                counts.tolist(),
+                strict=True,
+            )
+        )
+    ]
 
 
 def warm_up(index: SpanIndex) -> None:
