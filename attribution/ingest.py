@@ -60,6 +60,8 @@ CHUNK = 500
 """Records per pipeline stage of a large call."""
 _PREPARE_STEP = 250
 """Records prepared between yields to the event loop while a chunk's write is in flight."""
+_INSERT_MAX = 64
+"""Up to this many rows are written with INSERT, more with COPY."""
 _LOAD_CHUNK = 20_000
 """Signatures read per round trip while building a datanet's index."""
 
@@ -201,7 +203,7 @@ class Ingestion:
                     )
                     if upcoming is None:
                         if not failed:
-                            await _write(driver, datanet_id, contributor, rows)
+                            await _write(conn, driver, datanet_id, contributor, rows)
                         break
                     # Pipeline: look up chunk k+1 (its hashes, ids), then while Postgres
                     # writes chunk k, decide chunk k+1 and prepare chunk k+2. Deciding k+1
@@ -209,7 +211,7 @@ class Ingestion:
                     # state.live, the index and the rate count are in memory.
                     lookup = await _lookup(conn, datanet_id, upcoming)
                     write = asyncio.ensure_future(
-                        _write(driver, datanet_id, contributor, [] if failed else rows)
+                        _write(conn, driver, datanet_id, contributor, [] if failed else rows)
                     )
                     try:
                         await asyncio.sleep(0)  # the write starts streaming
@@ -468,22 +470,30 @@ async def _driver(conn: AsyncConnection) -> asyncpg.Connection:
 
 async def _lookup(conn: AsyncConnection, datanet_id: int, chunk: _Chunk) -> _Lookup:
     """Which of the chunk's hashes a live record of the datanet holds; ids for its rows."""
-    live: dict[bytes, int] = {}
-    if chunk.hashes:
-        found = await conn.execute(
-            store.FIND_LIVE_HASHES, {"datanet_id": datanet_id, "hashes": chunk.hashes}
+    row = (
+        await conn.execute(
+            store.LOOKUP_CHUNK,
+            {"datanet_id": datanet_id, "hashes": chunk.hashes, "n": chunk.n_rows},
         )
-        live = {bytes(h): rid for h, rid in found}
-    ids: list[int] = []
-    if chunk.n_rows:
-        ids = list((await conn.execute(store.NEXT_IDS, {"n": chunk.n_rows})).scalar_one())
-    return _Lookup(live, ids)
+    ).one()
+    live = {bytes(h): rid for h, rid in zip(row.hashes, row.holders, strict=True)}
+    return _Lookup(live, list(row.ids))
 
 
 async def _write(
-    driver: asyncpg.Connection, datanet_id: int, contributor: int, rows: list[store.NewRow]
+    conn: AsyncConnection,
+    driver: asyncpg.Connection,
+    datanet_id: int,
+    contributor: int,
+    rows: list[store.NewRow],
 ) -> None:
-    if rows:
+    """Insert the rows: COPY for many, one INSERT (a round trip less) for a few."""
+    if len(rows) <= _INSERT_MAX:
+        if rows:
+            await conn.execute(
+                store.INSERT_CONTRIBUTIONS, store.insert_params(datanet_id, contributor, rows)
+            )
+    else:
         await driver.copy_records_to_table(
             store.CONTRIBUTIONS_TABLE,
             records=store.copy_tuples(datanet_id, contributor, rows),

@@ -76,25 +76,29 @@ COUNT_RECENT = text(
     ) AS recent
     """
 )
-# One probe of the live-content unique index per hash (LATERAL ... LIMIT 1 pins that plan: with
-# `content_hash = ANY(...)` and statistics gone stale during a large import, the planner
-# scanned every live row of the datanet).
-FIND_LIVE_HASHES = text(
+# What a chunk needs before it is decided, in one round trip: which of its content hashes a
+# live record of the datanet already holds (one probe of the live-content unique index per
+# hash: LATERAL ... LIMIT 1 pins that plan, where `content_hash = ANY(...)` with statistics
+# gone stale during a large import scanned every live row of the datanet), and `:n` new
+# record ids (the identity sequence by name: a constant regclass costs one nextval per id,
+# where nextval(pg_get_serial_sequence(...)) looked the sequence up again for every row).
+LOOKUP_CHUNK = text(
     """
-    SELECT h.content_hash, c.id
-    FROM unnest(CAST(:hashes AS bytea[])) AS h(content_hash)
-    CROSS JOIN LATERAL (
-        SELECT id FROM contributions
-        WHERE datanet_id = :datanet_id AND content_hash = h.content_hash
-          AND status IN ('accepted', 'pending', 'flagged')
-        LIMIT 1
-    ) AS c
+    WITH found AS (
+        SELECT h.content_hash, c.id
+        FROM unnest(CAST(:hashes AS bytea[])) AS h(content_hash)
+        CROSS JOIN LATERAL (
+            SELECT id FROM contributions
+            WHERE datanet_id = :datanet_id AND content_hash = h.content_hash
+              AND status IN ('accepted', 'pending', 'flagged')
+            LIMIT 1
+        ) AS c
+    )
+    SELECT ARRAY(SELECT content_hash FROM found ORDER BY id) AS hashes,
+           ARRAY(SELECT id FROM found ORDER BY id) AS holders,
+           ARRAY(SELECT nextval('contributions_id_seq'::regclass)
+                 FROM generate_series(1, :n)) AS ids
     """
-)
-# The identity column's sequence by name: a constant regclass costs one nextval per id, where
-# nextval(pg_get_serial_sequence(...)) looked the sequence up again for every row (4x slower).
-NEXT_IDS = text(
-    "SELECT array_agg(nextval('contributions_id_seq'::regclass)) FROM generate_series(1, :n)"
 )
 INSERT_CONTRIBUTIONS = text(
     """
