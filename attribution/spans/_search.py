@@ -192,7 +192,8 @@ def longest_matches(tokens, sa, first_bounds, query, min_length, bits, mask, fil
     his = np.zeros(n, np.int64)
     n_tok = first_bounds.shape[0] - 1
     m = max(min_length, 1)
-    use_filter = 0 < filter_m <= m
+    has_filter = filter_m > 0
+    use_filter = has_filter and filter_m <= m
     # next_bad[i]: first position >= i holding a token that cannot match
     next_bad = np.empty(n + 1, np.int64)
     next_bad[n] = n
@@ -252,7 +253,18 @@ def longest_matches(tokens, sa, first_bounds, query, min_length, bits, mask, fil
         # instead of visiting every start; the starts before it end exactly at e, inside
         # this match, so they are not maximal.
         reaches_past = False
-        if e < n and next_bad[e] > e:
+        if (
+            e < n
+            and next_bad[e] > e
+            and has_filter
+            and e - i >= filter_m
+            and not (_filter_may_contain(bits, mask, query, e + 1 - filter_m, filter_m))
+        ):
+            # output[e+1-filter_m : e+1] occurs nowhere, so no start up to e+1-filter_m
+            # reaches past e: one filter probe instead of the binary search (the usual case
+            # when novel text breaks a match)
+            j = e + 2 - filter_m
+        elif e < n and next_bad[e] > e:
             a = i + 1
             b = e  # output[e:e+1] is a valid token; P(b) is checked by the search too
             while a < b:
