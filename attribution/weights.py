@@ -228,7 +228,7 @@ def compute_weights(
             own_total = sum((evidence[r] for r in own), Fraction(0))
             for r in own:
                 split[r] = evidence_share * evidence[r] / own_total
-        pool_key = -1  # sorts after every record in tie order below
+        pool_key = min(own, default=0) - 1  # a key no record uses; last in the tie order
         if pool_share > 0:
             split[pool_key] = pool_share
         if parts == 0 or not split:

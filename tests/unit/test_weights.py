@@ -206,3 +206,16 @@ def test_largest_remainder_is_exact_and_within_one_of_the_quota(shares, total):
     shuffled = list(shares.items())
     random.Random(0).shuffle(shuffled)
     assert largest_remainder(dict(shuffled), total) == parts
+
+
+def test_any_integer_record_id_works_next_to_the_pooled_share():
+    # record ids -1 and 0 next to a capped contributor's pooled share
+    w = compute_weights(
+        spans=[Evidence(9, (-1,)), Evidence(1, (0,))],
+        record_contributors={-1: 1, 0: 2},
+        baseline={1: 1, 2: 1, 3: 2},
+        cap=Fraction(1, 2),
+    )
+    assert w.contributors == ((1, 500000), (2, 500000))
+    assert w.records == ((-1, 1, 500000), (0, 2, 100000))
+    assert w.pooled == ((2, 400000),)
