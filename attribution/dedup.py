@@ -50,8 +50,9 @@ _A = np.asarray(_PERMUTATIONS[0], dtype=np.uint32)
 _B = np.asarray(_PERMUTATIONS[1], dtype=np.uint32)
 _A_COL = _A[:, None].copy()
 _B_COL = _B[:, None].copy()
-# Shingles per numpy block in `signatures`: bounds the (shingles x 128) temporary (~4 MB).
-_BLOCK = 8192
+# Shingles per numpy block in `signatures`: the (128 x shingles) temporary stays in cache
+# (2 MB; at 8192 shingles a block it ran twice as slow).
+_BLOCK = 4096
 
 Signature = np.ndarray
 """128 uint32 MinHash values of one record."""

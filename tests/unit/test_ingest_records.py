@@ -3,6 +3,7 @@ normalisation, letter counting, character entropy, and `prepare_many` against `p
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import re
@@ -145,3 +146,94 @@ def test_token_count_fast_path() -> None:
         assert p.token_count == len((text + " " + PROSE).split())
     p = R.prepare({"prompt": "Q? why", "completion": PROSE}, POLICY)
     assert p.token_count == len(f"Q? why\n{PROSE}".split())
+
+
+# --- the previous definitions, as an independent oracle for `prepare_many` -------------------
+def reference_quality(norm: str, policy: QualityPolicy) -> tuple[str, str] | None:
+    """The first quality rule that fires, as the code before the batch path wrote it."""
+    if policy.min_chars and len(norm) < policy.min_chars:
+        return "too_short", f"{len(norm)} characters, fewer than the minimum of {policy.min_chars}"
+    if policy.max_non_letter_fraction is not None:
+        visible = len(norm) - norm.count(" ")
+        if visible:
+            frac = (len(_LETTERS.sub("", norm)) - norm.count(" ")) / visible
+            if frac > policy.max_non_letter_fraction:
+                return "non_text", (
+                    f"{frac:.0%} of characters are not letters "
+                    f"(limit {policy.max_non_letter_fraction:.0%})"
+                )
+    if policy.min_char_entropy_bits:
+        h = reference_entropy(norm)
+        if h < policy.min_char_entropy_bits:
+            return (
+                "repetitive",
+                f"character entropy {h:.2f} bits, below {policy.min_char_entropy_bits}",
+            )
+    if policy.min_distinct_token_ratio:
+        tokens = norm.split(" ")
+        window = max(8, policy.ratio_window)
+        ratios = [
+            len(set(tokens[i : i + window])) / len(tokens[i : i + window])
+            for i in range(0, len(tokens), window)
+            if len(tokens[i : i + window]) >= 8
+        ]
+        if ratios and min(ratios) < policy.min_distinct_token_ratio:
+            return "repetitive", (
+                f"distinct-word ratio {min(ratios):.2f}, below {policy.min_distinct_token_ratio}"
+            )
+    return None
+
+
+def reference_outcome(rec: Record, policy: QualityPolicy) -> tuple[object, ...]:
+    if rec.text is not None:
+        norm = reference_normalise(rec.text)
+        h = hashlib.sha256(b"text\x00" + norm.encode()).digest()
+        tokens = len(rec.text.split())
+    else:
+        norm = reference_normalise(f"{rec.prompt} {rec.completion}")
+        h = hashlib.sha256(
+            b"pair\x00"
+            + reference_normalise(rec.prompt or "").encode()
+            + b"\x00"
+            + reference_normalise(rec.completion or "").encode()
+        ).digest()
+        tokens = len(f"{rec.prompt}\n{rec.completion}".split())
+    fired = reference_quality(norm, policy)
+    if fired is not None:
+        return ("rejected", *fired, h.hex())
+    return ("ok", norm, h, tokens)
+
+
+def test_prepare_many_equals_the_previous_definitions() -> None:
+    rng = random.Random(9)
+    alphabet = "abcdefghij KLMNOP .,;!? 0123 \t\n ßéü日本 $%&"
+    records = [
+        Record(text="".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120))))
+        for _ in range(1500)
+    ]
+    records += [
+        Record(
+            prompt=" ".join(rng.choices(PROSE.split(), k=5)),
+            completion=rng.choice([PROSE, "ok ok ok ok ok ok ok ok ok"]),
+        )
+        for _ in range(200)
+    ]
+    records += [Record(text=w * rng.randint(1, 60)) for w in ("ab", "buy now ", "x y z ", "ñ")]
+    policies = [
+        POLICY,
+        QualityPolicy(min_char_entropy_bits=3.0, min_distinct_token_ratio=0.6, ratio_window=16),
+        QualityPolicy(max_non_letter_fraction=0.2, min_chars=5),
+    ]
+    seen: Counter[str] = Counter()
+    for policy in policies:
+        got = R.prepare_many(records, policy)
+        for rec, out in zip(records, got, strict=True):
+            want = reference_outcome(rec, policy)
+            seen[str(want[1]) if want[0] == "rejected" else "ok"] += 1
+            if isinstance(out, RecordRejected):
+                r = out.result
+                assert ("rejected", r.reason, r.detail, r.content_hash) == want, rec
+            else:
+                assert ("ok", out.normalised, out.content_hash, out.token_count) == want, rec
+    assert {"ok", "too_short", "non_text", "repetitive"} <= set(seen), seen
+    assert min(seen.values()) > 20, seen
