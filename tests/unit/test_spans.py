@@ -278,3 +278,16 @@ def test_trace_is_the_same_with_and_without_the_gram_filter():
         for min_tokens in (3, 6, 9):
             params = TraceParams(min_tokens=min_tokens, spans_per_token=UNCAPPED_RATE)
             assert with_filter.trace(output, params) == without.trace(output, params)
+
+
+def test_empty_snapshots_and_outputs(tmp_path):
+    for name, records in (("none", []), ("blank", [(1, 1, []), (2, 2, [])])):
+        build_index(records, tmp_path / name)
+        index = SpanIndex.open(tmp_path / name)
+        assert index.trace([1, 2, 3], TraceParams(min_tokens=1)) == []
+    index = _build([(1, 1, [5, 6, 7])])
+    assert index.trace([], TraceParams(min_tokens=1)) == []
+    with pytest.raises(ValueError):
+        TraceParams(min_tokens=0)
+    with pytest.raises(ValueError):
+        TraceParams(max_records=5, max_occurrences=4)
