@@ -66,7 +66,7 @@ _LOAD_CHUNK = 20_000
 """Signatures read per round trip while building a datanet's index."""
 
 
-class _Item(msgspec.Struct):
+class _Item(msgspec.Struct, gc=False):
     index: int
     prepared: Prepared | None = None
     rejection: SubmissionResult | None = None

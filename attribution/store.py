@@ -360,7 +360,7 @@ def row_to_snapshot(row: Any) -> Snapshot:
     )
 
 
-class NewRow(msgspec.Struct):
+class NewRow(msgspec.Struct, gc=False):
     """One contributions row to insert."""
 
     id: int
