@@ -9,9 +9,10 @@ passed validation, rejected ones without their content (so junk is visible and c
 the rate limit); records that fail validation or are rate limited leave no row.
 
 A large call is cut into chunks of `CHUNK` records and pipelined inside its one transaction:
-while Postgres writes chunk k and looks up chunk k+1's hashes and ids, this process prepares
-chunk k+2, so the two cores work at once. Chunks are decided strictly in order, so the
-answers are exactly those of one record after another.
+one round trip looks up chunk k+1 (which of its hashes are live, ids for its rows), then
+while Postgres writes chunk k (COPY), this process decides chunk k+1 and prepares chunk k+2,
+so the two cores work at once. Chunks are decided strictly in order, so the answers are
+exactly those of one record after another (tests/integration/test_ingest_pg.py).
 
 Single `submit` raises for a rejected record (`DuplicateRecord` -> 409, `RecordRejected` ->
 400/413, `RateLimited` -> 429) after committing its row; `submit_bulk` answers per record,
