@@ -119,6 +119,60 @@ async def phase(url: str, admin: asyncpg.Connection, dbname: str, fn) -> Phase: 
     return Phase(n, wall, client, server)
 
 
+SYNTH_MONTH = dt.date(2026, 11, 1)
+SYNTH_TXN = "INSERT INTO ledger_transactions (kind, memo) VALUES ('usage', 'synthetic close benchmark') RETURNING id"
+# Postings of one synthetic batch, built by the server: every event charges 1,000 micro-credits,
+# split 50 / 250 / 200 (treasury, operator, adapter owner) and 500 to one of the contributors.
+SYNTH_POSTINGS = """
+INSERT INTO usage_postings (event_id, txn_id, month, event_day, payer_id, adapter, price_id,
+                            policy_id, charge, payees, amounts)
+SELECT 'syn-' || g, $1, $2::date, $2::date + (g % 28)::int, $3[1 + g % cardinality($3)], 'recipes', NULL, 1, 1000,
+       ARRAY[$4, $5, $6, $7[1 + g % cardinality($7)]], ARRAY[50, 250, 200, 500]::bigint[]
+FROM generate_series($8::bigint, $9::bigint - 1) AS g
+"""
+SYNTH_ENTRIES = """
+INSERT INTO ledger_entries (txn_id, account_id, month, amount)
+SELECT $1, account, $2, sum(amount) FROM (
+    SELECT payer_id AS account, -charge AS amount FROM usage_postings WHERE txn_id = $1
+    UNION ALL
+    SELECT s.payee, s.amount FROM usage_postings p, unnest(p.payees, p.amounts) AS s(payee, amount)
+    WHERE p.txn_id = $1
+) m GROUP BY account
+"""
+SYNTH_BALANCES = """
+UPDATE ledger_accounts a SET balance = a.balance + e.amount, version = a.version + 1
+FROM (SELECT account_id, sum(amount) AS amount FROM ledger_entries WHERE txn_id = $1
+      GROUP BY account_id) e
+WHERE a.id = e.account_id
+"""
+
+
+async def synthesize_month(
+    engine, n: int, payers: list[int], contributors: list[int], owner: int
+) -> None:  # type: ignore[no-untyped-def]
+    """`n` posted events in SYNTH_MONTH written by SQL (not through the poster), in balanced
+    batches of 100,000, so that the close can be timed at sizes the shared machine cannot post
+    in the time available."""
+    async with driver(engine) as conn:
+        system, _ = await system_payees(conn)
+        payer_ids = list((await ensure_accounts(conn, "consumer", payers)).values())
+        contrib_ids = list((await ensure_accounts(conn, "contributor", contributors)).values())
+        owner_id = (await ensure_accounts(conn, "adapter_owner", [owner]))[owner]
+        step = 100_000
+        for lo in range(0, n, step):
+            async with conn.transaction():
+                txn = await conn.fetchval(SYNTH_TXN)
+                await conn.execute(
+                    SYNTH_POSTINGS, txn, SYNTH_MONTH, payer_ids, system.treasury, system.operator,
+                    owner_id, contrib_ids, lo, min(lo + step, n),
+                )  # fmt: skip
+                await conn.execute(SYNTH_ENTRIES, txn, SYNTH_MONTH)
+                await conn.execute(SYNTH_BALANCES, txn)
+            print(f"  synthesized {min(lo + step, n):,}/{n:,}", file=sys.stderr, end="\r")
+        print(file=sys.stderr)
+        await conn.execute("VACUUM ANALYZE usage_postings")
+
+
 async def setup(
     url: str, consumers: int, contributors: int
 ) -> tuple[InMemoryAdapterDirectory, list[int]]:
@@ -240,6 +294,10 @@ async def main() -> None:
     )
     ap.add_argument("--batch-size", type=int, default=20_000)
     ap.add_argument("--concurrency", type=int, default=2, help="batches in flight")
+    ap.add_argument(
+        "--synthetic-close", type=int, default=0,
+        help="also close a month of N events written by SQL (times the close alone)",
+    )  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the database")
     a = ap.parse_args()
 
@@ -293,6 +351,25 @@ async def main() -> None:
         audit_s = time.perf_counter() - t
         assert not bad and not broken, (bad, broken)
         assert closed.charges == closed.payouts + closed.fees + closed.withheld
+        synth = None
+        if a.synthetic_close:
+            async with driver(engine) as conn:
+                contributors = [
+                    r["owner_id"]
+                    for r in await conn.fetch(
+                        "SELECT owner_id FROM ledger_accounts WHERE kind = 'contributor'"
+                    )
+                ]
+                owner = await conn.fetchval("SELECT id FROM accounts WHERE name = 'owner-0'")
+            await synthesize_month(engine, a.synthetic_close, payers, contributors, owner)
+            t = time.perf_counter()
+            synth_close = await PostgresPayouts(engine).close(SYNTH_MONTH)
+            synth_s = time.perf_counter() - t
+            t = time.perf_counter()
+            _, synth_bad = await PostgresPayouts(engine).verify(SYNTH_MONTH)
+            synth_verify_s = time.perf_counter() - t
+            assert not synth_bad and synth_close.events == a.synthetic_close
+            synth = (synth_close, synth_s, synth_verify_s)
         load = os.getloadavg()
 
         print(
@@ -312,6 +389,12 @@ async def main() -> None:
         )
         print(f"| verify every statement's proof | {events_in_month:,} | {verify_s:.2f} |")
         print(f"| full ledger audit (every invariant, SQL) | {events_in_month:,} | {audit_s:.2f} |")
+        if synth:
+            sc, ss, sv = synth
+            print(
+                f"| close, month of SQL-written postings: {sc.statements} statements, root, proofs, conservation | {sc.events:,} | {ss:.2f} |"
+            )
+            print(f"| verify every statement's proof (that month) | {sc.events:,} | {sv:.2f} |")
         print(
             f"\nbatched ÷ naive (wall): {batched.rate / naive.rate:.0f}×; load average at the end "
             f"{load[0]:.1f}; root {closed.root.hex()}"

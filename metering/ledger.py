@@ -51,7 +51,11 @@ INSERT INTO ledger_entries (txn_id, account_id, month, amount)
 SELECT $1, a, m, x FROM unnest($2::bigint[], $3::date[], $4::bigint[]) AS e(a, m, x)
 """
 # Lock the touched balance rows in id order: concurrent posters never deadlock.
-LOCK_ACCOUNTS = "SELECT id FROM ledger_accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE"
+# NO KEY UPDATE: balances change, keys never do; it does not conflict with the KEY SHARE
+# locks that other transactions' foreign-key checks (ledger_entries -> ledger_accounts) take.
+LOCK_ACCOUNTS = (
+    "SELECT id FROM ledger_accounts WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
+)
 APPLY_BALANCES = """
 UPDATE ledger_accounts a SET balance = a.balance + d.delta, version = a.version + 1
 FROM unnest($1::bigint[], $2::bigint[]) AS d(id, delta) WHERE a.id = d.id
@@ -124,6 +128,27 @@ async def ensure_accounts(
     return found
 
 
+async def ensure_accounts_committed(
+    conn: asyncpg.Connection, engine: AsyncEngine, kind: str, owners: Iterable[int]
+) -> dict[int, int]:
+    """`ensure_accounts` for a caller inside a long transaction: missing accounts are created
+    and committed on another connection first. Two posters creating the same new accounts
+    inside their batches would each wait for the other's uncommitted rows (a deadlock); an
+    empty ledger account committed early is harmless."""
+    wanted = sorted(set(owners))
+    if not wanted:
+        return {}
+    found = {r["owner_id"]: r["id"] for r in await conn.fetch(SELECT_OWNED, kind, wanted)}
+    missing = [o for o in wanted if o not in found]
+    if missing:
+        async with driver(engine) as other:
+            await other.execute(ENSURE_OWNED, kind, missing)
+        found.update(
+            {r["owner_id"]: r["id"] for r in await conn.fetch(SELECT_OWNED, kind, missing)}
+        )
+    return found
+
+
 async def post_entries(
     conn: asyncpg.Connection,
     txn_id: int,
@@ -134,10 +159,16 @@ async def post_entries(
     Zero amounts are dropped; the caller's transaction must sum to zero. The touched balance
     rows, and `lock_also` (rows the caller updates next), are locked in id order first."""
     rows = [e for e in entries if e[2] != 0]
-    extra = sorted(set(lock_also))
+    deltas: dict[int, int] = {}
+    for a, _, x in rows:
+        deltas[a] = deltas.get(a, 0) + x
+    ids = sorted(deltas)
+    # Lock before the entries go in: their foreign keys take KEY SHARE locks on these rows,
+    # which must not be held by us in an order of the INSERT's choosing.
+    locked = sorted(set(ids) | set(lock_also))
+    if locked:
+        await conn.execute(LOCK_ACCOUNTS, locked)
     if not rows:
-        if extra:
-            await conn.execute(LOCK_ACCOUNTS, extra)
         return
     await conn.execute(
         INSERT_ENTRIES,
@@ -146,11 +177,6 @@ async def post_entries(
         [m for _, m, _ in rows],
         [x for _, _, x in rows],
     )
-    deltas: dict[int, int] = {}
-    for a, _, x in rows:
-        deltas[a] = deltas.get(a, 0) + x
-    ids = sorted(deltas)
-    await conn.execute(LOCK_ACCOUNTS, sorted(set(ids) | set(extra)))
     await conn.execute(APPLY_BALANCES, ids, [deltas[i] for i in ids])
 
 

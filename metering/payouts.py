@@ -17,6 +17,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metering import payout_merkle
+from metering.holds import WashPolicy, apply_holds
 from metering.ledger import CLOSE_LOCK_KEY, LOCK_EXCLUSIVE
 from metering.money import month_label
 from metering.pg import driver
@@ -100,12 +101,15 @@ class PostgresPayouts:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def close(self, month: dt.date) -> MonthClose:
+    async def close(self, month: dt.date, wash: WashPolicy | None = WashPolicy()) -> MonthClose:
+        """Freeze `month`; `wash=None` skips the wash-traffic holds."""
         async with driver(self._engine) as conn, conn.transaction():
             await conn.execute(LOCK_EXCLUSIVE, CLOSE_LOCK_KEY)
             existing = await conn.fetchrow(SELECT_MONTH, month)
             if existing is not None:
                 return _close_of(existing, True)
+            if wash is not None:
+                await apply_holds(conn, month, wash)
             rows = await conn.fetch(MONTH_PAYEES, month, list(PAYEE_KINDS))
             charges, events = await conn.fetchrow(MONTH_CHARGES, month)
             withheld = int(await conn.fetchval(MONTH_WITHHELD, month))

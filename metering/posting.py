@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -35,7 +35,7 @@ from metering.ledger import (
     INSERT_WITHHELD,
     LOCK_SHARED,
     _closed,
-    ensure_accounts,
+    ensure_accounts_committed,
     penalties,
     post_entries,
     system_payees,
@@ -168,6 +168,11 @@ class PostingWorker:
             if done.events < self.batch_size:
                 await asyncio.sleep(idle_s)
 
+    async def _accounts(
+        self, conn: asyncpg.Connection, kind: str, owners: Iterable[int]
+    ) -> dict[int, int]:
+        return await ensure_accounts_committed(conn, self._engine, kind, owners)
+
     async def _post(
         self, conn: asyncpg.Connection, events: Sequence[asyncpg.Record]
     ) -> BatchResult:
@@ -175,7 +180,7 @@ class PostingWorker:
         system, _ = await system_payees(conn)
         closed = await _closed(conn)
         penalised = await penalties(conn)
-        payers = await ensure_accounts(conn, "consumer", {e["account_id"] for e in events})
+        payers = await self._accounts(conn, "consumer", {e["account_id"] for e in events})
         names = {e["adapter"] for e in events if e["adapter"]}
         infos = {n: await self._adapters.adapter(n) for n in names}
         ids = [e["request_id"] for e in events]
@@ -188,8 +193,8 @@ class PostingWorker:
                 people.update(info.baseline)
         for w in weights.values():
             people.update(w)
-        contributors = await ensure_accounts(conn, "contributor", people)
-        owners = await ensure_accounts(
+        contributors = await self._accounts(conn, "contributor", people)
+        owners = await self._accounts(
             conn,
             "adapter_owner",
             {i.owner_account_id for i in infos.values() if i and i.owner_account_id is not None},

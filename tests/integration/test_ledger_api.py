@@ -108,7 +108,8 @@ async def test_each_key_sees_only_its_own_earnings_and_statements(
     r = await client.get("/v1/me/statements/2026-10", headers=hdr["alice"])
     assert r.status_code == 404  # not closed yet
     assert_conforms(r.json(), "ErrorResponse")
-    closed = await PostgresPayouts(engine).close(dt.date(2026, 10, 1))
+    # one payer made all of the revenue: the wash-traffic check is not what this test is about
+    closed = await PostgresPayouts(engine).close(dt.date(2026, 10, 1), wash=None)
     r = await client.get("/v1/me/statements/2026-10", headers=hdr["alice"])
     assert r.status_code == 200, r.text
     st = r.json()

@@ -100,7 +100,7 @@ def upgrade() -> None:
         """
         CREATE TABLE ledger_transactions (
             id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            kind        text NOT NULL CHECK (kind IN ('topup', 'usage', 'reversal', 'penalty')),
+            kind        text NOT NULL CHECK (kind IN ('topup', 'usage', 'reversal', 'penalty', 'hold')),
             reverses    bigint REFERENCES ledger_transactions(id),
             memo        text NOT NULL DEFAULT '',
             created_at  timestamptz NOT NULL DEFAULT now()
