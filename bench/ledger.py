@@ -126,13 +126,13 @@ SYNTH_TXN = "INSERT INTO ledger_transactions (kind, memo) VALUES ('usage', 'synt
 SYNTH_POSTINGS = """
 INSERT INTO usage_postings (event_id, txn_id, month, event_day, payer_id, adapter, price_id,
                             policy_id, charge, payees, amounts)
-SELECT 'syn-' || g, $1, $2::date, $2::date + (g % 28)::int, $3[1 + g % cardinality($3)], 'recipes', NULL, 1, 1000,
-       ARRAY[$4, $5, $6, $7[1 + g % cardinality($7)]], ARRAY[50, 250, 200, 500]::bigint[]
+SELECT 'syn-' || g, $1, $2::date, $2::date + (g % 28)::int, ($3::bigint[])[1 + g % cardinality($3::bigint[])], 'recipes', NULL, 1, 1000,
+       ARRAY[$4::bigint, $5::bigint, $6::bigint, ($7::bigint[])[1 + g % cardinality($7::bigint[])]], ARRAY[50, 250, 200, 500]::bigint[]
 FROM generate_series($8::bigint, $9::bigint - 1) AS g
 """
 SYNTH_ENTRIES = """
 INSERT INTO ledger_entries (txn_id, account_id, month, amount)
-SELECT $1, account, $2, sum(amount) FROM (
+SELECT $1::bigint, account, $2::date, sum(amount) FROM (
     SELECT payer_id AS account, -charge AS amount FROM usage_postings WHERE txn_id = $1
     UNION ALL
     SELECT s.payee, s.amount FROM usage_postings p, unnest(p.payees, p.amounts) AS s(payee, amount)
