@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 
 from attribution.lineage import LineageService, RegisteredAdapter
 from gateway.errors import BadRequest, NotFound, ServiceUnavailable
@@ -77,27 +78,27 @@ def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> i
     return value
 
 
-@get("/v1/adapters", sync_to_thread=False)
+@get("/v1/adapters")
 async def list_adapters(request: Request) -> Response[bytes]:
     await _authorize_any(request, ANY_KEY)
     adapters = await _svc(request).active()
     return _ok({"object": "list", "data": [adapter_json(a) for a in adapters]})
 
 
-@get("/v1/adapters/{name:str}", sync_to_thread=False)
-async def get_adapter(request: Request, name: str) -> Response[bytes]:
+@get("/v1/adapters/{name:str}")
+async def get_adapter(request: Request, name: FromPath[str]) -> Response[bytes]:
     await _authorize_any(request, ANY_KEY)
     return _ok(adapter_json(await _svc(request).get(name)))
 
 
-@get("/v1/adapters/{name:str}/lineage", sync_to_thread=False)
-async def adapter_lineage(request: Request, name: str) -> Response[bytes]:
+@get("/v1/adapters/{name:str}/lineage")
+async def adapter_lineage(request: Request, name: FromPath[str]) -> Response[bytes]:
     await _authorize_any(request, ANY_KEY)
     return _ok(await _svc(request).lineage(name))
 
 
-@get("/v1/adapters/{name:str}/records", sync_to_thread=False)
-async def adapter_records(request: Request, name: str) -> Response[bytes]:
+@get("/v1/adapters/{name:str}/records")
+async def adapter_records(request: Request, name: FromPath[str]) -> Response[bytes]:
     """The adapter's training records (snapshot order), paged by position."""
     await _authorize_any(request, ANY_KEY)
     after = _int_param(request, "after", 0, 0, 2**31 - 1)
@@ -112,7 +113,7 @@ async def adapter_records(request: Request, name: str) -> Response[bytes]:
     )
 
 
-@get("/v1/me/adapters", sync_to_thread=False)
+@get("/v1/me/adapters")
 async def my_adapters(request: Request) -> Response[bytes]:
     """Adapters trained on the caller's records, with how many of them each used."""
     key = await _authorize_any(request, ANY_KEY)
@@ -129,7 +130,7 @@ def _jobs(request: Request) -> dict[str, dict[str, Any]]:
     return jobs
 
 
-@post("/v1/adapters", sync_to_thread=False)
+@post("/v1/adapters")
 async def train_adapter(request: Request) -> Response[bytes]:
     """Start training an adapter on a snapshot (admin). 202 with a job to poll."""
     await authorize(request, "admin")
@@ -198,8 +199,8 @@ def _public(job: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in job.items() if not k.startswith("_")}
 
 
-@get("/v1/adapters/jobs/{job_id:str}", sync_to_thread=False)
-async def get_training_job(request: Request, job_id: str) -> Response[bytes]:
+@get("/v1/adapters/jobs/{job_id:str}")
+async def get_training_job(request: Request, job_id: FromPath[str]) -> Response[bytes]:
     await authorize(request, "admin")
     job = _jobs(request).get(job_id)
     if job is None:
