@@ -24,7 +24,7 @@ from gateway.errors import ApiError, BadRequest, ModelNotFound, RateLimited, Ser
 from gateway.metrics import InferenceMetrics
 from gateway.protocol import chat, completions
 from gateway.protocol.common import UsageMode
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import Limiter, RateLimiter
 from metering.usage import Endpoint, UsageRecord, UsageStatus
 from serving.engine import EngineHTTPError, EngineUnavailable
 from serving.placement import AdapterLoadFailed
@@ -82,7 +82,7 @@ class InferenceService:
         self,
         registry: ModelRegistry,
         pool: EnginePool,
-        limiter: RateLimiter,
+        limiter: Limiter,
         record_usage: UsageSink,
         *,
         default_rpm: int,
@@ -95,19 +95,21 @@ class InferenceService:
         self.default_rpm = default_rpm
         self.default_tpm = default_tpm
         self._background: set[asyncio.Task[None]] = set()
+        self.failovers = 0
+        """Requests retried on another engine after theirs failed before any output."""
         self.metrics = InferenceMetrics(registry)
 
     # --- admission ---------------------------------------------------------------------
     def _limits(self, key: KeyInfo) -> tuple[int, int]:
         return key.rpm_limit or self.default_rpm, key.tpm_limit or self.default_tpm
 
-    def admit(self, ctx: CallContext, req: Request) -> Target:
+    async def admit(self, ctx: CallContext, req: Request) -> Target:
         try:
             target = self.registry.resolve(req.model)
         except UnknownModel:
             raise ModelNotFound(req.model) from None
         rpm, tpm = self._limits(ctx.key)
-        wait = self.limiter.admit(ctx.key.key_id, rpm, tpm)
+        wait = await self.limiter.acquire(ctx.key.key_id, rpm, tpm)
         if wait is not None:
             raise RateLimited(
                 f"Rate limit reached for this key ({rpm} requests/min, {tpm} tokens/min). "
@@ -140,7 +142,7 @@ class InferenceService:
         target: Target | None = None
         error_type: str | None = None
         try:
-            target = self.admit(ctx, req)
+            target = await self.admit(ctx, req)
             body = self._engine_body(req, target, stream=False)
             raw = await self._call(ctx, target, body)
             doc = msgspec.json.decode(raw)
@@ -168,18 +170,32 @@ class InferenceService:
     async def _call(self, ctx: CallContext, target: Target, body: bytes) -> bytes:
         path = _PATHS[ctx.endpoint]
         handle: EngineHandle | None = None
-        for attempt in range(2):
+        failed: list[EngineHandle] = []
+        for attempt in range(2):  # one retry, on another engine where the first one died
             try:
-                async with self.pool.lease(target) as handle:
+                handle = self.pool.pick(target, exclude=failed)
+                async with self.pool.use(handle, target):
                     ctx.engine = handle.name
                     return await handle.client.post_json(path, body)
             except EngineHTTPError as e:
                 if attempt == 0 and self._adapter_vanished(e, target, handle):
                     continue
                 raise _engine_error(e) from None
-            except (EngineUnavailable, NoEngineAvailable, AdapterLoadFailed) as e:
+            except EngineUnavailable as e:
+                if attempt == 0 and handle is not None:
+                    self._note_failover(ctx, handle, e)
+                    failed.append(handle)
+                    continue
+                raise _unavailable(e) from None
+            except (NoEngineAvailable, AdapterLoadFailed) as e:
                 raise _unavailable(e) from None
         raise AssertionError("unreachable")
+
+    def _note_failover(self, ctx: CallContext, handle: EngineHandle, e: Exception) -> None:
+        # The usage record is written once, by the caller, after the last attempt.
+        self.failovers += 1
+        log.warning("request %s: engine %s failed (%s); retrying elsewhere",
+                    ctx.request_id, handle.name, e)  # fmt: skip
 
     @staticmethod
     def _adapter_vanished(e: EngineHTTPError, target: Target, handle: EngineHandle | None) -> bool:
@@ -194,7 +210,7 @@ class InferenceService:
         """Returns an iterator of SSE frames whose first frame is already fetched, so that
         errors before any output are raised here as HTTP errors, not inside a 200 stream."""
         try:
-            target = self.admit(ctx, req)
+            target = await self.admit(ctx, req)
         except ApiError as e:
             await self._record(ctx, req, None, _Output(), "error", e.status, e.code or e.type)
             raise
@@ -213,10 +229,13 @@ class InferenceService:
         relay = _ChunkRelay(ctx, req, out)
         body = self._engine_body(req, target, stream=True)
         handle: EngineHandle | None = None
+        failed: list[EngineHandle] = []
+        sent = False
         try:
             for attempt in range(2):
                 try:
-                    async with self.pool.lease(target) as handle:
+                    handle = self.pool.pick(target, exclude=failed)
+                    async with self.pool.use(handle, target):
                         ctx.engine = handle.name
                         stream = handle.client.stream(_PATHS[ctx.endpoint], body)
                         # aclosing: an abandoned stream must close the engine request now.
@@ -224,18 +243,26 @@ class InferenceService:
                             async for payload in chunks:
                                 frame = relay.frame(payload)
                                 if frame is not None:
+                                    sent = True
                                     yield frame
                     break
                 except EngineHTTPError as e:
                     if attempt == 0 and not out.texts and self._adapter_vanished(e, target, handle):
                         continue
                     raise _engine_error(e) from None
+                except EngineUnavailable as e:
+                    # Nothing reached the client yet: the request can start over elsewhere.
+                    if attempt == 0 and not sent and handle is not None:
+                        self._note_failover(ctx, handle, e)
+                        failed.append(handle)
+                        continue
+                    raise
             status = "ok"
             await self._record(ctx, req, target, out, status, http_status, None)
             yield _DONE
         except (EngineUnavailable, NoEngineAvailable, AdapterLoadFailed) as e:
             status, http_status, error_type = "error", 503, "engine_unavailable"
-            if not out.texts and ctx.first_token is None:
+            if not sent:  # still before the status line: a plain 503
                 raise _unavailable(e) from None
             # Output already went out under a 200: end the stream with an error event.
             err = _unavailable(e)
@@ -249,7 +276,11 @@ class InferenceService:
                 # cannot interrupt the write.
                 record = self._record(ctx, req, target, out, status, http_status, error_type)
                 if handle is not None and not out.usage_seen:
-                    record = self._count_then_record(handle, body, out, record)
+                    counter, count_body = handle, body
+                    if not handle.healthy:  # it died: count with another engine of the base
+                        counter = self._any_engine(target, handle)
+                        count_body = self._engine_body(req, Target(target.base, None), stream=True)
+                    record = self._count_then_record(counter, count_body, out, record)
                 self._spawn(record)
 
     async def _count_then_record(
@@ -269,6 +300,14 @@ class InferenceService:
         except (EngineUnavailable, EngineHTTPError, TimeoutError) as e:
             log.warning("could not count the tokens of an abandoned stream: %s", e)
         await record
+
+    def _any_engine(self, target: Target, dead: EngineHandle) -> EngineHandle:
+        """An engine to count tokens with when the request's own engine died (the same base
+        model, so the same tokenizer); the dead one if there is no other."""
+        try:
+            return self.pool.pick(Target(target.base, None), exclude=(dead,))
+        except NoEngineAvailable:
+            return dead
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)

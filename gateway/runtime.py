@@ -19,7 +19,13 @@ from gateway.db import create_engine, migrate, resolve_database_url
 from gateway.factory_jobs import AdapterSync
 from gateway.inference import InferenceService
 from gateway.metrics import MetricsSampler
-from gateway.ratelimit import RateLimiter
+from gateway.ratelimit import (
+    Limiter,
+    PostgresCounters,
+    RateLimiter,
+    RedisCounters,
+    SharedRateLimiter,
+)
 from gateway.settings import Settings
 from metering.shipper import UsageShipper
 from metering.usage_log import UsageLog
@@ -27,7 +33,7 @@ from metering.usage_store import PostgresUsageStore
 from serving.engine import VLLMHttpEngine
 from serving.factory.build import load_manifest
 from serving.placement import AdapterPlacement
-from serving.pool import EngineHandle, EnginePool
+from serving.pool import ROUTINGS, EngineHandle, EnginePool
 from serving.registry import ModelRegistry
 from serving.supervisor import EngineSupervisor, VLLMServerSpec
 
@@ -54,6 +60,7 @@ class Runtime:
     models_dir: Path | None = None
     adapter_sync: AdapterSync | None = None
     sampler: MetricsSampler | None = None
+    redis_counters: RedisCounters | None = None
 
     async def start(self, *, models_dir: Path | None = None) -> Services:
         s = self.settings
@@ -88,7 +95,13 @@ class Runtime:
         )
         await self.adapter_sync.sync_once()
         self.adapter_sync.start()
-        pool = EnginePool(self._engines(base.name, base.path))
+        if s.routing not in ROUTINGS:
+            raise ValueError(f"ROYALTY_ROUTING must be one of {', '.join(ROUTINGS)}")
+        pool = EnginePool(
+            self._engines(base.name, base.path),
+            routing=s.routing,
+            spill_at=s.spill_at,
+        )
         if s.engine_urls:
             pool.start_health_checks()
         else:
@@ -101,7 +114,7 @@ class Runtime:
         inference = InferenceService(
             registry,
             pool,
-            RateLimiter(),
+            self._limiter(),
             self.usage_log.append,
             default_rpm=s.default_rpm,
             default_tpm=s.default_tpm,
@@ -117,6 +130,16 @@ class Runtime:
             factory_base=built,
         )
         return self.services
+
+    def _limiter(self) -> Limiter:
+        s = self.settings
+        if not s.shared_limits:
+            return RateLimiter()
+        if s.redis_url:
+            self.redis_counters = RedisCounters.from_url(s.redis_url)
+            return SharedRateLimiter(self.redis_counters)
+        assert self.db is not None
+        return SharedRateLimiter(PostgresCounters(self.db))
 
     def _engines(self, base_name: str, base_path: str) -> list[EngineHandle]:
         s = self.settings
@@ -162,5 +185,7 @@ class Runtime:
             await sup.stop()
         if self.services is not None:
             await self.services.pool.close()
+        if self.redis_counters is not None:
+            await self.redis_counters.close()
         if self.db is not None:
             await self.db.dispose()

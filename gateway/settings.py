@@ -43,6 +43,16 @@ class Settings:
     ship_interval_s: float = 0.2
     ship_batch_size: int = 5000
     engine_timeout_s: float = 600.0
+    routing: str = "affinity"
+    """`affinity` (an adapter's requests go to an engine that holds it, spilling over under
+    load) or `round_robin`; see `serving.pool`."""
+    spill_at: float = 16.0
+    """Load (requests in flight plus the engine's queue) at which affinity spills over."""
+    shared_limits: bool = True
+    """Rate limits shared by every gateway process on the database (or Redis); off: per
+    process token buckets."""
+    redis_url: str | None = None
+    """Keep the shared rate-limit counters in Redis instead of PostgreSQL."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -78,6 +88,13 @@ class Settings:
             ship_interval_s=float(e["ROYALTY_SHIP_INTERVAL_S"])
             if "ROYALTY_SHIP_INTERVAL_S" in e
             else None,
+            max_loras=int(e["ROYALTY_MAX_LORAS"]) if "ROYALTY_MAX_LORAS" in e else None,
+            routing=e.get("ROYALTY_ROUTING") or None,
+            spill_at=float(e["ROYALTY_SPILL_AT"]) if "ROYALTY_SPILL_AT" in e else None,
+            shared_limits=_flag(e["ROYALTY_SHARED_LIMITS"])
+            if "ROYALTY_SHARED_LIMITS" in e
+            else None,
+            redis_url=e.get("ROYALTY_REDIS_URL") or None,
         )
 
 

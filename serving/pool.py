@@ -1,23 +1,43 @@
 """The engines a gateway can send work to, and which one gets a request.
 
-An adapter's request goes to a healthy engine that already holds it; otherwise to the healthy
-engine with the fewest requests in flight, which then loads it.
+Routing policies (`ROYALTY_ROUTING`):
+
+- `affinity` (default): an adapter's request goes to the least loaded healthy engine that
+  already holds the adapter (or is loading it). When every holder is loaded, i.e. its load
+  (requests in flight from this gateway plus the engine's own queue depth, scraped from its
+  `/metrics`) reached `spill_at`, the request spills over to a less loaded engine, which
+  loads the adapter and becomes a holder too. An adapter nobody holds goes to an engine with
+  a free LoRA slot if one is not loaded, else to the least loaded engine (which evicts its
+  least recently used adapter).
+- `round_robin`: healthy engines in turn, regardless of adapters (the benchmark's baseline).
+
+An engine is marked down at once when a request to it fails to connect or breaks
+(`EngineUnavailable`); the health loop marks it up again when `/health` answers, assuming a
+restart (its adapters are reloaded on demand). Retrying on another engine is the caller's
+decision (`gateway.inference`), which passes the failed engine in `exclude`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
+from serving import metrics
 from serving.engine import EngineClient, EngineUnavailable
 from serving.placement import AdapterPlacement
 from serving.registry import Target
 
 log = logging.getLogger(__name__)
+
+Routing = Literal["affinity", "round_robin"]
+ROUTINGS: tuple[Routing, ...] = ("affinity", "round_robin")
 
 
 @dataclass(eq=False)
@@ -29,10 +49,17 @@ class EngineHandle:
     restarts: int = 0
     bases: frozenset[str] = field(default_factory=frozenset)
     """Base models this engine serves; empty means any."""
+    queue_waiting: float = 0.0
+    """The engine's own queue depth (`vllm:num_requests_waiting`) as last scraped; it counts
+    the requests of every gateway, which `in_flight` (this process's) does not."""
 
     @property
     def name(self) -> str:
         return self.client.name
+
+    @property
+    def load(self) -> float:
+        return self.in_flight + self.queue_waiting
 
     def mark_down(self) -> None:
         if self.healthy:
@@ -45,35 +72,95 @@ class EngineHandle:
             self.restarts += 1
         self.healthy = True
 
+    def has_adapter(self, engine_name: str) -> bool:
+        """Holds it, or a load of it is under way (so a burst of first requests for one
+        adapter lands on one engine instead of loading it everywhere)."""
+        p = self.placement
+        return p.holds(engine_name) or engine_name in p._loading
+
+    def has_free_slot(self) -> bool:
+        p = self.placement
+        return len(p.loaded) + len(p._loading) < p.slots
+
 
 class NoEngineAvailable(Exception):
     pass
 
 
+@dataclass(slots=True)
+class RoutingStats:
+    affinity_hits: int = 0
+    spills: int = 0
+    misses: int = 0
+
+
 class EnginePool:
-    def __init__(self, handles: list[EngineHandle]) -> None:
+    def __init__(
+        self,
+        handles: list[EngineHandle],
+        *,
+        routing: Routing = "affinity",
+        spill_at: float = 16,
+    ) -> None:
+        if routing not in ROUTINGS:
+            raise ValueError(f"unknown routing {routing!r}; one of {', '.join(ROUTINGS)}")
+        if spill_at <= 0:
+            raise ValueError("spill_at must be positive")
         self.handles = handles
+        self.routing: Routing = routing
+        self.spill_at = spill_at
+        self.stats = RoutingStats()
+        self._turn = itertools.count()
         self._watch: asyncio.Task[None] | None = None
 
     def ready(self) -> bool:
         return any(h.healthy for h in self.handles)
 
-    def pick(self, target: Target) -> EngineHandle:
+    def pick(self, target: Target, *, exclude: Collection[EngineHandle] = ()) -> EngineHandle:
         live = [
-            h for h in self.handles if h.healthy and (not h.bases or target.base.name in h.bases)
+            h
+            for h in self.handles
+            if h.healthy and h not in exclude and (not h.bases or target.base.name in h.bases)
         ]
         if not live:
             raise NoEngineAvailable(target.base.name)
-        if target.adapter is not None:
-            holding = [h for h in live if h.placement.holds(target.adapter.engine_name)]
-            if holding:
-                return min(holding, key=lambda h: h.in_flight)
-        return min(live, key=lambda h: h.in_flight)
+        if self.routing == "round_robin":
+            return live[next(self._turn) % len(live)]
+        if target.adapter is None:
+            return min(live, key=lambda h: h.load)
+        return self._by_affinity(live, target.adapter.engine_name)
+
+    def _by_affinity(self, live: list[EngineHandle], adapter: str) -> EngineHandle:
+        holders = [h for h in live if h.has_adapter(adapter)]
+        if holders:
+            best = min(holders, key=lambda h: h.load)
+            if best.load < self.spill_at:
+                self.stats.affinity_hits += 1
+                return best
+            # Every holder is loaded: another engine is worth an adapter load only if it is
+            # less loaded than the best holder.
+            other = min(live, key=lambda h: h.load)
+            if other.load < best.load:
+                self.stats.spills += 1
+                return other
+            self.stats.affinity_hits += 1
+            return best
+        self.stats.misses += 1
+        # Nobody holds it: a free slot avoids an eviction, unless that engine is loaded.
+        return min(live, key=lambda h: (h.load >= self.spill_at, not h.has_free_slot(), h.load))
 
     @asynccontextmanager
-    async def lease(self, target: Target) -> AsyncIterator[EngineHandle]:
-        """Pick an engine for `target`, make sure its adapter is loaded, count it in flight."""
-        handle = self.pick(target)
+    async def lease(
+        self, target: Target, *, exclude: Collection[EngineHandle] = ()
+    ) -> AsyncIterator[EngineHandle]:
+        """Pick an engine for `target` and `use` it."""
+        async with self.use(self.pick(target, exclude=exclude), target) as handle:
+            yield handle
+
+    @asynccontextmanager
+    async def use(self, handle: EngineHandle, target: Target) -> AsyncIterator[EngineHandle]:
+        """Run `target` on a picked engine: load its adapter, count it in flight, and mark
+        the engine down if it cannot be reached (the caller knows which one failed)."""
         handle.in_flight += 1
         try:
             if target.adapter is None:
@@ -87,19 +174,45 @@ class EnginePool:
         finally:
             handle.in_flight -= 1
 
+    def note_queue(self, engine: str, waiting: float) -> None:
+        """An engine's scraped queue depth (NaN: unknown, counted as empty)."""
+        for h in self.handles:
+            if h.name == engine:
+                h.queue_waiting = 0.0 if math.isnan(waiting) else max(0.0, waiting)
+
+    def refresh_queues(self) -> None:
+        """Take queue depths from the gauge the gateway's metrics sampler sets (this
+        process's values), so `serving` needs nothing from `gateway`."""
+        for family in metrics.ENGINE_REQUESTS_WAITING.collect():
+            for sample in family.samples:
+                name = sample.labels.get("engine")
+                if name is not None:
+                    self.note_queue(name, sample.value)
+
     def start_health_checks(self, interval_s: float = 2.0) -> None:
         """Poll engines that nobody supervises locally (external URLs)."""
         self._watch = asyncio.create_task(self._health_loop(interval_s))
 
+    async def check_health_once(self) -> None:
+        async def one(h: EngineHandle) -> None:
+            ok = await h.client.healthy()
+            if ok and not h.healthy:
+                # We cannot tell a restart from a blip, so assume the worst: reload.
+                log.warning("engine %s is up", h.name)
+                h.mark_up(restarted=True)
+            elif not ok:
+                h.mark_down()
+
+        # Concurrently: a dead engine's 3 s timeout must not delay the others' recovery.
+        await asyncio.gather(*(one(h) for h in self.handles))
+        self.refresh_queues()
+
     async def _health_loop(self, interval_s: float) -> None:
         while True:
-            for h in self.handles:
-                ok = await h.client.healthy()
-                if ok and not h.healthy:
-                    # We cannot tell a restart from a blip, so assume the worst: reload.
-                    h.mark_up(restarted=True)
-                elif not ok:
-                    h.mark_down()
+            try:
+                await self.check_health_once()
+            except Exception:  # the loop must outlive any one bad check
+                log.exception("engine health check failed")
             await asyncio.sleep(interval_s)
 
     async def close(self) -> None:
