@@ -126,3 +126,36 @@ async def test_each_key_sees_only_its_own_earnings_and_statements(
     assert (await client.get("/v1/me/earnings")).status_code == 401
     payer = (await client.get("/v1/me/earnings", headers=hdr["payer"])).json()
     assert payer["months"] == [] and payer["credit_available"] == "-0.022000"
+
+
+async def test_admin_credits_and_prices(engine: AsyncEngine, client: AsyncTestClient[Any]) -> None:
+    keys = PostgresKeyStore(engine)
+    admin, _ = await keys.create("root", frozenset({"admin"}), None, None)
+    user, _ = await keys.create("user", frozenset({"inference"}), None, None)
+    hdr = {"Authorization": f"Bearer {admin}"}
+    r = await client.post(
+        "/v1/admin/credits", json={"account": "shop", "amount": "2.5"}, headers=hdr
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["available"] == "2.500000"
+    r = await client.post(
+        "/v1/admin/credits", json={"account": "shop", "amount": "0.0000001"}, headers=hdr
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "amount"
+    assert_conforms(r.json(), "ErrorResponse")
+    r = await client.post(
+        "/v1/admin/credits", json={"account": "shop", "amount": "1"},
+        headers={"Authorization": f"Bearer {user}"},
+    )  # fmt: skip
+    assert r.status_code == 403
+    body = {"base_model": "tiny", "adapter": "recipes", "input": "1.5", "output": "4",
+            "effective_from": "2026-12-01T00:00:00Z"}  # fmt: skip
+    r = await client.post("/v1/admin/prices", json=body, headers=hdr)
+    assert r.status_code == 201, r.text
+    assert r.json()["input_per_million"] == "1.500000" and r.json()["adapter"] == "recipes"
+    r = await client.post("/v1/admin/prices", json=body, headers=hdr)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "price_conflict"
+    r = await client.get("/v1/admin/prices", headers=hdr)
+    assert [p["version"] for p in r.json()["data"]] != [] and r.json()["data"][0][
+        "base_model"
+    ] == "tiny"
