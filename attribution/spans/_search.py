@@ -47,11 +47,19 @@ def _gram_hash(arr, start, m):
 
 
 @njit(cache=True, nogil=True)
+def _filter_bit(h, mask, j):
+    """Position of the j-th bit of hash h. Blocked Bloom filter: all bits of one gram lie in
+    one 512-bit block (one cache line), chosen by the low bits; the offsets inside the block
+    come from the high bits."""
+    block = (h & mask) & ~np.uint64(511)
+    return block + ((h >> np.uint64(37 + 9 * j)) & np.uint64(511))
+
+
+@njit(cache=True, nogil=True)
 def _filter_may_contain(bits, mask, arr, start, m):
     h = _gram_hash(arr, start, m)
-    step = (h >> np.uint64(32)) | np.uint64(1)
     for j in range(FILTER_HASHES):
-        pos = (h + np.uint64(j) * step) & mask
+        pos = _filter_bit(h, mask, j)
         if (bits[pos >> np.uint64(3)] >> (pos & np.uint64(7))) & np.uint64(1) == 0:
             return False
     return True
@@ -69,9 +77,8 @@ def build_gram_filter(tokens, separator, m, bits, mask):
         if run < m:
             continue
         h = _gram_hash(tokens, p - m + 1, m)
-        step = (h >> np.uint64(32)) | np.uint64(1)
         for j in range(FILTER_HASHES):
-            pos = (h + np.uint64(j) * step) & mask
+            pos = _filter_bit(h, mask, j)
             bits[pos >> np.uint64(3)] |= np.uint8(1) << np.uint8(pos & np.uint64(7))
 
 

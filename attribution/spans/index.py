@@ -10,9 +10,10 @@ Layout of an index directory (all arrays are `.npy`, opened with `mmap_mode="r"`
   suffixes starting with token t (saves the first binary search and gives unigram counts);
 - `record_starts.npy`, `record_ids.npy`, `contributor_ids.npy`: one entry per record, in
   snapshot order; position p lies in record `searchsorted(record_starts, p, "right") - 1`;
-- `gram_filter.npy`: a Bloom filter (3 hashes, about 8-16 bits per position) of every
-  `filter_m`-gram inside a record, which lets tracing skip most output positions of novel text
-  without touching the suffix array (`filter_m == 0`: no filter, an empty array);
+- `gram_filter.npy`: a blocked Bloom filter (3 bits in one 512-bit block, 8-16 bits per
+  position) of every `filter_m`-gram inside a record, which lets tracing skip most output
+  positions of novel text without touching the suffix array (`filter_m == 0`: no filter, an
+  empty array);
 - `header.json`: format version, dtypes, token count (without separators), record count, the
   filter's `filter_m` and size, and the sha256 of the inputs (record id, contributor id and
   token ids of every record, in order).
@@ -55,7 +56,7 @@ _ARRAYS = (
     "gram_filter",
 )
 DEFAULT_FILTER_M = 6
-_MIN_FILTER_LOG2_BITS = 6
+_MIN_FILTER_LOG2_BITS = 9  # one 512-bit block
 
 
 class SpanIndexError(Exception):
