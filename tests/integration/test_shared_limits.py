@@ -78,7 +78,7 @@ async def test_retry_after_points_at_the_next_minute(engines: list[AsyncEngine])
     lim = SharedRateLimiter(PostgresCounters(engines[0]), clock=clock)
     assert await lim.acquire(3, 1, 10**6) is None
     wait = await lim.acquire(3, 1, 10**6)
-    assert wait == pytest.approx(17.5)
+    assert wait is not None and wait == pytest.approx(17.5)
     assert lim.retry_after_header(wait) == "18"
 
 
@@ -135,7 +135,7 @@ async def test_an_unreachable_store_falls_back_to_per_process_limits(
 ) -> None:
     clock = Clock(4000 * 60 + 1.0)
     store = Flaky(PostgresCounters(engines[0]))
-    lim = SharedRateLimiter(store, clock=clock, retry_store_after_s=5)  # type: ignore[arg-type]
+    lim = SharedRateLimiter(store, clock=clock, retry_store_after_s=5)
     store.down = True
     # No 500s and no stall: the process's own bucket (rpm 3) decides meanwhile.
     admitted = [await lim.acquire(11, 3, 10**6) is None for _ in range(5)]
