@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httptools
@@ -53,6 +55,12 @@ class Config:
         self.max_tokens_cap = args.max_tokens_cap
         self.token_delay_s = args.token_delay_ms / 1000.0
         self.ttft_s = args.ttft_ms / 1000.0
+        self.lora_load_s = getattr(args, "lora_load_ms", 0.0) / 1000.0
+        max_running = getattr(args, "max_running", 0)
+        # vLLM's batch has a size (max_num_seqs): beyond it, requests wait in its queue.
+        self.batch = asyncio.Semaphore(max_running) if max_running else None
+        self.running = 0
+        self.waiting = 0
         self.adapters: dict[str, str] = {}
         self.requests = 0
         self.streams = 0
@@ -219,6 +227,11 @@ class HttpProtocol(asyncio.Protocol):
             return
         if method == b"GET" and path == b"/health":
             self._send(200, b"", keep=keep)
+        elif method == b"GET" and path == b"/metrics":
+            m = cfg.model
+            text = (f'vllm:num_requests_running{{model_name="{m}"}} {cfg.running}\n'
+                    f'vllm:num_requests_waiting{{model_name="{m}"}} {cfg.waiting}\n')  # fmt: skip
+            self._send(200, text.encode(), ctype=b"text/plain; version=0.0.4", keep=keep)
         elif method == b"GET" and path == b"/v1/models":
             self._send(200, _models(cfg), keep=keep)
         elif method == b"POST" and path == b"/v1/load_lora_adapter":
@@ -234,7 +247,12 @@ class HttpProtocol(asyncio.Protocol):
             else:
                 cfg.adapters[name] = req["lora_path"]
                 msg = f"Success: LoRA adapter '{name}' added successfully.".encode()
-                self._send(200, msg, ctype=b"text/plain; charset=utf-8", keep=keep)
+                if cfg.lora_load_s:  # reading and moving the weights takes time
+                    self.busy = True
+                    asyncio.ensure_future(self._delayed(cfg.lora_load_s, 200, msg, keep,
+                                                        ctype=b"text/plain; charset=utf-8"))  # fmt: skip
+                else:
+                    self._send(200, msg, ctype=b"text/plain; charset=utf-8", keep=keep)
         elif method == b"POST" and path == b"/v1/unload_lora_adapter":
             req = _decode(body) if body else {}
             name = req.get("lora_name")
@@ -276,13 +294,45 @@ class HttpProtocol(asyncio.Protocol):
         while self.queue and not self.busy and not self.closed:
             self.handle(*self.queue.pop(0))
 
-    async def _delayed(self, delay: float, status: int, payload: bytes, keep: bool) -> None:
-        await asyncio.sleep(delay)
-        self._send(status, payload, keep=keep)
+    async def _delayed(self, delay: float, status: int, payload: bytes, keep: bool,
+                       ctype: bytes = b"application/json") -> None:  # fmt: skip
+        async with self._in_batch():
+            await asyncio.sleep(delay)
+        self._send(status, payload, ctype, keep=keep)
         self._next()
+
+    @contextlib.asynccontextmanager
+    async def _in_batch(self) -> AsyncIterator[None]:
+        """Hold one of the engine's batch slots (--max-running), queueing for it if full."""
+        cfg = self.cfg
+        if cfg.batch is None:
+            yield
+            return
+        cfg.waiting += 1
+        try:
+            await cfg.batch.acquire()
+        finally:
+            cfg.waiting -= 1
+        cfg.running += 1
+        try:
+            yield
+        finally:
+            cfg.running -= 1
+            cfg.batch.release()
 
     async def _stream_paced(self, chat: bool, model: str, n: int, prompt_tokens: int,
                             include_usage: bool, continuous: bool, keep: bool) -> None:  # fmt: skip
+        t = self.transport
+        assert t is not None
+        async with self._in_batch():
+            await self._stream_events_paced(chat, model, n, prompt_tokens, include_usage,
+                                            continuous)  # fmt: skip
+        if not keep and not self.closed:
+            t.close()
+        self._next()
+
+    async def _stream_events_paced(self, chat: bool, model: str, n: int, prompt_tokens: int,
+                                   include_usage: bool, continuous: bool) -> None:  # fmt: skip
         cfg = self.cfg
         t = self.transport
         assert t is not None
@@ -301,9 +351,6 @@ class HttpProtocol(asyncio.Protocol):
             if self.closed:
                 return  # client went away: vLLM aborts the request
             t.write(ev)
-        if not keep:
-            t.close()
-        self._next()
 
 
 # --- vLLM-shaped payloads -------------------------------------------------------------------
@@ -422,6 +469,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tokens-cap", type=int, default=4096)
     p.add_argument("--token-delay-ms", type=float, default=0.0, help="delay between tokens")
     p.add_argument("--ttft-ms", type=float, default=0.0, help="delay before the first token")
+    p.add_argument("--lora-load-ms", type=float, default=0.0,
+                   help="time load_lora_adapter takes (simulated weight loading)")  # fmt: skip
+    p.add_argument("--max-running", type=int, default=0,
+                   help="batch size: requests beyond it queue (0 = unlimited); paced modes only")  # fmt: skip
     p.add_argument("--cpu", type=int, action="append", help="pin to this CPU (repeatable)")
     return p.parse_args(argv)
 
