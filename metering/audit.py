@@ -39,6 +39,23 @@ CHECKS: dict[str, str] = {
         SELECT count(*) FROM expected x FULL JOIN actual a USING (txn_id, account_id, month)
         WHERE x.amount IS DISTINCT FROM a.amount
     """,
+    "adjustments that do not sum to zero or differ from their entries": """
+        WITH moves AS (
+            SELECT a.txn_id, s.payee AS account_id, a.month, s.amount
+            FROM usage_adjustments a, unnest(a.payees, a.amounts) AS s(payee, amount)
+        ), expected AS (
+            SELECT txn_id, account_id, month, sum(amount) AS amount FROM moves
+            GROUP BY txn_id, account_id, month HAVING sum(amount) <> 0
+        ), actual AS (
+            SELECT e.txn_id, e.account_id, e.month, sum(e.amount) AS amount
+            FROM ledger_entries e JOIN ledger_transactions t ON t.id = e.txn_id
+            WHERE t.kind = 'adjustment' GROUP BY e.txn_id, e.account_id, e.month
+        )
+        SELECT (SELECT count(*) FROM expected x FULL JOIN actual a USING (txn_id, account_id, month)
+                WHERE x.amount IS DISTINCT FROM a.amount)
+             + (SELECT count(*) FROM usage_adjustments a
+                WHERE (SELECT coalesce(sum(x), 0) FROM unnest(a.amounts) AS x) <> 0)
+    """,
     "usage event neither posted nor queued, or both": """
         SELECT count(*) FROM usage_events e
         WHERE (EXISTS (SELECT 1 FROM usage_postings p WHERE p.event_id = e.request_id))

@@ -100,7 +100,7 @@ def upgrade() -> None:
         """
         CREATE TABLE ledger_transactions (
             id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            kind        text NOT NULL CHECK (kind IN ('topup', 'usage', 'reversal', 'penalty', 'hold')),
+            kind        text NOT NULL CHECK (kind IN ('topup', 'usage', 'reversal', 'penalty', 'hold', 'adjustment')),
             reverses    bigint REFERENCES ledger_transactions(id),
             memo        text NOT NULL DEFAULT '',
             created_at  timestamptz NOT NULL DEFAULT now()
@@ -144,6 +144,22 @@ def upgrade() -> None:
         """
     )
     op.execute("CREATE INDEX usage_postings_month ON usage_postings (month)")
+    # Later attribution (influence) re-splitting a posted event: the change per payee (sums to
+    # zero), posted in the open month; seq numbers an event's successive adjustments.
+    op.execute(
+        """
+        CREATE TABLE usage_adjustments (
+            event_id    text NOT NULL,
+            seq         integer NOT NULL CHECK (seq > 0),
+            txn_id      bigint NOT NULL REFERENCES ledger_transactions(id),
+            month       date NOT NULL,
+            payees      bigint[] NOT NULL,
+            amounts     bigint[] NOT NULL,
+            PRIMARY KEY (event_id, seq),
+            CHECK (cardinality(payees) = cardinality(amounts))
+        )
+        """
+    )
     # Why credit went to `withheld` instead of its payee: readable by that payee.
     op.execute(
         """
@@ -152,7 +168,7 @@ def upgrade() -> None:
             txn_id          bigint NOT NULL REFERENCES ledger_transactions(id),
             month           date NOT NULL,
             beneficiary_id  bigint NOT NULL REFERENCES ledger_accounts(id),
-            amount          bigint NOT NULL CHECK (amount > 0),
+            amount          bigint NOT NULL CHECK (amount <> 0),
             reason          text NOT NULL
         )
         """
@@ -224,7 +240,10 @@ def upgrade() -> None:
         END $$
         """
     )
-    for table in ("ledger_entries", "ledger_transactions", "usage_postings", "withheld_items"):
+    for table in (
+        "ledger_entries", "ledger_transactions", "usage_postings", "usage_adjustments",
+        "withheld_items",
+    ):  # fmt: skip
         op.execute(
             f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE "
             f"ON {table} FOR EACH STATEMENT EXECUTE FUNCTION ledger_refuse_change()"
@@ -270,6 +289,7 @@ def downgrade() -> None:
         "statements",
         "penalties",
         "withheld_items",
+        "usage_adjustments",
         "usage_postings",
         "ledger_entries",
         "ledger_transactions",
