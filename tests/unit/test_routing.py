@@ -72,14 +72,19 @@ async def test_scraped_queue_depth_counts_as_load() -> None:
     a0 = reg.resolve("a0")
     await load(h0, a0)
     # Other gateways' requests are invisible in in_flight; the engine's queue shows them.
-    metrics.ENGINE_REQUESTS_WAITING.labels("e0").set(7)
-    metrics.ENGINE_REQUESTS_WAITING.labels("e1").set(float("nan"))  # unknown: empty
-    pool.refresh_queues()
-    assert h0.queue_waiting == 7 and h1.queue_waiting == 0
-    assert pool.pick(a0) is h1
-    metrics.ENGINE_REQUESTS_WAITING.labels("e0").set(0)
-    pool.refresh_queues()
-    assert pool.pick(a0) is h0
+    gauge = metrics.ENGINE_REQUESTS_WAITING
+    try:
+        gauge.labels("e0").set(7)
+        gauge.labels("e1").set(float("nan"))  # unknown: counted as empty
+        pool.refresh_queues()
+        assert h0.queue_waiting == 7 and h1.queue_waiting == 0
+        assert pool.pick(a0) is h1
+        gauge.labels("e0").set(0)
+        pool.refresh_queues()
+        assert pool.pick(a0) is h0
+    finally:  # the gauge is process-global: leave no test engines in other tests' scrapes
+        gauge.remove("e0")
+        gauge.remove("e1")
 
 
 async def test_a_miss_goes_to_a_free_slot_then_the_least_loaded() -> None:
