@@ -29,7 +29,7 @@ from metering.ledger import (
 from metering.pg import driver
 from metering.pricing import SplitPolicy, split_event
 from metering.sources import AdapterDirectory, AdapterInfo
-from metering.split_batch import _parties
+from metering.split_batch import group_parties
 
 SELECT_POSTING = """
 SELECT p.event_id, p.month, p.adapter, p.charge, p.payees, p.amounts, p.policy_id,
@@ -87,7 +87,7 @@ async def reattribute(
         owners = await ensure_accounts_committed(
             conn, engine, "adapter_owner", [info.owner_account_id] if info.owner_account_id else []
         )
-        parties = _parties(
+        parties = group_parties(
             adapter, AdapterInfo(info.owner_account_id, {}), weights, contributors, owners,
             await penalties(conn),
         )  # fmt: skip

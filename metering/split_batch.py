@@ -138,7 +138,7 @@ def compute_postings(
     withheld: Withheld = {}
     for (_, adapter, own_weights), rows in groups.items():
         policy = policies[rows[0]]
-        parties = _parties(
+        parties = group_parties(
             adapter,
             infos.get(adapter),
             weights.get(own_weights) if own_weights else None,
@@ -195,7 +195,7 @@ def compute_postings(
     return out_rows, sums, items, charged
 
 
-def _parties(
+def group_parties(
     adapter: str, info: AdapterInfo | None, per_event: Mapping[int, int] | None,
     contributors: Mapping[int, int], owners: Mapping[int, int], penalised: Mapping[tuple[int, str], str],
 ) -> EventParties:  # fmt: skip
