@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from attribution.lineage import AdapterRegistration, LineageService, RegisteredAdapter
+from attribution.responses import ResponseAttributor
 from attribution.service import DatanetService
 from serving.factory.adapters import (
     AdapterBuild,
@@ -86,6 +87,15 @@ async def train_on_snapshot(
         progress=progress,
         on_step=on_step,
     )
+    await asyncio.to_thread(
+        ensure_span_index,
+        build.path,
+        base,
+        [
+            (ex.record_id, r.contributor_account_id, ex.document())
+            for ex, r in zip(examples, contents, strict=True)
+        ],
+    )
     registered = await lineage.register(
         AdapterRegistration(
             name=name,
@@ -102,6 +112,22 @@ async def train_on_snapshot(
     return TrainedAdapter(registered, build)
 
 
+SPAN_INDEX_DIR = "spans"
+
+
+def ensure_span_index(
+    adapter_dir: Path, base: DemoModels, documents: list[tuple[int, int, str]]
+) -> Path:
+    """The adapter's span index (its training documents under the base's tokenizer), next
+    to its weights; built once, atomically."""
+    from attribution.responses import build_adapter_index
+
+    target = adapter_dir / SPAN_INDEX_DIR
+    if not target.is_dir():
+        build_adapter_index(target, documents, base.base_path / "tokenizer.json")
+    return target
+
+
 class AdapterSync:
     """Keeps a gateway's `ModelRegistry` equal to the registered adapters of its base model:
     new registrations appear, retired ones disappear. Polls (a small indexed query) so
@@ -115,7 +141,9 @@ class AdapterSync:
         base_weights_sha256: str,
         *,
         interval_s: float = 1.0,
+        attributor: ResponseAttributor | None = None,
     ) -> None:
+        self.attributor = attributor
         self.lineage = lineage
         self.registry = registry
         self.base_name = base_name
@@ -134,6 +162,8 @@ class AdapterSync:
         for name in list(self._managed):
             if name not in seen:
                 self.registry.remove_adapter(name)
+                if self.attributor is not None:
+                    self.attributor.forget(name)
                 del self._managed[name]
                 log.info("adapter %s retired", name)
         for a in rows:
@@ -152,6 +182,12 @@ class AdapterSync:
                     example_prompt=a.metadata.get("example_prompt"),
                 )
             )
+            if self.attributor is not None:
+                shares = await self.lineage.contributor_shares(a.name)
+                index = Path(a.path) / SPAN_INDEX_DIR
+                await asyncio.to_thread(
+                    self.attributor.register, a.name, a.snapshot_id, shares, index
+                )
             self._managed[a.name] = a.weights_sha256
             log.info("adapter %s registered (snapshot %s)", a.name, a.snapshot_id)
 

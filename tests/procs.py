@@ -78,7 +78,7 @@ class Gateway:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, *, wait: bool = True, timeout_s: float = 300) -> Gateway:
+    def start(self, *, wait: bool = True, timeout_s: float = 1200) -> Gateway:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [ROYALTY, "up", "--port", str(self.port), "--data-dir", str(self.data_dir),
                 "--no-demo-key", *self.args]  # fmt: skip

@@ -249,12 +249,16 @@ class _Progress:
                 TimeElapsedColumn,
             )
 
+            from rich.console import Console
+
+            # On stderr: stdout carries the commands' results (paths, JSON).
             self._bar = Progress(
                 TextColumn("[bold]{task.description:<20}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[note]}"),
                 TimeElapsedColumn(),
+                console=Console(stderr=True),
             )
 
     def __enter__(self) -> _Progress:

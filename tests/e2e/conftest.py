@@ -3,11 +3,27 @@ database, and `royalty up` as a child process."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from pg import create_database, drop_database
 from procs import REPO, Gateway, vllm_server
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_world_env() -> Iterator[None]:
+    """Every `royalty up` of these tests starts the demo world (three datanets, adapters
+    trained on their snapshots), sharing one adapter cache: the first start trains them."""
+    saved = {k: os.environ.get(k) for k in ("ROYALTY_DEMO", "ROYALTY_ADAPTERS_DIR")}
+    os.environ["ROYALTY_DEMO"] = "1"
+    os.environ["ROYALTY_ADAPTERS_DIR"] = str(REPO / ".royalty" / "adapters")
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +71,7 @@ def gateway(vllm_url, database_url, demo_models, tmp_path_factory) -> Iterator[G
             "--database-url",
             database_url,
         ],  # fmt: skip
-    ).start()
+    ).start(timeout_s=1200)  # the first start trains the demo adapters
     yield gw
     code = gw.stop()
     assert code == 0, gw.log()[-3000:]

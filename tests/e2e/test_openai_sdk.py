@@ -15,6 +15,8 @@ import pytest
 from openai_schema import assert_conforms
 from procs import create_key
 
+from serving.factory.corpus import DOMAINS
+
 pytestmark = pytest.mark.e2e
 
 
@@ -50,7 +52,7 @@ def usage_rows(database_url: str, request_ids: list[str], timeout_s: float = 15)
 def test_models_list_base_and_adapters(client: openai.OpenAI, demo_models) -> None:  # type: ignore[no-untyped-def]
     models = {m.id: m for m in client.models.list()}
     assert demo_models.base_name in models
-    for name in demo_models.adapters:
+    for name in DOMAINS:
         assert models[name].model_dump().get("parent") == demo_models.base_name
     assert client.models.retrieve("recipes").id == "recipes"
 
@@ -61,7 +63,7 @@ def test_chat_and_completion_conform_and_are_recorded(
     h = {"Authorization": f"Bearer {key}"}
     ids = []
     with httpx.Client(base_url=gateway.base_url, headers=h, timeout=60) as http:
-        for model in [demo_models.base_name, *demo_models.adapters]:
+        for model in [demo_models.base_name, *DOMAINS]:
             r = http.post("/v1/chat/completions", json={
                 "model": model, "max_tokens": 12, "temperature": 0,
                 "messages": [{"role": "user", "content": "Tell me something."}]})  # fmt: skip
@@ -77,7 +79,7 @@ def test_chat_and_completion_conform_and_are_recorded(
     rows = usage_rows(database_url, ids)
     assert sorted(r["request_id"] for r in rows) == sorted(ids)
     assert all(r["status"] == "ok" and r["completion_tokens"] > 0 for r in rows)
-    assert {r["adapter"] for r in rows} == {None, *demo_models.adapters}
+    assert {r["adapter"] for r in rows} == {None, *DOMAINS}
 
 
 def _words(text: str) -> set[str]:
@@ -88,7 +90,7 @@ def test_adapters_are_specialised(client: openai.OpenAI, demo_models) -> None:  
     from serving.factory.corpus import domain_records
 
     vocab = {d: Counter(w for r in domain_records(d, 0, 300) for w in _words(r))
-             for d in demo_models.adapters}  # fmt: skip
+             for d in DOMAINS}  # fmt: skip
     distinctive = {
         d: {w for w in c if all(w not in vocab[o] for o in vocab if o != d)}
         for d, c in vocab.items()
