@@ -90,6 +90,14 @@ def write_models(root: Path, adapters: list[str]) -> Path:
     for a in adapters:
         (root / "adapters" / a).mkdir(parents=True, exist_ok=True)
     (root / "manifest.json").write_text(json.dumps(manifest))
+    # The gateway's response attribution reads the base model's tokenizer.
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    tok = Tokenizer(WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.pre_tokenizer = Whitespace()
+    tok.save(str(root / "base" / "tokenizer.json"))
     return root
 
 
