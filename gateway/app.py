@@ -30,6 +30,7 @@ from gateway.errors import (
 from gateway.metrics import count_response, metrics_endpoint
 from gateway.middleware import add_request_id
 from gateway.routes.adapters import ROUTES as ADAPTER_ROUTES
+from gateway.routes.attributions import ROUTES as ATTRIBUTION_ROUTES
 from gateway.routes.common import JSON, services_of
 from gateway.routes.datanets import BULK_LINES_KEY, bulk_results_json, result_json
 from gateway.routes.datanets import ROUTES as DATANET_ROUTES
@@ -137,6 +138,7 @@ def create_app(
             *DATANET_ROUTES,
             *METERING_ROUTES,
             *ADAPTER_ROUTES,
+            *ATTRIBUTION_ROUTES,
             *extra_routes,
         ],
         before_send=[add_request_id, count_response],

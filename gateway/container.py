@@ -10,6 +10,7 @@ from gateway.auth import Authenticator
 from gateway.inference import InferenceService
 from gateway.settings import Settings
 from metering.service import MeteringService
+from metering.usage_queries import UsageQueries
 from serving.factory.build import DemoModels
 from serving.pool import EnginePool
 from serving.registry import ModelRegistry
@@ -25,5 +26,6 @@ class Services:
     datanets: DatanetService | None = None
     metering: MeteringService | None = None
     lineage: LineageService | None = None
+    usage_queries: UsageQueries | None = None
     factory_base: DemoModels | None = None
     """The served base model's build, for training adapters in this process (admin API)."""

@@ -43,6 +43,10 @@ _PATHS: dict[Endpoint, str] = {
 _DONE = b"data: [DONE]\n\n"
 
 
+Attributor = Callable[[str, str], dict[str, Any] | None]
+"""(adapter name, output text) -> the response's `attribution` object, or None."""
+
+
 @dataclass(slots=True)
 class CallContext:
     request_id: str
@@ -64,10 +68,15 @@ class _Output:
     chunks: int = 0
     """Engine chunks that carried output: vLLM sends one per decoding step."""
     usage_seen: bool = False
+    attribution: dict[str, Any] | None = None
 
     def add(self, index: int, text: str | None) -> None:
         if text:
             self.texts.setdefault(index, []).append(text)
+
+    def text(self) -> str:
+        """All choices' output, in choice order (what attribution traces)."""
+        return "\n".join("".join(self.texts[i]) for i in sorted(self.texts))
 
     def digest(self) -> str:
         h = hashlib.sha256()
@@ -87,7 +96,9 @@ class InferenceService:
         *,
         default_rpm: int,
         default_tpm: int,
+        attributor: Attributor | None = None,
     ) -> None:
+        self.attributor = attributor
         self.registry = registry
         self.pool = pool
         self.limiter = limiter
@@ -159,6 +170,8 @@ class InferenceService:
             out.prompt_tokens = int(usage.get("prompt_tokens", 0))
             out.completion_tokens = int(usage.get("completion_tokens", 0))
             ctx.first_token = time.perf_counter()
+            if self._attribute(target, out):
+                doc["attribution"] = out.attribution
             status, http_status = "ok", 200
             return msgspec.json.encode(doc)
         except ApiError as e:
@@ -257,8 +270,11 @@ class InferenceService:
                         failed.append(handle)
                         continue
                     raise
+            self._attribute(target, out)
             status = "ok"
             await self._record(ctx, req, target, out, status, http_status, None)
+            if out.attribution is not None:  # on the final chunk, before [DONE]
+                yield relay.attribution_frame(out.attribution)
             yield _DONE
         except (EngineUnavailable, NoEngineAvailable, AdapterLoadFailed) as e:
             status, http_status, error_type = "error", 503, "engine_unavailable"
@@ -319,6 +335,19 @@ class InferenceService:
         if self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
+    # --- attribution -------------------------------------------------------------------
+    def _attribute(self, target: Target, out: _Output) -> bool:
+        """Attribute the finished output of an adapter request (inline: spans + weights);
+        a failure here never fails the response, it only leaves it unattributed."""
+        if self.attributor is None or target.adapter is None:
+            return False
+        try:
+            out.attribution = self.attributor(target.adapter.name, out.text())
+        except Exception:
+            log.exception("attribution failed for adapter %s", target.adapter.name)
+            out.attribution = None
+        return out.attribution is not None
+
     # --- usage -------------------------------------------------------------------------
     async def _record(
         self,
@@ -349,6 +378,7 @@ class InferenceService:
             output_sha256=out.digest() if out.texts else None,
             error_type=error_type,
             engine=ctx.engine,
+            attribution=msgspec.json.encode(out.attribution).decode() if out.attribution else None,
         )
         tokens = out.prompt_tokens + out.completion_tokens
         if tokens:
@@ -377,9 +407,28 @@ class _ChunkRelay:
             if ctx.endpoint == "chat.completions"
             else completions.normalise_chunk
         )
+        self.object = (
+            "chat.completion.chunk" if ctx.endpoint == "chat.completions" else "text_completion"
+        )
+        self.last_id = ""
+        self.created = int(time.time())
+
+    def attribution_frame(self, attribution: dict[str, Any]) -> bytes:
+        """A last chunk with no choices that carries the response's attribution."""
+        doc = {
+            "id": self.last_id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "attribution": attribution,
+        }
+        return b"data: " + msgspec.json.encode(doc) + b"\n\n"
 
     def frame(self, payload: bytes) -> bytes | None:
         doc = msgspec.json.decode(payload)
+        self.last_id = doc.get("id", self.last_id)
+        self.created = doc.get("created", self.created)
         usage = doc.get("usage")
         if usage:
             self.out.usage_seen = True

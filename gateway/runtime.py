@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attribution.lineage import LineageService
+from attribution.responses import ResponseAttributor
 from attribution.service import DatanetService
 from gateway.auth import Authenticator, PostgresKeyStore
 from gateway.container import Services
@@ -29,6 +30,7 @@ from gateway.ratelimit import (
 from gateway.settings import Settings
 from metering.shipper import UsageShipper
 from metering.usage_log import UsageLog
+from metering.usage_queries import UsageQueries
 from metering.usage_store import PostgresUsageStore
 from serving.engine import VLLMHttpEngine
 from serving.factory.build import load_manifest
@@ -90,8 +92,13 @@ class Runtime:
 
             await ensure_demo_world(self.db, built, s.resolved_adapters_dir, progress=s.progress)
         lineage = LineageService(self.db)
+        attributor = ResponseAttributor(built.base_path / "tokenizer.json")
         self.adapter_sync = AdapterSync(
-            lineage, registry, base.name, built.manifest["base"]["weights_sha256"]
+            lineage,
+            registry,
+            base.name,
+            built.manifest["base"]["weights_sha256"],
+            attributor=attributor,
         )
         await self.adapter_sync.sync_once()
         self.adapter_sync.start()
@@ -118,6 +125,7 @@ class Runtime:
             self.usage_log.append,
             default_rpm=s.default_rpm,
             default_tpm=s.default_tpm,
+            attributor=attributor.attribute,
         )
         self.services = Services(
             settings=s,
@@ -127,6 +135,7 @@ class Runtime:
             inference=inference,
             datanets=DatanetService(self.db),
             lineage=lineage,
+            usage_queries=UsageQueries(self.db),
             factory_base=built,
         )
         return self.services

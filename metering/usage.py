@@ -37,6 +37,8 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     error_type: str | None = None
     engine: str | None = None
     """Which engine replica served the request."""
+    attribution: str | None = None
+    """The response's `attribution` object as JSON (adapter requests): spans, weights."""
 
     @property
     def total_tokens(self) -> int:

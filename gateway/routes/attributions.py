@@ -1,0 +1,49 @@
+"""Attribution routes: one response's full attribution record (for the key's account that
+made the request, and for admins), and the responses that credited the caller's records
+(for contributors; other people's requests show only ids, weights and record ids)."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Request, Response, get
+from litestar.params import FromPath
+
+from gateway.errors import BadRequest, NotFound, ServiceUnavailable
+from gateway.routes.common import JSON, authorize, services_of
+from gateway.routes.datanets import ANY_KEY, _authorize_any
+from metering.usage_queries import UsageQueries
+
+
+def _queries(request: Request) -> UsageQueries:
+    q = services_of(request).usage_queries
+    if q is None:
+        raise ServiceUnavailable("Attributions are not available on this gateway.")
+    return q
+
+
+@get("/v1/attributions/{request_id:str}")
+async def get_attribution(request: Request, request_id: FromPath[str]) -> Response[bytes]:
+    key = await _authorize_any(request, (*ANY_KEY, "admin"))
+    event = await _queries(request).attribution(request_id)
+    # Someone else's request is as absent as an unknown one: ids are not secrets to probe.
+    if event is None or ("admin" not in key.scopes and event.account_id != key.account_id):
+        raise NotFound(
+            f"No attribution for request {request_id!r} (usage is recorded within a second "
+            "of the response)."
+        )
+    body = {"object": "attribution.record", **msgspec.to_builtins(event)}
+    return Response(msgspec.json.encode(body), media_type=JSON)
+
+
+@get("/v1/me/attributions")
+async def my_credits(request: Request) -> Response[bytes]:
+    key = await authorize(request, "contributor")
+    raw = request.query_params.get("limit", "100")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise BadRequest("'limit' must be an integer from 1 to 1000.", param="limit")
+    credits = await _queries(request).credits_of(key.account_id, limit=int(raw))
+    body = {"object": "list", "data": [msgspec.to_builtins(c) for c in credits]}
+    return Response(msgspec.json.encode(body), media_type=JSON)
+
+
+ROUTES = [get_attribution, my_credits]
