@@ -36,6 +36,7 @@ A weight never rises above the cap by more than the 1 ppm rounding of step 6.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -86,23 +87,79 @@ def largest_remainder(
     ties by the position of the key in `tie_order` (default ascending key)."""
     if total < 0:
         raise WeightsError("total must be non-negative")
-    whole = sum(shares.values(), Fraction(0))
-    if whole <= 0 or any(v < 0 for v in shares.values()):
+    if any(v < 0 for v in shares.values()):
+        raise WeightsError("shares must be non-negative with a positive sum")
+    # integer numerators over one common denominator: exact, and much cheaper than
+    # Fraction arithmetic per key when a response spreads over thousands of contributors
+    common = math.lcm(*(Fraction(v).denominator for v in shares.values()))
+    numerators = {k: int(Fraction(v) * common) for k, v in shares.items()}
+    whole = sum(numerators.values())
+    if whole <= 0:
         raise WeightsError("shares must be non-negative with a positive sum")
     order = list(tie_order) if tie_order is not None else sorted(shares)
     rank = {key: pos for pos, key in enumerate(order)}
     parts: dict[int, int] = {}
-    remainders: list[tuple[Fraction, int, int]] = []
-    for key, share in shares.items():
-        quota = share * total / whole
-        floor = quota.numerator // quota.denominator
+    remainders: list[tuple[int, int, int]] = []
+    for key, num in numerators.items():
+        floor, remainder = divmod(num * total, whole)
         parts[key] = floor
-        remainders.append((quota - floor, rank[key], key))
+        remainders.append((-remainder, rank[key], key))
     left = total - sum(parts.values())
-    remainders.sort(key=lambda item: (-item[0], item[1]))
+    remainders.sort()
     for _, _, key in remainders[:left]:
         parts[key] += 1
     return parts
+
+
+def _apportion(numerators: Mapping[int, int], total: int) -> dict[int, int]:
+    """largest_remainder for integer shares (ties to the smaller key)."""
+    whole = sum(numerators.values())
+    parts: dict[int, int] = {}
+    remainders: list[tuple[int, int]] = []
+    for key, num in numerators.items():
+        parts[key], remainder = divmod(num * total, whole)
+        remainders.append((-remainder, key))
+    remainders.sort()
+    for _, key in remainders[: total - sum(parts.values())]:
+        parts[key] += 1
+    return parts
+
+
+# The no-evidence case (most responses) in integers: the general path's Fraction arithmetic
+# costs tens of milliseconds on snapshots with thousands of contributors. Same result
+# (tests compare both).
+_FAST_BASELINE = True
+
+
+def _baseline_weights(
+    snapshot: Mapping[int, int], cap: Fraction, denominator: int
+) -> ResponseWeights:
+    """Step 3 with no evidence and step 5's cap, in integers: contributors whose record share
+    exceeds the cap get the cap; the rest share what is left in proportion to their records
+    (water-filling, repeated until nobody is over)."""
+    capped: set[int] = set()
+    while True:
+        left = 1 - cap * len(capped)
+        uncapped_records = sum(n for c, n in snapshot.items() if c not in capped)
+        # n / uncapped_records * left > cap, in integers
+        lhs_scale = left.numerator * cap.denominator
+        rhs = cap.numerator * uncapped_records * left.denominator
+        over = {c for c, n in snapshot.items() if c not in capped and n * lhs_scale > rhs}
+        if not over:
+            break
+        capped |= over
+    # over the common denominator uncapped_records * left.denominator * cap.denominator
+    numerators = {c: rhs if c in capped else n * lhs_scale for c, n in snapshot.items()}
+    parts = _apportion({c: v for c, v in numerators.items() if v > 0}, denominator)
+    contributors = tuple(sorted((c, p) for c, p in parts.items() if p > 0))
+    return ResponseWeights(
+        version=WEIGHTS_VERSION,
+        method="baseline",
+        denominator=denominator,
+        contributors=contributors,
+        records=(),
+        pooled=contributors,
+    )
 
 
 def _normalise(scores: Mapping[int, Fraction]) -> dict[int, Fraction]:
@@ -200,6 +257,9 @@ def compute_weights(
             raise WeightsError(f"record {r}'s contributor {c} has no records in the snapshot")
         contributor_of[r] = c
 
+    effective_cap = max(cap, Fraction(1, len(snapshot)))
+    if not evidence and _FAST_BASELINE:
+        return _baseline_weights(snapshot, effective_cap, denominator)
     if evidence:
         shares: dict[int, Fraction] = {}
         for r, v in evidence.items():
@@ -207,7 +267,6 @@ def compute_weights(
     else:
         total_records = sum(snapshot.values())
         shares = {c: Fraction(n, total_records) for c, n in snapshot.items()}
-    effective_cap = max(cap, Fraction(1, len(snapshot)))
     shares, handed = _apply_cap(shares, snapshot, effective_cap)
     shares = {c: v for c, v in shares.items() if v > 0}
 
@@ -233,7 +292,10 @@ def compute_weights(
             split[pool_key] = pool_share
         if parts == 0 or not split:
             continue
-        divided = largest_remainder(split, parts, tie_order=[*own, pool_key])
+        if len(split) == 1:
+            divided = dict.fromkeys(split, parts)
+        else:
+            divided = largest_remainder(split, parts, tie_order=[*own, pool_key])
         for r in own:
             if divided.get(r, 0):
                 record_parts.append((r, c, divided[r]))
