@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attribution.spans import SpanIndex, TraceParams, build_index, trace, warm_up
+from attribution.spans import SpanIndex, TraceParams, build_index, inputs_sha256, trace, warm_up
 from attribution.spans.index import FORMAT_VERSION as INDEX_FORMAT
 from attribution.weights import WEIGHTS_VERSION, compute_weights
 
@@ -40,19 +40,21 @@ def _tokenizer(path: str | os.PathLike[str]) -> Any:
 
 
 def build_adapter_index(
-    directory: Path,
+    parent: Path,
     documents: Iterable[tuple[int, int, str]],
     tokenizer_json: Path,
-) -> None:
+) -> Path:
     """The span index of an adapter's training documents (record id, contributor account id,
-    document text; snapshot order) in `directory`; a no-op when it already holds it."""
+    document text; snapshot order) under `parent`, in a directory named by the digest of its
+    inputs (record and account ids belong to one database; the adapter's files may serve
+    several); built once, atomically. Returns its directory."""
     tok = _tokenizer(tokenizer_json)
     docs = list(documents)
     encodings = tok.encode_batch([text for _, _, text in docs], add_special_tokens=False)
-    build_index(
-        ((rid, cid, enc.ids) for (rid, cid, _), enc in zip(docs, encodings, strict=True)),
-        directory,
-    )
+    records = [(rid, cid, enc.ids) for (rid, cid, _), enc in zip(docs, encodings, strict=True)]
+    target = parent / f"spans-{inputs_sha256(records)[:16]}"
+    build_index(records, target)
+    return target
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ async def train_on_snapshot(
         progress=progress,
         on_step=on_step,
     )
-    await asyncio.to_thread(
+    span_index = await asyncio.to_thread(
         ensure_span_index,
         build.path,
         base,
@@ -105,14 +105,11 @@ async def train_on_snapshot(
             path=str(build.path),
             weights_sha256=build.weights_sha256,
             lineage=build.lineage,
-            metadata=metadata or {},
+            metadata={**(metadata or {}), "span_index": str(span_index)},
         ),
         replace=replace,
     )
     return TrainedAdapter(registered, build)
-
-
-SPAN_INDEX_DIR = "spans"
 
 
 def ensure_span_index(
@@ -122,10 +119,7 @@ def ensure_span_index(
     to its weights; built once, atomically."""
     from attribution.responses import build_adapter_index
 
-    target = adapter_dir / SPAN_INDEX_DIR
-    if not target.is_dir():
-        build_adapter_index(target, documents, base.base_path / "tokenizer.json")
-    return target
+    return build_adapter_index(adapter_dir, documents, base.base_path / "tokenizer.json")
 
 
 class AdapterSync:
@@ -184,9 +178,13 @@ class AdapterSync:
             )
             if self.attributor is not None:
                 shares = await self.lineage.contributor_shares(a.name)
-                index = Path(a.path) / SPAN_INDEX_DIR
+                index = a.metadata.get("span_index")
                 await asyncio.to_thread(
-                    self.attributor.register, a.name, a.snapshot_id, shares, index
+                    self.attributor.register,
+                    a.name,
+                    a.snapshot_id,
+                    shares,
+                    Path(index) if isinstance(index, str) else None,
                 )
             self._managed[a.name] = a.weights_sha256
             log.info("adapter %s registered (snapshot %s)", a.name, a.snapshot_id)

@@ -36,10 +36,14 @@ def _docs() -> list[tuple[int, int, str]]:
 
 @pytest.fixture(scope="module")
 def attributor(tiny: DemoModels, tmp_path_factory: pytest.TempPathFactory) -> ResponseAttributor:
-    index = tmp_path_factory.mktemp("idx") / "spans"
+    parent = tmp_path_factory.mktemp("idx")
     docs = _docs()
-    build_adapter_index(index, docs, tiny.base_path / "tokenizer.json")
-    build_adapter_index(index, docs, tiny.base_path / "tokenizer.json")  # idempotent
+    index = build_adapter_index(parent, docs, tiny.base_path / "tokenizer.json")
+    assert build_adapter_index(parent, docs, tiny.base_path / "tokenizer.json") == index
+    # Other account ids (another database) get an index of their own beside it.
+    moved = [(rid, cid + 1, text) for rid, cid, text in docs]
+    other = build_adapter_index(parent, moved, tiny.base_path / "tokenizer.json")
+    assert other != index and other.parent == index.parent == parent
     a = ResponseAttributor(tiny.base_path / "tokenizer.json")
     baseline = {c: sum(1 for _, cc, _ in docs if cc == c) for c in CONTRIBUTORS}
     a.register("legal", "snap-1", baseline, index)
