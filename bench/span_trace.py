@@ -257,12 +257,12 @@ def run_size(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dic
         out["infini_gram"] = ig or "skipped (--no-infini-gram)"
 
     params = TraceParams(min_tokens=args.min_tokens, max_records=args.max_records)
-    targets: dict[str, Any] = {
-        "royalty": lambda q: index.trace(q, params),
-        "naive": lambda q: spans_from_matches(
-            index, q, *longest_matches_naive(index.tokens, index.sa, index.first_bounds, q), params
-        ),
-    }
+
+    def naive_trace(q: np.ndarray) -> list[Any]:
+        ends, los, his = longest_matches_naive(index.tokens, index.sa, index.first_bounds, q)
+        return spans_from_matches(index, q, ends, los, his, params)
+
+    targets: dict[str, Any] = {"royalty": lambda q: index.trace(q, params), "naive": naive_trace}
     if engine is not None:
         targets["infini-gram"] = lambda q: engine.attribute(
             input_ids=q.tolist(),
@@ -277,13 +277,10 @@ def run_size(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dic
         spans_found = 0
         for k, (_, q) in enumerate(queries):  # warm-up (page cache, numba) and agreement
             q = as_query(q)
-            ref = maximal_spans(
-                *index.longest_matches(q, params.min_tokens),
-                params,
-            )
-            naive = maximal_spans(
-                *longest_matches_naive(index.tokens, index.sa, index.first_bounds, q), params
-            )
+            ends, los, his = index.longest_matches(q, params.min_tokens)
+            ref = maximal_spans(ends, los, his, params)
+            ends, los, his = longest_matches_naive(index.tokens, index.sa, index.first_bounds, q)
+            naive = maximal_spans(ends, los, his, params)
             agree["naive"] += naive == ref
             spans_found += len(targets["royalty"](q))
             if engine is not None and k < args.ig_queries:

@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 from attribution.spans._search import build_gram_filter, longest_matches
 
 if TYPE_CHECKING:
-    from attribution.spans.trace import Span, TraceParams
+    from attribution.spans.trace import Span, TokenIds, TraceParams
 
 FORMAT_VERSION = 1
 HEADER = "header.json"
@@ -343,9 +343,7 @@ class SpanIndex:
             h.filter_m,
         )
 
-    def trace(
-        self, output_token_ids: Sequence[int], params: TraceParams | None = None
-    ) -> list[Span]:
+    def trace(self, output_token_ids: TokenIds, params: TraceParams | None = None) -> list[Span]:
         """Maximal rare verbatim spans of the output; see `attribution.spans.trace`."""
         from attribution.spans.trace import TraceParams, trace
 

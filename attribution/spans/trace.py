@@ -82,7 +82,10 @@ class Span:
         }
 
 
-def as_query(output_token_ids: Sequence[int]) -> np.ndarray[Any, np.dtype[np.int64]]:
+TokenIds = Sequence[int] | np.ndarray[Any, np.dtype[np.integer[Any]]]
+
+
+def as_query(output_token_ids: TokenIds) -> np.ndarray[Any, np.dtype[np.int64]]:
     arr = np.asarray(output_token_ids)
     if arr.size == 0:
         return np.empty(0, np.int64)
@@ -91,7 +94,7 @@ def as_query(output_token_ids: Sequence[int]) -> np.ndarray[Any, np.dtype[np.int
     return arr.astype(np.int64, copy=False)
 
 
-def trace(index: SpanIndex, output_token_ids: Sequence[int], params: TraceParams) -> list[Span]:
+def trace(index: SpanIndex, output_token_ids: TokenIds, params: TraceParams) -> list[Span]:
     query = as_query(output_token_ids)
     n = query.size
     if n == 0 or index.header.token_count == 0:

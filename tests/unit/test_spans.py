@@ -281,7 +281,8 @@ def test_trace_is_the_same_with_and_without_the_gram_filter():
 
 
 def test_empty_snapshots_and_outputs(tmp_path):
-    for name, records in (("none", []), ("blank", [(1, 1, []), (2, 2, [])])):
+    snapshots: list[tuple[str, Records]] = [("none", []), ("blank", [(1, 1, []), (2, 2, [])])]
+    for name, records in snapshots:
         build_index(records, tmp_path / name)
         index = SpanIndex.open(tmp_path / name)
         assert index.trace([1, 2, 3], TraceParams(min_tokens=1)) == []
