@@ -189,7 +189,14 @@ def _apply_cap(
                 handed[c] -= min(handed[c], cut)
         receivers = {c: v for c, v in w.items() if c not in capped and v > 0}
         if not receivers:
-            receivers = {c: Fraction(n) for c, n in baseline.items() if c not in capped and n > 0}
+            # the snapshot's pool, by records; integer shares keep this cheap on big snapshots
+            pool = {c: n for c, n in baseline.items() if c not in capped and n > 0}
+            pool_records = sum(pool.values())
+            for c, n in pool.items():
+                gift = Fraction(excess.numerator * n, excess.denominator * pool_records)
+                w[c] = w[c] + gift if c in w else gift
+                handed[c] = handed[c] + gift if c in handed else gift
+            continue
         whole = sum(receivers.values(), Fraction(0))
         for c, v in receivers.items():
             gift = excess * v / whole
@@ -279,6 +286,10 @@ def compute_weights(
     for c in sorted(contributor_parts):
         parts = contributor_parts[c]
         own = records_of.get(c, [])
+        if not own:  # all of c's weight came from the pool
+            if parts:
+                pooled.append((c, parts))
+            continue
         # c's weight = its own evidence (possibly cut by the cap) + what it was handed
         pool_share = handed.get(c, Fraction(0)) if own else shares[c]
         evidence_share = shares[c] - pool_share
