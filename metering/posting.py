@@ -46,9 +46,12 @@ from metering.split_batch import compute_postings
 
 log = logging.getLogger(__name__)
 
+# From a cursor onwards (a sweep that wraps around): scanning the queue's index from its
+# start every batch would step over every entry deleted since the last vacuum.
 TAKE_BATCH = """
 WITH picked AS (
-    SELECT event_id FROM usage_unposted ORDER BY event_id LIMIT $1 FOR UPDATE SKIP LOCKED
+    SELECT event_id FROM usage_unposted WHERE event_id >= $2
+    ORDER BY event_id LIMIT $1 FOR UPDATE SKIP LOCKED
 ), taken AS (
     DELETE FROM usage_unposted u USING picked WHERE u.event_id = picked.event_id
     RETURNING u.event_id
@@ -119,15 +122,23 @@ class PostingWorker:
         self._adapters = adapters
         self._attribution = attribution or NoAttribution()
         self.batch_size = batch_size
+        self._cursor = ""
         self.fail_after_copy: Callable[[], None] | None = None
         """Test hook: called inside the transaction after the COPY (raise to crash there)."""
 
     async def post_batch(self) -> BatchResult:
         async with driver(self._engine) as conn, conn.transaction():
             await conn.execute(LOCK_SHARED, CLOSE_LOCK_KEY)
-            events = await conn.fetch(TAKE_BATCH, self.batch_size)
+            cursor = self._cursor
+            events = await conn.fetch(TAKE_BATCH, self.batch_size, cursor)
+            if not events and cursor:
+                events = await conn.fetch(TAKE_BATCH, self.batch_size, "")  # wrap around
             if not events:
+                self._cursor = ""
                 return BatchResult(0, 0, None)
+            # Only a hint: a batch that rolls back leaves its events behind the cursor, and
+            # the next wrap-around takes them.
+            self._cursor = max(e["request_id"] for e in events)
             return await self._post(conn, events)
 
     async def drain(
