@@ -273,8 +273,9 @@ class InferenceService:
             self._attribute(target, out)
             status = "ok"
             await self._record(ctx, req, target, out, status, http_status, None)
-            if out.attribution is not None:  # on the final chunk, before [DONE]
-                yield relay.attribution_frame(out.attribution)
+            last = relay.last_frame(out.attribution)  # usage and attribution, before [DONE]
+            if last is not None:
+                yield last
             yield _DONE
         except (EngineUnavailable, NoEngineAvailable, AdapterLoadFailed) as e:
             status, http_status, error_type = "error", 503, "engine_unavailable"
@@ -412,17 +413,19 @@ class _ChunkRelay:
         )
         self.last_id = ""
         self.created = int(time.time())
+        self.usage_doc: dict[str, Any] | None = None
 
-    def attribution_frame(self, attribution: dict[str, Any]) -> bytes:
-        """A last chunk with no choices that carries the response's attribution."""
-        doc = {
-            "id": self.last_id,
-            "object": self.object,
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "attribution": attribution,
-        }
+    def last_frame(self, attribution: dict[str, Any] | None) -> bytes | None:
+        """The final chunk: the held-back usage chunk (when the client asked for usage) with
+        the attribution added, or a chunk with no choices carrying the attribution alone."""
+        doc = self.usage_doc
+        if doc is None:
+            if attribution is None:
+                return None
+            doc = {"id": self.last_id, "object": self.object, "created": self.created,
+                   "model": self.model, "choices": []}  # fmt: skip
+        if attribution is not None:
+            doc["attribution"] = attribution
         return b"data: " + msgspec.json.encode(doc) + b"\n\n"
 
     def frame(self, payload: bytes) -> bytes | None:
@@ -435,8 +438,10 @@ class _ChunkRelay:
             self.out.prompt_tokens = int(usage.get("prompt_tokens") or 0)
             self.out.completion_tokens = int(usage.get("completion_tokens") or 0)
         choices = doc.get("choices") or ()
-        if not choices and not self.include_usage:
-            return None  # the final usage chunk, which this client did not ask for
+        if not choices:
+            if self.include_usage:  # the final usage chunk: sent last, with the attribution
+                self.usage_doc = self.normalise(doc, self.model, usage="keep")
+            return None
         for c in choices:
             delta = c.get("delta")
             piece = delta.get("content") if delta else c.get("text")
@@ -447,7 +452,7 @@ class _ChunkRelay:
             self.out.add(c.get("index", 0), piece)
         mode: UsageMode = "omit"
         if self.include_usage:
-            mode = "keep" if self.continuous or not choices else "null"
+            mode = "keep" if self.continuous else "null"
         return (
             b"data: " + msgspec.json.encode(self.normalise(doc, self.model, usage=mode)) + b"\n\n"
         )

@@ -84,6 +84,24 @@ async def test_stream_ends_with_an_attribution_chunk(gw, endpoint: str) -> None:
     assert json.loads(gw.h.records[-1].attribution) == last["attribution"]
 
 
+async def test_usage_chunk_stays_last_and_carries_the_attribution(gw) -> None:
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    events = sse((await gw.post("/v1/chat/completions", json=body, headers=gw.hdr)).text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    last = chunks[-1]
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] == 5
+    assert last["attribution"]["adapter"] == "legal"
+    assert all(c["choices"] and c.get("usage") is None for c in chunks[:-1])
+    for c in chunks:
+        assert_conforms(c, "CreateChatCompletionStreamResponse")
+    # A base-model stream with usage: the usage chunk, unchanged, is still last.
+    body["model"] = "royalty-tiny"
+    events = sse((await gw.post("/v1/chat/completions", json=body, headers=gw.hdr)).text)
+    last = json.loads(events[-2])
+    assert last["usage"]["completion_tokens"] == 5 and "attribution" not in last
+
+
 async def test_base_model_requests_are_not_attributed(gw) -> None:
     r = await gw.post(
         "/v1/chat/completions", json={**CHAT, "model": "royalty-tiny"}, headers=gw.hdr
