@@ -335,8 +335,7 @@ def run_size(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dic
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Machine: {results['machine']}; load average at start {results['loadavg_start']}, "
-        f"at end {results['loadavg_end']}; peak RSS {results['peak_rss_mib']} MiB "
-        f"(infini-gram's indexer: {results['peak_rss_children_mib']} MiB).",
+        f"at end {results['loadavg_end']}; peak RSS {results['peak_rss_mib']} MiB.",
         "",
         "Latency in ms, p50 / p99: wall clock over all rounds; in brackets the p99 of the "
         "calling thread's CPU time and the p99 over queries of each query's best round.",
@@ -399,11 +398,8 @@ def main() -> None:
     for n in sizes:
         results["sizes"].append(run_size(n, args, model))
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    # ru_maxrss is in KiB on Linux; children: infini-gram's indexer processes
+    # ru_maxrss is in KiB on Linux (the indexer subprocesses are not counted)
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    results["peak_rss_children_mib"] = (
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024
-    )
     if not args.keep:
         shutil.rmtree(WORK, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
