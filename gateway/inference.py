@@ -20,11 +20,19 @@ from typing import Any
 import msgspec
 
 from gateway.auth import KeyInfo
-from gateway.errors import ApiError, BadRequest, ModelNotFound, RateLimited, ServiceUnavailable
+from gateway.errors import (
+    ApiError,
+    BadRequest,
+    ModelNotFound,
+    PaymentRequired,
+    RateLimited,
+    ServiceUnavailable,
+)
 from gateway.metrics import InferenceMetrics
 from gateway.protocol import chat, completions
 from gateway.protocol.common import UsageMode
 from gateway.ratelimit import Limiter, RateLimiter
+from metering.budget_gate import BudgetGate, InsufficientCredit
 from metering.usage import Endpoint, UsageRecord, UsageStatus
 from serving.engine import EngineHTTPError, EngineUnavailable
 from serving.placement import AdapterLoadFailed
@@ -97,8 +105,11 @@ class InferenceService:
         default_rpm: int,
         default_tpm: int,
         attributor: Attributor | None = None,
+        budget: BudgetGate | None = None,
     ) -> None:
         self.attributor = attributor
+        self.budget = budget
+        """Prepaid credit: reserve before serving, settle after (None: not enforced)."""
         self.registry = registry
         self.pool = pool
         self.limiter = limiter
@@ -127,7 +138,23 @@ class InferenceService:
                 f"Retry in {wait:.1f}s.",
                 headers={"Retry-After": RateLimiter.retry_after_header(wait)},
             )
+        if self.budget is not None:
+            await self._reserve(ctx, req, target)
         return target
+
+    async def _reserve(self, ctx: CallContext, req: Request, target: Target) -> None:
+        adapter = target.adapter.name if target.adapter else ""
+        try:
+            await self.budget.reserve(  # type: ignore[union-attr]
+                ctx.key.account_id, ctx.request_id, target.base.name, adapter,
+                req.prompt_chars(), req.token_budget, req.n or 1,
+            )  # fmt: skip
+        except InsufficientCredit as e:
+            raise PaymentRequired(
+                f"Your account's credit does not cover this request: {e.available} micro-credits "
+                f"available, up to {e.needed} needed. Add credit (royalty credits add) or "
+                "lower max_tokens."
+            ) from None
 
     def _engine_body(self, req: Request, target: Target, *, stream: bool) -> bytes:
         body: dict[str, Any] = msgspec.to_builtins(req)
@@ -391,6 +418,14 @@ class InferenceService:
         except Exception:
             log.exception("usage record %s could not be written", ctx.request_id)
             raise
+        if self.budget is not None:
+            # Off the response path: until it lands the (larger) estimate stays held.
+            self._spawn(
+                self.budget.settle(
+                    rec.request_id, rec.base_model, rec.adapter or "", rec.started_at,
+                    rec.prompt_tokens, rec.completion_tokens, charged=rec.status != "error",
+                )
+            )  # fmt: skip
 
 
 class _ChunkRelay:

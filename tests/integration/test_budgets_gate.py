@@ -4,6 +4,7 @@ outage fails open or closed as configured."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import asyncpg
@@ -72,3 +73,57 @@ async def test_a_database_outage_fails_open_by_default_or_closed_when_asked() ->
     await open_gate.settle("r", "tiny", "", dt.datetime.now(dt.UTC), 1, 1, charged=True)
     with pytest.raises(BudgetUnavailable):
         await BudgetGate(DownBudgets(), Book(), fail_open=False).reserve(1, "r", "tiny", "", 10, 10)
+
+
+async def test_the_gateway_answers_402_without_credit_and_settles_after_serving(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    from litestar.testing import AsyncTestClient
+    from unit.gateway_harness import make_harness
+
+    from gateway.app import create_app
+    from gateway.auth import Authenticator, PostgresKeyStore
+    from gateway.db import create_engine
+
+    h = make_harness()
+    engines: list[AsyncEngine] = []
+
+    async def start() -> None:
+        e = create_engine(database_url, pool_size=4)
+        engines.append(e)
+        h.services.auth = Authenticator(PostgresKeyStore(e), ttl_s=0.0)
+        h.services.inference.budget = BudgetGate(
+            PostgresBudgets(e), PostgresCatalog(e), refresh_s=0
+        )
+
+    async def stop() -> None:
+        await h.services.inference.drain()
+        for e in engines:
+            await e.dispose()
+
+    await PostgresCatalog(engine).set_price(
+        "royalty-tiny", "", 1_000_000, 1_000_000, dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    )
+    key, _ = await PostgresKeyStore(engine).create("buyer", frozenset({"inference"}), None, None)
+    hdr = {"Authorization": f"Bearer {key}"}
+    body = {"model": "recipes", "prompt": "Recipe:", "max_tokens": 16}
+    async with AsyncTestClient(
+        app=create_app(h.services, on_startup=[start], on_shutdown=[stop])
+    ) as c:
+        r = await c.post("/v1/completions", json=body, headers=hdr)
+        assert r.status_code == 402, r.text
+        assert r.json()["error"]["code"] == "insufficient_quota"
+        assert_conforms(r.json(), "ErrorResponse")
+        async with driver(engine) as conn:
+            buyer = await conn.fetchval("SELECT id FROM accounts WHERE name = 'buyer'")
+        await PostgresLedger(engine).top_up(buyer, 1_000)
+        r = await c.post("/v1/completions", json=body, headers=hdr)
+        assert r.status_code == 200, r.text
+        usage = r.json()["usage"]
+        cost = usage["prompt_tokens"] + usage["completion_tokens"]  # 1 micro a token
+        # the settle runs off the response path, on the app's loop
+        for _ in range(100):
+            if await PostgresBudgets(engine).available(buyer) == 1_000 - cost:
+                break
+            await asyncio.sleep(0.05)
+        assert await PostgresBudgets(engine).available(buyer) == 1_000 - cost
