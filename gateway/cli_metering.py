@@ -109,8 +109,9 @@ async def _drain(engine: AsyncEngine) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from metering.posting import PostingWorker
+    from metering.sources import UsageEventAttribution
 
-    worker = PostingWorker(engine, LineageAdapterDirectory(engine))
+    worker = PostingWorker(engine, LineageAdapterDirectory(engine), UsageEventAttribution(engine))
     depth = await worker.queue_depth()
     if depth == 0:
         return 0

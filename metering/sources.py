@@ -8,9 +8,12 @@ divided among its snapshot's contributors weighted by their record counts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +60,40 @@ class NoAttribution:
 
     async def weights(self, event_ids: Sequence[str]) -> Mapping[str, Mapping[int, int]]:
         return {}
+
+
+SELECT_RESPONSE_WEIGHTS = """
+SELECT request_id, attribution -> 'contributors' AS contributors
+FROM usage_events
+WHERE request_id = ANY($1::text[]) AND attribution IS NOT NULL
+"""
+
+
+class UsageEventAttribution:
+    """Per-response weights from the usage events themselves: the `attribution` object the
+    gateway stored with each adapter response (`contributors: [{id, weight_ppm}]`, integer
+    parts of royalty-weights/1). Events without one use the baseline."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def weights(self, event_ids: Sequence[str]) -> Mapping[str, Mapping[int, int]]:
+        if not event_ids:
+            return {}
+        from metering.pg import driver
+
+        async with driver(self._engine) as conn:
+            rows = await conn.fetch(SELECT_RESPONSE_WEIGHTS, list(event_ids))
+        out: dict[str, dict[int, int]] = {}
+        for r in rows:
+            found = r["contributors"]
+            if isinstance(found, str | bytes):
+                found = json.loads(found)
+            parts = {
+                int(c["id"]): int(c["weight_ppm"])
+                for c in found or ()
+                if isinstance(c, dict) and int(c.get("weight_ppm") or 0) > 0
+            }
+            if parts:
+                out[r["request_id"]] = parts
+        return out
