@@ -3,12 +3,12 @@
 Routing policies (`ROYALTY_ROUTING`):
 
 - `affinity` (default): an adapter's request goes to the least loaded healthy engine that
-  already holds the adapter (or is loading it). When every holder is loaded, i.e. its load
-  (requests in flight from this gateway plus the engine's own queue depth, scraped from its
-  `/metrics`) reached `spill_at`, the request spills over to a less loaded engine, which
-  loads the adapter and becomes a holder too. An adapter nobody holds goes to an engine with
-  a free LoRA slot if one is not loaded, else to the least loaded engine (which evicts its
-  least recently used adapter).
+  already holds the adapter (or is loading it). When even that holder is loaded, i.e. its
+  load (requests in flight from this gateway plus the engine's own queue depth, scraped from
+  its `/metrics`) exceeds the least loaded engine's by `spill_at`, the request spills over
+  to that engine, which loads the adapter and becomes a holder too. An adapter nobody holds
+  goes to an engine with a free LoRA slot unless that one is `spill_at` busier, else to the
+  least loaded engine (which evicts its least recently used adapter).
 - `round_robin`: healthy engines in turn, regardless of adapters (the benchmark's baseline).
 
 An engine is marked down at once when a request to it fails to connect or breaks
@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import logging
 import math
+from collections import Counter
 from collections.abc import AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -52,6 +53,10 @@ class EngineHandle:
     queue_waiting: float = 0.0
     """The engine's own queue depth (`vllm:num_requests_waiting`) as last scraped; it counts
     the requests of every gateway, which `in_flight` (this process's) does not."""
+    load_gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
+    """One adapter that is not on the engine yet is brought in at a time (see `use`)."""
+    incoming: Counter[str] = field(default_factory=Counter)
+    """Adapters whose requests wait at the load gate: routing counts them as held."""
 
     @property
     def name(self) -> str:
@@ -76,7 +81,7 @@ class EngineHandle:
         """Holds it, or a load of it is under way (so a burst of first requests for one
         adapter lands on one engine instead of loading it everywhere)."""
         p = self.placement
-        return p.holds(engine_name) or engine_name in p._loading
+        return p.holds(engine_name) or engine_name in p._loading or engine_name in self.incoming
 
     def has_free_slot(self) -> bool:
         p = self.placement
@@ -134,20 +139,22 @@ class EnginePool:
         holders = [h for h in live if h.has_adapter(adapter)]
         if holders:
             best = min(holders, key=lambda h: h.load)
-            if best.load < self.spill_at:
-                self.stats.affinity_hits += 1
-                return best
-            # Every holder is loaded: another engine is worth an adapter load only if it is
-            # less loaded than the best holder.
             other = min(live, key=lambda h: h.load)
-            if other.load < best.load:
+            # Spill only when the holders are `spill_at` requests busier than the least
+            # loaded engine: under even load everyone is busy, and moving there would only
+            # cost an adapter load (and an eviction) without shortening any queue.
+            if best.load - other.load >= self.spill_at:
                 self.stats.spills += 1
                 return other
             self.stats.affinity_hits += 1
             return best
         self.stats.misses += 1
         # Nobody holds it: a free slot avoids an eviction, unless that engine is loaded.
-        return min(live, key=lambda h: (h.load >= self.spill_at, not h.has_free_slot(), h.load))
+        least = min(h.load for h in live)
+        return min(
+            live,
+            key=lambda h: (h.load - least >= self.spill_at, not h.has_free_slot(), h.load),
+        )
 
     @asynccontextmanager
     async def lease(
@@ -163,11 +170,26 @@ class EnginePool:
         the engine down if it cannot be reached (the caller knows which one failed)."""
         handle.in_flight += 1
         try:
-            if target.adapter is None:
+            async with contextlib.AsyncExitStack() as held:
+                adapter = target.adapter
+                p = handle.placement
+                name = adapter.engine_name if adapter is not None else ""
+                if adapter is not None and not p.holds(name) and name not in p._loading:
+                    # A new adapter waits at the gate, so that misses cannot fill every slot
+                    # with loads that each wait for a slot to free up: placement counts
+                    # loads in progress as occupied slots, and with more distinct misses in
+                    # flight than slots, no load could ever start.
+                    handle.incoming[name] += 1
+                    try:
+                        async with handle.load_gate:
+                            await held.enter_async_context(p.use(adapter))
+                    finally:
+                        handle.incoming[name] -= 1
+                        if handle.incoming[name] <= 0:
+                            del handle.incoming[name]
+                elif adapter is not None:
+                    await held.enter_async_context(p.use(adapter))
                 yield handle
-            else:
-                async with handle.placement.use(target.adapter):
-                    yield handle
         except EngineUnavailable:
             handle.mark_down()
             raise

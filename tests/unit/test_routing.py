@@ -311,3 +311,31 @@ async def test_load_through_a_dying_replica_loses_and_doubles_nothing(cluster: C
     # Everything that started after the kill ran on the survivor.
     last = sorted(cluster.records, key=lambda r: r.started_at)[-10:]
     assert all(r.engine == "e1" and r.status == "ok" for r in last)
+
+
+@pytest.mark.parametrize(("n_engines", "routing"), [(1, "affinity"), (2, "round_robin")])
+async def test_more_distinct_misses_than_slots_do_not_deadlock(
+    n_engines: int, routing: str
+) -> None:
+    """Placement counts loads in progress as occupied slots: with more distinct adapters
+    missing at once than an engine has slots, every load used to wait for a slot that only
+    another waiting load could free. The pool's load gate lets one in at a time."""
+    reg = registry()
+    engines = handles(n_engines, slots=2, token_delay_s=0.002, load_delay_s=0.01)
+    pool = EnginePool(engines, routing=routing)  # type: ignore[arg-type]
+    served = 0
+
+    async def worker(w: int) -> None:
+        nonlocal served
+        for i in range(6):
+            target = reg.resolve(ADAPTERS[(w + i) % len(ADAPTERS)])
+            async with pool.lease(target) as h:
+                body = b'{"model":"%s","prompt":"x","max_tokens":4}' % target.engine_model.encode()
+                async for _ in h.client.stream("/v1/completions", body):
+                    pass
+            served += 1
+
+    async with asyncio.timeout(20):
+        await asyncio.gather(*(worker(w) for w in range(24)))
+    assert served == 24 * 6
+    assert all(len(h.placement.loaded) <= 2 for h in engines)
