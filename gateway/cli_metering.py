@@ -18,8 +18,8 @@ import typer
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.factory_jobs import LineageAdapterDirectory
 from gateway.settings import Settings
-from metering.sources import AdapterInfo
 
 credits_app = typer.Typer(no_args_is_help=True, help="Consumer credit: top up, show.")
 prices_app = typer.Typer(no_args_is_help=True, help="Versioned prices per base model and adapter.")
@@ -40,31 +40,6 @@ DbUrl = Annotated[
     ),
 ]
 Month = Annotated[str, typer.Option("--month", help="Month as YYYY-MM (UTC).")]
-
-
-class LineageAdapterDirectory:
-    """metering's AdapterDirectory over attribution's lineage (owner, snapshot contributors
-    weighted by their record counts), cached per process: lineage of a name is immutable
-    while it is active."""
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        from attribution.lineage import LineageService
-
-        self._lineage = LineageService(engine)
-        self._cache: dict[str, AdapterInfo | None] = {}
-
-    async def adapter(self, name: str) -> AdapterInfo | None:
-        from attribution.errors import NotFound
-
-        if name not in self._cache:
-            try:
-                found = await self._lineage.get(name)
-                shares = await self._lineage.contributor_shares(name)
-            except NotFound:
-                self._cache[name] = None
-            else:
-                self._cache[name] = AdapterInfo(found.owner_account_id, shares)
-        return self._cache[name]
 
 
 @asynccontextmanager

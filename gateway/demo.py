@@ -87,10 +87,27 @@ async def ensure_demo_world(
                 world.adapters[domain] = await _ensure_adapter(
                     datanets, lineage, base, adapters_dir, owner, domain, recipe, progress
                 )
+            await _ensure_prices(engine, base.base_name, list(world.adapters))
             return world
         finally:
             await lock_conn.execute(_UNLOCK)
             await lock_conn.commit()
+
+
+DEMO_BASE_PRICE = (200_000, 600_000)
+"""Micro-credits per million input / output tokens of the base model (0.2 / 0.6 credits)."""
+DEMO_ADAPTER_PRICE = (1_000_000, 3_000_000)
+"""An adapter's tokens cost more: its price pays the data contributors and its owner."""
+
+
+async def _ensure_prices(engine: AsyncEngine, base_name: str, adapters: list[str]) -> None:
+    from metering.catalog import PostgresCatalog
+
+    catalog = PostgresCatalog(engine)
+    priced = {(p.base_model, p.adapter) for p in await catalog.prices()}
+    for adapter, (i, o) in [("", DEMO_BASE_PRICE)] + [(a, DEMO_ADAPTER_PRICE) for a in adapters]:
+        if (base_name, adapter) not in priced:
+            await catalog.set_price(base_name, adapter, i, o)
 
 
 async def _ensure_datanet(

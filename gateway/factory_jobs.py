@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attribution.lineage import AdapterRegistration, LineageService, RegisteredAdapter
 from attribution.responses import ResponseAttributor
 from attribution.service import DatanetService
+from metering.sources import AdapterInfo
 from serving.factory.adapters import (
     AdapterBuild,
     AdapterRecipe,
@@ -28,6 +30,9 @@ from serving.factory.adapters import (
 )
 from serving.factory.build import DemoModels
 from serving.registry import Adapter, ModelRegistry
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +125,32 @@ def ensure_span_index(
     from attribution.responses import build_adapter_index
 
     return build_adapter_index(adapter_dir, documents, base.base_path / "tokenizer.json")
+
+
+class LineageAdapterDirectory:
+    """metering's `AdapterDirectory` over attribution's lineage: the owner, and the snapshot's
+    contributors weighted by their record counts. Cached per process for a minute (a name's
+    lineage only changes when the adapter is replaced)."""
+
+    def __init__(self, engine: AsyncEngine, ttl_s: float = 60.0) -> None:
+        self._lineage = LineageService(engine)
+        self._ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, AdapterInfo | None]] = {}
+
+    async def adapter(self, name: str) -> AdapterInfo | None:
+        from attribution.errors import NotFound
+
+        hit = self._cache.get(name)
+        if hit is not None and time.monotonic() - hit[0] < self._ttl_s:
+            return hit[1]
+        info: AdapterInfo | None
+        try:
+            found = await self._lineage.get(name)
+            info = AdapterInfo(found.owner_account_id, await self._lineage.contributor_shares(name))
+        except NotFound:
+            info = None
+        self._cache[name] = (time.monotonic(), info)
+        return info
 
 
 class AdapterSync:

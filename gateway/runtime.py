@@ -5,6 +5,7 @@ start and stop order."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from attribution.service import DatanetService
 from gateway.auth import Authenticator, PostgresKeyStore
 from gateway.container import Services
 from gateway.db import create_engine, migrate, resolve_database_url
-from gateway.factory_jobs import AdapterSync
+from gateway.factory_jobs import AdapterSync, LineageAdapterDirectory
 from gateway.inference import InferenceService
 from gateway.metrics import MetricsSampler
 from gateway.ratelimit import (
@@ -28,7 +29,13 @@ from gateway.ratelimit import (
     SharedRateLimiter,
 )
 from gateway.settings import Settings
+from metering.budget_gate import BudgetGate
+from metering.budgets import PostgresBudgets
+from metering.catalog import PostgresCatalog
+from metering.posting import PostingWorker
+from metering.service import MeteringService
 from metering.shipper import UsageShipper
+from metering.sources import UsageEventAttribution
 from metering.usage_log import UsageLog
 from metering.usage_queries import UsageQueries
 from metering.usage_store import PostgresUsageStore
@@ -61,6 +68,7 @@ class Runtime:
     services: Services | None = None
     models_dir: Path | None = None
     adapter_sync: AdapterSync | None = None
+    poster: asyncio.Task[None] | None = None
     sampler: MetricsSampler | None = None
     redis_counters: RedisCounters | None = None
 
@@ -126,7 +134,15 @@ class Runtime:
             default_rpm=s.default_rpm,
             default_tpm=s.default_tpm,
             attributor=attributor.attribute,
+            budget=BudgetGate(PostgresBudgets(self.db), PostgresCatalog(self.db))
+            if s.budgets
+            else None,
         )
+        if s.post_usage:
+            poster = PostingWorker(
+                self.db, LineageAdapterDirectory(self.db), UsageEventAttribution(self.db)
+            )
+            self.poster = asyncio.create_task(poster.run(), name="ledger-posting")
         self.services = Services(
             settings=s,
             auth=Authenticator(PostgresKeyStore(self.db), ttl_s=s.key_cache_ttl_s),
@@ -136,6 +152,7 @@ class Runtime:
             datanets=DatanetService(self.db),
             lineage=lineage,
             usage_queries=UsageQueries(self.db),
+            metering=MeteringService(self.db),
             factory_base=built,
         )
         return self.services
@@ -182,6 +199,10 @@ class Runtime:
         """Finish usage writes, ship everything to Postgres, then stop engines."""
         if self.adapter_sync is not None:
             await self.adapter_sync.stop()
+        if self.poster is not None:  # a cancelled batch rolls back; the next start posts it
+            self.poster.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.poster
         if self.sampler is not None:
             await self.sampler.stop()
         if self.services is not None:

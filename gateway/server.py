@@ -10,7 +10,7 @@ import uvicorn
 from rich.console import Console
 
 from gateway.app import create_app
-from gateway.auth import PostgresKeyStore
+from gateway.auth import KeyInfo, PostgresKeyStore
 from gateway.runtime import Runtime
 from gateway.settings import Settings
 
@@ -58,7 +58,10 @@ async def _banner(runtime: Runtime, settings: Settings, demo_key: bool) -> None:
     out.print(f"[bold green]Royalty is up[/] at [bold]{base}[/]  models: {', '.join(models)}")
     if not demo_key:
         return
-    key, _ = await PostgresKeyStore(runtime.db).create("demo", frozenset({"inference"}), None, None)
+    key, info = await PostgresKeyStore(runtime.db).create(
+        "demo", frozenset({"inference"}), None, None
+    )
+    await _demo_credit(runtime, info)
     model, prompt = _example(runtime)
     out.print(f"demo API key (account 'demo'): [bold]{key}[/]")
     out.print(
@@ -81,6 +84,20 @@ def _example(runtime: Runtime) -> tuple[str, str]:
         if isinstance(prompt, str) and "'" not in prompt:
             return adapter.name, prompt
     return registry.bases[0].name, "Once upon a time"
+
+
+DEMO_CREDIT_MICROS = 100_000_000
+"""100 credits: the demo account is topped up to at least this much at every start."""
+
+
+async def _demo_credit(runtime: Runtime, info: KeyInfo) -> None:
+    from metering.ledger import PostgresLedger
+
+    assert runtime.db is not None
+    ledger = PostgresLedger(runtime.db)
+    balance = await ledger.balance("consumer", info.account_id)
+    if balance.balance < DEMO_CREDIT_MICROS:
+        await ledger.top_up(info.account_id, DEMO_CREDIT_MICROS - balance.balance, "demo credit")
 
 
 def _python() -> str:

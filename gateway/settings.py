@@ -28,6 +28,11 @@ class Settings:
     demo_datanets: bool | None = None
     """Create the demo datanets and train the demo adapters on them at start; None means
     yes when serving the demo models (no `models_dir`)."""
+    budgets: bool = True
+    """Reserve each request's estimated cost from the account's credit (402 when it cannot
+    be covered); off only for benchmarks that isolate the gateway."""
+    post_usage: bool = True
+    """Run the ledger posting worker in this process."""
     progress: bool = True
     """Progress bars for long steps at start (model and adapter training)."""
     engine_port: int = 8100
@@ -82,6 +87,8 @@ class Settings:
             models_dir=Path(e["ROYALTY_MODELS_DIR"]) if "ROYALTY_MODELS_DIR" in e else None,
             adapters_dir=Path(e["ROYALTY_ADAPTERS_DIR"]) if "ROYALTY_ADAPTERS_DIR" in e else None,
             demo_datanets=_flag(e["ROYALTY_DEMO"]) if "ROYALTY_DEMO" in e else None,
+            budgets=_flag(e["ROYALTY_BUDGETS"]) if "ROYALTY_BUDGETS" in e else None,
+            post_usage=_flag(e["ROYALTY_POST_USAGE"]) if "ROYALTY_POST_USAGE" in e else None,
             usage_log_dir=Path(e["ROYALTY_USAGE_LOG_DIR"])
             if "ROYALTY_USAGE_LOG_DIR" in e
             else None,

@@ -103,11 +103,19 @@ class Gateway:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-def create_key(database_url: str, account: str, *extra: str) -> str:
+def create_key(database_url: str, account: str, *extra: str, credit: str | None = "100") -> str:
+    """A new key for `account`, whose credit is topped up by `credit` (decimal credits; None
+    leaves a new account at zero, where paid requests get 402)."""
     out = subprocess.run(
         [ROYALTY, "keys", "create", "--account", account, "--database-url", database_url, *extra],
         check=True, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     key = out.stdout.strip()
     assert key.startswith("rk-") and "\n" not in key, out.stdout
+    if credit is not None:
+        subprocess.run(
+            [ROYALTY, "credits", "add", "--account", account, "--amount", credit,
+             "--database-url", database_url],
+            check=True, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
     return key

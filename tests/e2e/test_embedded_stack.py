@@ -36,6 +36,9 @@ def test_embedded_stack_survives_engine_death(demo_models, tmp_path) -> None:  #
         key = subprocess.run([ROYALTY, "keys", "create", "--account", "embedded",
                               "--data-dir", str(gw.data_dir)], env=env, check=True,
                              capture_output=True, text=True).stdout.strip()  # fmt: skip
+        subprocess.run([ROYALTY, "credits", "add", "--account", "embedded", "--amount", "10",
+                        "--data-dir", str(gw.data_dir)], env=env, check=True,
+                       capture_output=True, text=True)  # fmt: skip
         h = {"Authorization": f"Bearer {key}"}
         body = {"model": "astronomy", "prompt": "The planet", "max_tokens": 4}
         url = gw.base_url + "/v1/completions"

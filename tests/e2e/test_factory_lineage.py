@@ -96,3 +96,69 @@ def test_factory_train_is_served_without_restart(  # type: ignore[no-untyped-def
         time.sleep(0.2)
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="tenancy", prompt="The", max_tokens=2)
+
+
+def test_responses_carry_attribution_within_the_snapshot(gateway, database_url) -> None:  # type: ignore[no-untyped-def]
+    key = create_key(database_url, "attribution-e2e")
+    client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=key, max_retries=0)
+    records = _get(gateway, key, "/v1/adapters/legal/records?limit=10000").json()["data"]
+    in_snapshot = {r["record_id"]: r["contributor_account_id"] for r in records}
+    lin = _get(gateway, key, "/v1/adapters/legal/lineage").json()
+    contributors = {c["account_id"]: c["account"] for c in lin["contributors"]}
+
+    raw = client.completions.with_raw_response.create(
+        model="legal", prompt="The tenant shall", max_tokens=48, temperature=0
+    )
+    done = raw.parse()
+    att = done.model_extra["attribution"]  # type: ignore[index]
+    assert att["adapter"] == "legal" and att["snapshot_id"] == lin["snapshot"]["id"]
+    assert sum(c["weight_ppm"] for c in att["contributors"]) == 1_000_000
+    assert abs(sum(c["weight"] for c in att["contributors"]) - 1) < 1e-9
+    assert {c["id"] for c in att["contributors"]} <= set(contributors)
+    for span in att["spans"]:
+        assert set(span["record_ids"]) <= set(in_snapshot)
+        assert 0 <= span["start"] < span["end"] <= len(done.choices[0].text)
+    for top in att["top_records"]:
+        assert in_snapshot[top["id"]] == top["contributor"]
+
+    # Streaming: the SDK parses every chunk; the last one carries the attribution.
+    chunks = list(client.chat.completions.create(
+        model="legal", messages=[{"role": "user", "content": "Draft a clause for a lease."}],
+        max_tokens=32, temperature=0, stream=True,
+    ))  # fmt: skip
+    last = chunks[-1].model_extra["attribution"]  # type: ignore[index]
+    assert last["adapter"] == "legal" and chunks[-1].choices == []
+    assert sum(c["weight_ppm"] for c in last["contributors"]) == 1_000_000
+
+    # The full record, for the requesting key only; contributors see what credited them.
+    rid = raw.headers["x-request-id"]
+    deadline = time.monotonic() + 10
+    while (r := _get(gateway, key, f"/v1/attributions/{rid}")).status_code == 404:
+        assert time.monotonic() < deadline, r.text
+        time.sleep(0.2)
+    assert r.json()["attribution"] == att and r.json()["adapter"] == "legal"
+    other = create_key(database_url, "someone-else")
+    assert _get(gateway, other, f"/v1/attributions/{rid}").status_code == 404
+    top = max(att["contributors"], key=lambda c: c["weight_ppm"])
+    contributor = create_key(database_url, contributors[top["id"]], "--scope", "contributor")
+    credits = _get(gateway, contributor, "/v1/me/attributions").json()["data"]
+    mine = next(c for c in credits if c["request_id"] == rid)
+    assert mine["weight_ppm"] == top["weight_ppm"] and mine["adapter"] == "legal"
+
+    # The response is paid for: the posting worker credits the contributor it named first.
+    deadline = time.monotonic() + 30
+    while True:
+        months = _get(gateway, contributor, "/v1/me/earnings").json()["months"]
+        if any(m["total_micros"] > 0 for m in months):
+            break
+        assert time.monotonic() < deadline, months
+        time.sleep(0.5)
+
+
+def test_an_account_without_credit_gets_402(gateway, database_url) -> None:  # type: ignore[no-untyped-def]
+    key = create_key(database_url, "no-credit-e2e", credit=None)
+    client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as e:
+        client.completions.create(model="legal", prompt="The tenant shall", max_tokens=8)
+    assert e.value.status_code == 402
+    assert e.value.response.json()["error"]["code"] == "insufficient_quota"
