@@ -106,8 +106,10 @@ class InferenceService:
         default_tpm: int,
         attributor: Attributor | None = None,
         budget: BudgetGate | None = None,
+        max_tokens_cap: int | None = None,
     ) -> None:
         self.attributor = attributor
+        self.max_tokens_cap = max_tokens_cap
         self.budget = budget
         """Prepaid credit: reserve before serving, settle after (None: not enforced)."""
         self.registry = registry
@@ -130,6 +132,7 @@ class InferenceService:
             target = self.registry.resolve(req.model)
         except UnknownModel:
             raise ModelNotFound(req.model) from None
+        self._check_token_budget(req)
         rpm, tpm = self._limits(ctx.key)
         wait = await self.limiter.acquire(ctx.key.key_id, rpm, tpm)
         if wait is not None:
@@ -141,6 +144,21 @@ class InferenceService:
         if self.budget is not None:
             await self._reserve(ctx, req, target)
         return target
+
+    def _check_token_budget(self, req: Request) -> None:
+        # Before any reservation: an absurd max_tokens is a bad request, not a money problem.
+        wanted = req.token_budget
+        if self.max_tokens_cap is not None and wanted is not None and wanted > self.max_tokens_cap:
+            param = (
+                "max_completion_tokens"
+                if getattr(req, "max_completion_tokens", None) is not None
+                else "max_tokens"
+            )
+            raise BadRequest(
+                f"'{param}' is {wanted}; this server generates at most {self.max_tokens_cap} "
+                "tokens per request.",
+                param=param,
+            )
 
     async def _reserve(self, ctx: CallContext, req: Request, target: Target) -> None:
         adapter = target.adapter.name if target.adapter else ""

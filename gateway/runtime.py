@@ -134,6 +134,7 @@ class Runtime:
             default_rpm=s.default_rpm,
             default_tpm=s.default_tpm,
             attributor=attributor.attribute,
+            max_tokens_cap=s.max_tokens_cap,
             budget=BudgetGate(PostgresBudgets(self.db), PostgresCatalog(self.db))
             if s.budgets
             else None,

@@ -119,3 +119,15 @@ async def test_a_failing_attributor_never_fails_the_response(gw) -> None:
     events = sse(r.text)
     assert events[-1] == "[DONE]" and all('"attribution"' not in e for e in events)
     assert [rec.status for rec in gw.h.records] == ["ok", "ok"]
+
+
+async def test_max_tokens_over_the_cap_is_a_400_naming_the_field(gw) -> None:
+    gw.h.services.inference.max_tokens_cap = 64
+    r = await gw.post("/v1/completions", json={"model": "legal", "prompt": "x", "max_tokens": 65},
+                      headers=gw.hdr)  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    r = await gw.post("/v1/chat/completions", json={**CHAT, "max_completion_tokens": 10**9},
+                      headers=gw.hdr)  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_completion_tokens"
+    r = await gw.post("/v1/chat/completions", json={**CHAT, "max_tokens": 64}, headers=gw.hdr)
+    assert r.status_code == 200
