@@ -8,7 +8,7 @@ of `--max-running` sequences (beyond it requests queue, as in vLLM), and
 `load_lora_adapter` takes `--lora-load-ms`. The gateways are real `royalty up` processes
 (durable usage log, shared rate limits on PostgreSQL), all configurations in one run.
 
-    .venv/bin/python bench/scale_out.py            # ~4 minutes
+    .venv/bin/python bench/scale_out.py            # ~5 minutes
     .venv/bin/python bench/scale_out.py --quick    # ~1.5 minutes
 
 Results: a markdown table on stdout and in bench/results/scale_out-<time>.md (+ .json).
@@ -123,7 +123,8 @@ class Stack:
         self.engine_ports: list[int] = []
         self.gateway_urls: list[str] = []
 
-    async def fake(self, i: int, o: argparse.Namespace) -> None:
+    async def fake(self, i: int, o: argparse.Namespace, **override: float) -> None:
+        o = argparse.Namespace(**{**vars(o), **override})
         port = free_port()
         p = Proc(f"fake-{i}", [sys.executable, str(BENCH / "fake_vllm.py"), "--port", str(port),
                                "--tokens", str(o.tokens), "--token-delay-ms", str(o.token_delay_ms),
@@ -223,12 +224,12 @@ async def drive(
 async def run_config(
     o: argparse.Namespace, work: Path, key_box: list[str], *, name: str, engines: int,
     gateways: int, routing: str, models: list[str], weights: list[float], max_loras: int,
-    model_dir: Path,
+    model_dir: Path, fake: dict[str, float] | None = None,
 ) -> Result:  # fmt: skip
     stack = Stack(work, o.database_url)
     try:
         for i in range(engines):
-            await stack.fake(i, o)
+            await stack.fake(i, o, **(fake or {}))
         for i in range(gateways):
             await stack.gateway(i, model_dir, routing, max_loras)
         if not key_box:
@@ -269,6 +270,14 @@ async def amain(o: argparse.Namespace) -> int:
                 o, work, key_box, name=f"{routing}, 2 engines x 1 gateway", engines=2,
                 gateways=1, routing=routing, models=adapters, weights=zipf,
                 max_loras=o.max_loras, model_dir=model_dir))  # fmt: skip
+        # Engines that answer at once (no pacing, no batch limit): the gateway is the limit.
+        print("gateway-bound (unpaced fake engines):", flush=True)
+        for gateways in (1, 2):
+            results.append(await run_config(
+                o, work, key_box, name=f"gateway-bound: 2 fast engines x {gateways} gateway(s)",
+                engines=2, gateways=gateways, routing="affinity", models=[BASE], weights=[1.0],
+                max_loras=o.max_loras, model_dir=model_dir,
+                fake={"token_delay_ms": 0.0, "max_running": 0}))  # fmt: skip
     meta = {
         "started": started.isoformat(timespec="seconds"),
         "machine": machine_info(),
