@@ -32,6 +32,7 @@ from gateway.metrics import InferenceMetrics
 from gateway.protocol import chat, completions
 from gateway.protocol.common import UsageMode
 from gateway.ratelimit import Limiter, RateLimiter
+from metering import metrics as metering_metrics
 from metering.budget_gate import BudgetGate, InsufficientCredit
 from metering.usage import Endpoint, UsageRecord, UsageStatus
 from serving.engine import EngineHTTPError, EngineUnavailable
@@ -387,8 +388,10 @@ class InferenceService:
         a failure here never fails the response, it only leaves it unattributed."""
         if self.attributor is None or target.adapter is None:
             return False
+        started = time.perf_counter()
         try:
             out.attribution = self.attributor(target.adapter.name, out.text())
+            metering_metrics.attribution_observed("span", time.perf_counter() - started)
         except Exception:
             log.exception("attribution failed for adapter %s", target.adapter.name)
             out.attribution = None
