@@ -339,3 +339,15 @@ async def test_more_distinct_misses_than_slots_do_not_deadlock(
         await asyncio.gather(*(worker(w) for w in range(24)))
     assert served == 24 * 6
     assert all(len(h.placement.loaded) <= 2 for h in engines)
+
+
+def test_scale_out_settings_from_env() -> None:
+    s = Settings.from_env({"ROYALTY_MAX_LORAS": "6", "ROYALTY_ROUTING": "round_robin",
+                           "ROYALTY_SPILL_AT": "8", "ROYALTY_SHARED_LIMITS": "0",
+                           "ROYALTY_REDIS_URL": "redis://127.0.0.1:6379/0"})  # fmt: skip
+    assert (s.max_loras, s.routing, s.spill_at) == (6, "round_robin", 8.0)
+    assert s.shared_limits is False and s.redis_url == "redis://127.0.0.1:6379/0"
+    d = Settings.from_env({})
+    assert (d.max_loras, d.routing, d.shared_limits, d.redis_url) == (4, "affinity", True, None)
+    with pytest.raises(ValueError):
+        Settings.from_env({"ROYALTY_SHARED_LIMITS": "maybe"})
