@@ -20,8 +20,11 @@ Bound on admission (requests; `N` = the key's rpm, `P` = gateway processes, `s` 
     when the minute ends are lost (under-admission, never over-admission);
   * processes must agree on the clock (NTP); a skew of `d` seconds shifts a process's
     minute by `d`, the per-window count stays exact;
-  * if the store is unreachable, each process falls back to its own `RateLimiter`, so up to
-    `P*N` per minute until the store answers again (checked again every 5 s).
+  * each process also keeps its own token buckets (`RateLimiter`) and admits only what both
+    allow: one process alone behaves exactly like the per-process limiter (a burst of `N`,
+    then `N/60` per second), and the buckets cap what one process takes at a minute's edge;
+  * if the store is unreachable, the processes' own buckets decide alone, so up to `P*N` per
+    minute until the store answers again (checked again every 5 s).
 Tokens are debited after the response, so the requests in flight when a minute's token
 budget runs out can overshoot it by their own size, as with the per-process limiter; a
 process settles the tokens it used beyond its slice with its next lease.
@@ -107,6 +110,12 @@ class RateLimiter:
     async def acquire(self, key_id: int, rpm: int, tpm: int) -> float | None:
         return self.admit(key_id, rpm, tpm)
 
+    def refund(self, key_id: int) -> None:
+        """Give back a request admitted here that something else then refused."""
+        b = self._requests.get(key_id)
+        if b is not None:
+            b.level = min(b.capacity, b.level + 1.0)
+
     def debit_tokens(self, key_id: int, tpm: int, tokens: int) -> None:
         now = self._clock()
         self._bucket(self._tokens, key_id, tpm, now).level -= tokens
@@ -174,7 +183,7 @@ class SharedRateLimiter:
         self._timeout_s = timeout_s
         self._retry_store_after_s = retry_store_after_s
         self._leases: dict[tuple[int, Kind], _Lease] = {}
-        self._fallback = RateLimiter()
+        self._local = RateLimiter(clock)
         self._store_down_until = 0.0
         self._swept = -1
         self._background: set[asyncio.Task[None]] = set()
@@ -193,23 +202,28 @@ class SharedRateLimiter:
 
     async def acquire(self, key_id: int, rpm: int, tpm: int) -> float | None:
         now = self._clock()
-        if now < self._store_down_until:
-            return self._fallback.admit(key_id, rpm, tpm)
+        # This process's own buckets first (no round trip): what they refuse, the shared
+        # budget is never asked for; what they admit is given back if the shared one refuses.
+        local_wait = self._local.admit(key_id, rpm, tpm)
+        if local_wait is not None or now < self._store_down_until:
+            return local_wait
         window = int(now // WINDOW_S)
         self._sweep_later(window)
         next_window_in = (window + 1) * WINDOW_S - now
         try:
             tok = self._lease(key_id, "tokens", window)
             if tok.balance <= 0 and not await self._refill(key_id, "tokens", tpm, window):
+                self._local.refund(key_id)
                 return next_window_in
             req = self._lease(key_id, "requests", window)
             if req.balance < 1 and not await self._refill(key_id, "requests", rpm, window):
+                self._local.refund(key_id)
                 return next_window_in
         except CounterStoreError as e:
             log.warning("shared rate limits unavailable (%s); limiting per process for %.0fs",
                         e, self._retry_store_after_s)  # fmt: skip
             self._store_down_until = now + self._retry_store_after_s
-            return self._fallback.admit(key_id, rpm, tpm)
+            return None  # the process's own buckets admitted it
         req.balance -= 1
         return None
 
@@ -242,7 +256,7 @@ class SharedRateLimiter:
 
     def debit_tokens(self, key_id: int, tpm: int, tokens: int) -> None:
         now = self._clock()
-        self._fallback.debit_tokens(key_id, tpm, tokens)
+        self._local.debit_tokens(key_id, tpm, tokens)
         # Charged to the minute the response ended in; settled with the next lease.
         self._lease(key_id, "tokens", int(now // WINDOW_S)).balance -= tokens
 

@@ -75,11 +75,13 @@ async def test_processes_share_one_budget_per_minute_exactly(engines: list[Async
 
 async def test_retry_after_points_at_the_next_minute(engines: list[AsyncEngine]) -> None:
     clock = Clock(900 * 60 + 42.5)
-    lim = SharedRateLimiter(PostgresCounters(engines[0]), clock=clock)
-    assert await lim.acquire(3, 1, 10**6) is None
-    wait = await lim.acquire(3, 1, 10**6)
+    a, b = (SharedRateLimiter(PostgresCounters(e), clock=clock) for e in engines[:2])
+    assert await a.acquire(3, 2, 10**6) is None
+    assert await a.acquire(3, 2, 10**6) is None
+    # b's own bucket is full, the shared minute is spent: retry when the next one starts.
+    wait = await b.acquire(3, 2, 10**6)
     assert wait is not None and wait == pytest.approx(17.5)
-    assert lim.retry_after_header(wait) == "18"
+    assert b.retry_after_header(wait) == "18"
 
 
 async def test_tokens_used_beyond_a_lease_are_charged_to_the_others(
@@ -141,7 +143,7 @@ async def test_an_unreachable_store_falls_back_to_per_process_limits(
     admitted = [await lim.acquire(11, 3, 10**6) is None for _ in range(5)]
     assert admitted == [True, True, True, False, False]
     store.down = False
-    clock.now += 6  # the store is tried again after retry_store_after_s
+    clock.now += 60  # the store is tried again (after 5 s) and the bucket has refilled
     assert await lim.acquire(11, 3, 10**6) is None
     assert lim.store_calls >= 2
 
@@ -151,10 +153,11 @@ async def test_a_real_outage_of_postgres_falls_back_too(private_postgres: Privat
     await migrate(eng)
     try:
         lim = SharedRateLimiter(PostgresCounters(eng), timeout_s=2.0)
-        assert await lim.acquire(1, 2, 10**6) is None  # leases the whole budget (slice 1)
+        assert await lim.acquire(1, 3, 10**6) is None  # leases a slice of 1
         await asyncio.to_thread(private_postgres.stop, "immediate")
-        admitted = [await lim.acquire(1, 2, 10**6) is None for _ in range(3)]
-        # The store is gone: the per-process bucket (rpm 2) admits, no error escapes.
+        admitted = [await lim.acquire(1, 3, 10**6) is None for _ in range(3)]
+        # The store is gone: the process's own bucket (rpm 3, one used) decides, no error
+        # escapes to the request.
         assert admitted == [True, True, False]
     finally:
         await eng.dispose()

@@ -64,12 +64,17 @@ async def test_a_lease_does_not_survive_its_minute() -> None:
 
 async def test_refusals_in_a_spent_minute_cost_no_round_trip() -> None:
     store = InMemoryCounters()
-    lim = SharedRateLimiter(store, clock=Clock(60 * 3000 + 1))
-    assert await lim.acquire(2, 1, 10**9) is None
-    calls = lim.store_calls
-    waits = [await lim.acquire(2, 1, 10**9) for _ in range(100)]
+    clock = Clock(60 * 3000 + 1)
+    a, b = SharedRateLimiter(store, clock=clock), SharedRateLimiter(store, clock=clock)
+    assert await a.acquire(2, 1, 10**9) is None  # a spends the minute
+    # b's own bucket would admit: the store says no once, then b refuses locally.
+    waits = [await b.acquire(2, 1, 10**9) for _ in range(100)]
     assert all(w is not None and 0 < w <= 59 for w in waits)
-    assert lim.store_calls == calls + 1  # one "spent" answer, then local refusals
+    assert b.store_calls == 2  # its token slice, then the "spent" answer for requests
+    # a's own bucket refuses before the store is asked at all.
+    calls = a.store_calls
+    assert await a.acquire(2, 1, 10**9) is not None
+    assert a.store_calls == calls
 
 
 async def test_store_outage_falls_back_then_recovers() -> None:
@@ -83,6 +88,6 @@ async def test_store_outage_falls_back_then_recovers() -> None:
     calls = lim.store_calls
     await lim.acquire(3, 2, 10**9)
     assert lim.store_calls == calls
-    clock.now += 5
+    clock.now += 60  # the process's own bucket has refilled as well
     assert await lim.acquire(3, 2, 10**9) is None
     assert lim.store_calls > calls
