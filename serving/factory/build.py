@@ -241,6 +241,7 @@ class _Progress:
     def __init__(self, enabled: bool) -> None:
         self._bar: Any = None
         if enabled:
+            from rich.console import Console
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -248,8 +249,6 @@ class _Progress:
                 TextColumn,
                 TimeElapsedColumn,
             )
-
-            from rich.console import Console
 
             # On stderr: stdout carries the commands' results (paths, JSON).
             self._bar = Progress(
