@@ -24,9 +24,7 @@ SELECT_ACTIVE_BY_NAME = text(
     f"SELECT {_ADAPTER_COLUMNS} {_FROM} WHERE a.name = :name AND a.status = 'active'"
 )
 
-SELECT_ACTIVE = text(
-    f"SELECT {_ADAPTER_COLUMNS} {_FROM} WHERE a.status = 'active' ORDER BY a.name"
-)
+SELECT_ACTIVE = text(f"SELECT {_ADAPTER_COLUMNS} {_FROM} WHERE a.status = 'active' ORDER BY a.name")
 
 SELECT_LINEAGE_JSON = text("SELECT lineage::text FROM adapters WHERE id = :id")
 
