@@ -7,6 +7,7 @@ Thin: parses arguments, opens the database, calls `metering` APIs. Registered in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -281,6 +282,32 @@ def payouts_penalize(
 def ledger_post(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
     """Price, split and post every queued usage event now; prints how many."""
     sys.stdout.write(f"{_run(data_dir, database_url, _drain)}\n")
+
+
+@ledger_app.command("worker")
+def ledger_worker(
+    idle: Annotated[float, typer.Option(help="Seconds to wait when the queue is empty.")] = 1.0,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Post queued usage events continuously until SIGTERM (royalty up runs one in a child
+    process; run more anywhere: they share the queue with SKIP LOCKED)."""
+    import signal
+
+    from metering.posting import PostingWorker
+    from metering.sources import UsageEventAttribution
+
+    async def run(engine: AsyncEngine) -> None:
+        worker = PostingWorker(
+            engine, LineageAdapterDirectory(engine), UsageEventAttribution(engine)
+        )
+        task = asyncio.ensure_future(worker.run(idle_s=idle))
+        # SIGTERM cancels the task: a batch in flight rolls back and is posted next time.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    _run(data_dir, database_url, run)
 
 
 @ledger_app.command("check")

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -18,7 +20,7 @@ from attribution.service import DatanetService
 from gateway.auth import Authenticator, PostgresKeyStore
 from gateway.container import Services
 from gateway.db import create_engine, migrate, resolve_database_url
-from gateway.factory_jobs import AdapterSync, LineageAdapterDirectory
+from gateway.factory_jobs import AdapterSync
 from gateway.inference import InferenceService
 from gateway.metrics import MetricsSampler
 from gateway.ratelimit import (
@@ -32,15 +34,13 @@ from gateway.settings import Settings
 from metering.budget_gate import BudgetGate
 from metering.budgets import PostgresBudgets
 from metering.catalog import PostgresCatalog
-from metering.posting import PostingWorker
 from metering.service import MeteringService
 from metering.shipper import UsageShipper
-from metering.sources import UsageEventAttribution
 from metering.usage_log import UsageLog
 from metering.usage_queries import UsageQueries
 from metering.usage_store import PostgresUsageStore
 from serving.engine import VLLMHttpEngine
-from serving.factory.build import load_manifest
+from serving.factory.build import DemoModels, ManifestError, load_manifest
 from serving.placement import AdapterPlacement
 from serving.pool import ROUTINGS, EngineHandle, EnginePool
 from serving.registry import ModelRegistry
@@ -68,7 +68,9 @@ class Runtime:
     services: Services | None = None
     models_dir: Path | None = None
     adapter_sync: AdapterSync | None = None
-    poster: asyncio.Task[None] | None = None
+    poster: asyncio.subprocess.Process | None = None
+    """The ledger posting worker: a child process, so that batch pricing never competes
+    with request handling on the gateway's event loop."""
     sampler: MetricsSampler | None = None
     redis_counters: RedisCounters | None = None
 
@@ -91,21 +93,30 @@ class Runtime:
         tree = self.models_dir = models_dir or demo_models_dir(s)
         registry = ModelRegistry.from_manifest(tree, s.base_model)
         base = registry.bases[0]
-        built = load_manifest(tree, verify=False)
+        # A model factory build (the demo models, or one made like them) can train adapters
+        # and carries its weights hash; any other tree (a real base model with a hand-written
+        # manifest) is served as is.
+        try:
+            built: DemoModels | None = load_manifest(tree, verify=False)
+        except ManifestError:
+            built = None
         demo = s.demo_datanets
         if demo is None:  # by default, the demo world comes with the demo models
             demo = models_dir is None and s.models_dir is None
         if demo:
+            if built is None:
+                raise ValueError(f"{tree} is not a model factory build: no demo world on it")
             from gateway.demo import ensure_demo_world
 
             await ensure_demo_world(self.db, built, s.resolved_adapters_dir, progress=s.progress)
         lineage = LineageService(self.db)
-        attributor = ResponseAttributor(built.base_path / "tokenizer.json")
+        tokenizer = Path(base.path) / "tokenizer.json"
+        attributor = ResponseAttributor(tokenizer) if tokenizer.is_file() else None
         self.adapter_sync = AdapterSync(
             lineage,
             registry,
             base.name,
-            built.manifest["base"]["weights_sha256"],
+            built.manifest["base"]["weights_sha256"] if built is not None else "",
             attributor=attributor,
         )
         await self.adapter_sync.sync_once()
@@ -133,17 +144,14 @@ class Runtime:
             self.usage_log.append,
             default_rpm=s.default_rpm,
             default_tpm=s.default_tpm,
-            attributor=attributor.attribute,
+            attributor=attributor.attribute if attributor is not None else None,
             max_tokens_cap=s.max_tokens_cap,
             budget=BudgetGate(PostgresBudgets(self.db), PostgresCatalog(self.db))
             if s.budgets
             else None,
         )
         if s.post_usage:
-            poster = PostingWorker(
-                self.db, LineageAdapterDirectory(self.db), UsageEventAttribution(self.db)
-            )
-            self.poster = asyncio.create_task(poster.run(), name="ledger-posting")
+            self.poster = await _start_ledger_worker(url, s.data_dir / "logs" / "ledger-worker.log")
         self.services = Services(
             settings=s,
             auth=Authenticator(PostgresKeyStore(self.db), ttl_s=s.key_cache_ttl_s),
@@ -200,10 +208,8 @@ class Runtime:
         """Finish usage writes, ship everything to Postgres, then stop engines."""
         if self.adapter_sync is not None:
             await self.adapter_sync.stop()
-        if self.poster is not None:  # a cancelled batch rolls back; the next start posts it
-            self.poster.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.poster
+        if self.poster is not None:  # a batch in flight rolls back; the next start posts it
+            await _stop_process(self.poster)
         if self.sampler is not None:
             await self.sampler.stop()
         if self.services is not None:
@@ -220,3 +226,39 @@ class Runtime:
             await self.redis_counters.close()
         if self.db is not None:
             await self.db.dispose()
+
+
+def _die_with_parent() -> None:  # runs in the child, before exec
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _open_log(path: Path) -> BinaryIO:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "ab")
+
+
+async def _start_ledger_worker(database_url: str, log_path: Path) -> asyncio.subprocess.Process:
+    royalty = Path(sys.executable).with_name("royalty")
+    log = _open_log(log_path)
+    try:
+        return await asyncio.create_subprocess_exec(
+            str(royalty), "ledger", "worker", "--database-url", database_url,
+            stdout=log, stderr=log, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+    finally:
+        log.close()
+
+
+async def _stop_process(proc: asyncio.subprocess.Process, timeout_s: float = 10.0) -> None:
+    if proc.returncode is not None:
+        return
+    proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), timeout_s)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
