@@ -15,7 +15,8 @@ from rich.logging import RichHandler
 
 from gateway.cli_factory import adapters_app, factory_app
 from gateway.cli_metering import credits_app, ledger_app, payouts_app, prices_app, report
-from gateway.settings import Settings
+from gateway.cli_options import DataDir, DbUrl, err
+from gateway.cli_options import settings_for as _settings
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Royalty: pay the people behind a model."
@@ -35,23 +36,6 @@ app.add_typer(prices_app, name="prices")
 app.add_typer(payouts_app, name="payouts")
 app.add_typer(ledger_app, name="ledger")
 app.command("report")(report)
-
-err = Console(stderr=True)
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", envvar="ROYALTY_HOME", help="Data directory (default .royalty)."),
-]
-DbUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url", envvar="DATABASE_URL", help="PostgreSQL URL; embedded server when unset."
-    ),
-]
-
-
-def _settings(data_dir: Path | None, database_url: str | None, **kw: object) -> Settings:
-    return Settings.from_env().with_(data_dir=data_dir, database_url=database_url, **kw)
 
 
 def _logging(level: str = "INFO") -> None:

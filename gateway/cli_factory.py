@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,47 +13,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gateway.cli_options import DataDir, DbUrl, err
+from gateway.cli_options import migrated_engine as _db
+from gateway.cli_options import settings_for as _settings
 from gateway.settings import Settings
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
-
     from attribution.lineage import RegisteredAdapter
     from serving.factory.adapters import AdapterRecipe
 
 factory_app = typer.Typer(no_args_is_help=True, help="Model factory: train adapters on snapshots.")
 adapters_app = typer.Typer(no_args_is_help=True, help="Adapters: registry and lineage.")
-
-err = Console(stderr=True)
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", envvar="ROYALTY_HOME", help="Data directory (default .royalty)."),
-]
-DbUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url", envvar="DATABASE_URL", help="PostgreSQL URL; embedded server when unset."
-    ),
-]
-
-
-def _settings(data_dir: Path | None, database_url: str | None, **kw: object) -> Settings:
-    return Settings.from_env().with_(data_dir=data_dir, database_url=database_url, **kw)
-
-
-@asynccontextmanager
-async def _db(settings: Settings) -> AsyncIterator[AsyncEngine]:
-    from gateway.db import create_engine, migrate, resolve_database_url
-
-    engine = create_engine(
-        resolve_database_url(settings.database_url, settings.data_dir), pool_size=2
-    )
-    try:
-        await migrate(engine)
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @factory_app.command("train")

@@ -19,41 +19,23 @@ import typer
 from rich.console import Console
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from gateway.cli_options import DataDir, DbUrl, err, migrated_engine, settings_for
 from gateway.factory_jobs import LineageAdapterDirectory
-from gateway.settings import Settings
 
 credits_app = typer.Typer(no_args_is_help=True, help="Consumer credit: top up, show.")
 prices_app = typer.Typer(no_args_is_help=True, help="Versioned prices per base model and adapter.")
 payouts_app = typer.Typer(no_args_is_help=True, help="Monthly close, proofs, penalties.")
 ledger_app = typer.Typer(no_args_is_help=True, help="The ledger: post usage, check invariants.")
 
-err = Console(stderr=True)
 T = TypeVar("T")
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option("--data-dir", envvar="ROYALTY_HOME", help="Data directory (default .royalty)."),
-]
-DbUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--database-url", envvar="DATABASE_URL", help="PostgreSQL URL; embedded server when unset."
-    ),
-]
 Month = Annotated[str, typer.Option("--month", help="Month as YYYY-MM (UTC).")]
 
 
 @asynccontextmanager
 async def _engine(data_dir: Path | None, database_url: str | None) -> AsyncIterator[AsyncEngine]:
-    from gateway.db import create_engine, migrate, resolve_database_url
-
-    s = Settings.from_env().with_(data_dir=data_dir, database_url=database_url)
-    engine = create_engine(resolve_database_url(s.database_url, s.data_dir), pool_size=2)
-    try:
-        await migrate(engine)
+    async with migrated_engine(settings_for(data_dir, database_url)) as engine:
         yield engine
-    finally:
-        await engine.dispose()
 
 
 def _run(
