@@ -34,7 +34,7 @@ from gateway.protocol.common import UsageMode
 from gateway.ratelimit import Limiter, RateLimiter
 from metering import metrics as metering_metrics
 from metering.budget_gate import BudgetGate, InsufficientCredit
-from metering.usage import Endpoint, UsageRecord, UsageStatus
+from metering.usage import Endpoint, UsageRecord, UsageStatus, prompt_digest
 from serving.engine import EngineHTTPError, EngineUnavailable
 from serving.placement import AdapterLoadFailed
 from serving.pool import EngineHandle, EnginePool, NoEngineAvailable
@@ -54,6 +54,32 @@ _DONE = b"data: [DONE]\n\n"
 
 Attributor = Callable[[str, str], dict[str, Any] | None]
 """(adapter name, output text) -> the response's `attribution` object, or None."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedResponse:
+    """An adapter's answered response, handed to the observers (gradient influence) after its
+    usage record is durable. It holds the prompt and output text: an observer keeps them only
+    as long as its work needs them."""
+
+    request_id: str
+    account_id: int
+    adapter: str
+    endpoint: Endpoint
+    prompt: str | list[Any]
+    """The completions prompt, or the chat messages as dicts (role, content, ...)."""
+    output: str
+    attribution: dict[str, Any] | None
+
+
+ResponseObserver = Callable[[CompletedResponse], None]
+"""Called on the event loop after a response's usage record is written; must not block."""
+
+
+def request_prompt(req: Request) -> str | list[Any]:
+    if isinstance(req, chat.ChatCompletionRequest):
+        return [msgspec.structs.asdict(m) for m in req.messages]
+    return req.prompt
 
 
 @dataclass(slots=True)
@@ -108,8 +134,12 @@ class InferenceService:
         attributor: Attributor | None = None,
         budget: BudgetGate | None = None,
         max_tokens_cap: int | None = None,
+        observers: tuple[ResponseObserver, ...] = (),
+        digest_key: bytes = b"",
     ) -> None:
         self.attributor = attributor
+        self.observers = observers
+        self.digest_key = digest_key
         self.max_tokens_cap = max_tokens_cap
         self.budget = budget
         """Prepaid credit: reserve before serving, settle after (None: not enforced)."""
@@ -398,6 +428,22 @@ class InferenceService:
         return out.attribution is not None
 
     # --- usage -------------------------------------------------------------------------
+    def _observe(self, rec: UsageRecord, req: Request, out: _Output) -> None:
+        done = CompletedResponse(
+            request_id=rec.request_id,
+            account_id=rec.account_id,
+            adapter=rec.adapter or "",
+            endpoint=rec.endpoint,
+            prompt=request_prompt(req),
+            output=out.text(),
+            attribution=out.attribution,
+        )
+        for observe in self.observers:
+            try:
+                observe(done)
+            except Exception:  # an observer's failure never fails the response
+                log.exception("response observer failed for %s", rec.request_id)
+
     async def _record(
         self,
         ctx: CallContext,
@@ -428,6 +474,7 @@ class InferenceService:
             error_type=error_type,
             engine=ctx.engine,
             attribution=msgspec.json.encode(out.attribution).decode() if out.attribution else None,
+            prompt_digest=prompt_digest(request_prompt(req), self.digest_key),
         )
         tokens = out.prompt_tokens + out.completion_tokens
         if tokens:
@@ -439,6 +486,8 @@ class InferenceService:
         except Exception:
             log.exception("usage record %s could not be written", ctx.request_id)
             raise
+        if self.observers and status == "ok" and rec.adapter and out.texts:
+            self._observe(rec, req, out)
         if self.budget is not None:
             # Off the response path: until it lands the (larger) estimate stays held.
             self._spawn(

@@ -146,6 +146,7 @@ class Runtime:
             default_tpm=s.default_tpm,
             attributor=attributor.attribute if attributor is not None else None,
             max_tokens_cap=s.max_tokens_cap,
+            digest_key=s.prompt_digest_key.encode(),
             budget=BudgetGate(PostgresBudgets(self.db), PostgresCatalog(self.db))
             if s.budgets
             else None,

@@ -58,6 +58,9 @@ class Settings:
     process token buckets."""
     redis_url: str | None = None
     """Keep the shared rate-limit counters in Redis instead of PostgreSQL."""
+    prompt_digest_key: str = field(default="", repr=False)
+    """HMAC key of the prompt digests on usage events (repeated-prompt detection); every
+    gateway of a deployment must share it. Empty: a fixed public key."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -102,6 +105,7 @@ class Settings:
             if "ROYALTY_SHARED_LIMITS" in e
             else None,
             redis_url=e.get("ROYALTY_REDIS_URL") or None,
+            prompt_digest_key=e.get("ROYALTY_PROMPT_DIGEST_KEY") or None,
         )
 
 

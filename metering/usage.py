@@ -8,6 +8,8 @@ package). The request id is the idempotency key all the way down.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 from typing import Literal
 
 import msgspec
@@ -39,6 +41,9 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
     """Which engine replica served the request."""
     attribution: str | None = None
     """The response's `attribution` object as JSON (adapter requests): spans, weights."""
+    prompt_digest: str | None = None
+    """Keyed digest of the prompt (`prompt_digest()`), so repeated prompts can be spotted
+    without keeping their text."""
 
     @property
     def total_tokens(self) -> int:
@@ -46,3 +51,27 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True):
 
 
 USAGE_COLUMNS: tuple[str, ...] = tuple(UsageRecord.__struct_fields__)
+
+
+PROMPT_DIGEST_VERSION = "royalty-prompt/1"
+
+
+def prompt_digest(prompt: object, key: bytes = b"") -> str:
+    """Digest of a prompt for spotting repeats (`PROMPT_DIGEST_VERSION`): HMAC-SHA256 under
+    `key` (every gateway of a deployment shares it) of the prompt's canonical JSON with its
+    text lower-cased and its whitespace collapsed, so trivial variations repeat too. Without
+    a key anyone could confirm a guessed prompt against a stored digest."""
+    canonical = msgspec.json.encode(_normalise(prompt), order="sorted")
+    mac = hmac.new(key or b"royalty", PROMPT_DIGEST_VERSION.encode() + b"\0", hashlib.sha256)
+    mac.update(canonical)
+    return mac.hexdigest()[:32]
+
+
+def _normalise(value: object) -> object:
+    if isinstance(value, str):
+        return " ".join(value.lower().split())
+    if isinstance(value, list | tuple):
+        return [_normalise(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _normalise(v) for k, v in value.items() if v is not None}
+    return value

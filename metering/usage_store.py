@@ -46,7 +46,7 @@ CREATE_STAGING_SQL = """
 CREATE TEMPORARY TABLE usage_events_staging ON COMMIT DROP AS
 SELECT request_id, account_id, key_id, endpoint, model, base_model, adapter, status,
        http_status, prompt_tokens, completion_tokens, started_at, total_ms, ttft_ms,
-       output_sha256, error_type, engine, attribution
+       output_sha256, error_type, engine, attribution, prompt_digest
 FROM usage_events
 WITH NO DATA
 """
@@ -58,12 +58,12 @@ INSERT_FROM_STAGING_SQL = """
 INSERT INTO usage_events (
     request_id, account_id, key_id, endpoint, model, base_model, adapter, status,
     http_status, prompt_tokens, completion_tokens, started_at, total_ms, ttft_ms,
-    output_sha256, error_type, engine, attribution
+    output_sha256, error_type, engine, attribution, prompt_digest
 )
 SELECT DISTINCT ON (request_id)
        request_id, account_id, key_id, endpoint, model, base_model, adapter, status,
        http_status, prompt_tokens, completion_tokens, started_at, total_ms, ttft_ms,
-       output_sha256, error_type, engine, attribution
+       output_sha256, error_type, engine, attribution, prompt_digest
 FROM usage_events_staging
 ORDER BY request_id
 ON CONFLICT (request_id) DO NOTHING
@@ -90,6 +90,7 @@ _STAGED_COLUMNS = (
     "error_type",
     "engine",
     "attribution",
+    "prompt_digest",
 )
 if _STAGED_COLUMNS != USAGE_COLUMNS:  # pragma: no cover - fails at import, on purpose
     raise RuntimeError("usage_store SQL is out of step with UsageRecord's fields")

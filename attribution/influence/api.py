@@ -1,0 +1,48 @@
+"""The seam between gradient influence (the scorer) and its asynchronous job queue.
+
+The scorer (`attribution.influence.scorer`, built at adapter build time from per-record
+projected LoRA gradients) answers: how much did each training record of this adapter help
+produce this response? The queue worker (`gateway.influence_worker`) calls it for each
+answered response, turns the result into refined weights and posts the ledger adjustment.
+`FakeInfluence` (`attribution.influence.fake`) is the in-memory double for tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class RecordInfluence:
+    record_id: int
+    score: float
+    """Higher = the record helped more; only positive scores become weight."""
+
+
+@dataclass(frozen=True, slots=True)
+class InfluenceResult:
+    method: str
+    """Versioned method name, stored with the result (e.g. "royalty-influence/1")."""
+    records: tuple[RecordInfluence, ...]
+    """The top records by score, highest first."""
+    seconds: float
+    """CPU time the scoring took."""
+
+
+class InfluenceScorer(Protocol):
+    def register(self, adapter: str, adapter_dir: Path) -> None:
+        """Load the adapter's precomputed gradient index (raises if it has none)."""
+        ...
+
+    def forget(self, adapter: str) -> None: ...
+
+    def knows(self, adapter: str) -> bool: ...
+
+    def score(
+        self, adapter: str, prompt: str | list[Any], output: str, *, top_k: int = 32
+    ) -> InfluenceResult:
+        """`prompt` is a completions prompt or chat messages (dicts with role and content),
+        exactly as the gateway received them; `output` is the response text."""
+        ...
