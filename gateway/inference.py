@@ -78,7 +78,10 @@ ResponseObserver = Callable[[CompletedResponse], None]
 
 def request_prompt(req: Request) -> str | list[Any]:
     if isinstance(req, chat.ChatCompletionRequest):
-        return [msgspec.structs.asdict(m) for m in req.messages]
+        return [
+            {k: v for k, v in msgspec.structs.asdict(m).items() if v is not None}
+            for m in req.messages
+        ]
     return req.prompt
 
 
