@@ -46,3 +46,18 @@ class InfluenceScorer(Protocol):
         """`prompt` is a completions prompt or chat messages (dicts with role and content),
         exactly as the gateway received them; `output` is the response text."""
         ...
+
+
+INFLUENCE_METHOD = "royalty-influence/1"
+
+
+class InfluenceError(Exception):
+    """Base of the scorer's errors."""
+
+
+class NoInfluenceIndex(InfluenceError, FileNotFoundError):
+    """`register`: the adapter directory holds no (usable) influence index."""
+
+
+class UnknownAdapter(InfluenceError, KeyError):
+    """`score` for an adapter that was never registered (or was forgotten)."""
