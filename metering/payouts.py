@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering import payout_merkle
-from metering.holds import WashPolicy, apply_holds
+from metering import metrics, payout_merkle
+from metering.holds import WashPolicy, apply_holds, open_holds_total
 from metering.ledger import CLOSE_LOCK_KEY, LOCK_EXCLUSIVE
 from metering.money import month_label
 from metering.pg import driver
@@ -103,13 +103,24 @@ class PostgresPayouts:
 
     async def close(self, month: dt.date, wash: WashPolicy | None = WashPolicy()) -> MonthClose:
         """Freeze `month`; `wash=None` skips the wash-traffic holds."""
-        async with driver(self._engine) as conn, conn.transaction():
+        async with driver(self._engine) as conn:
+            held, closed = await self._close(conn, month, wash)
+            if held:  # counted once the close committed
+                metrics.hold_placed(await open_holds_total(conn))
+        return closed
+
+    async def _close(
+        self, conn: asyncpg.Connection, month: dt.date, wash: WashPolicy | None
+    ) -> tuple[int, MonthClose]:
+        """(amount put on hold, the close), in one transaction."""
+        held = 0
+        async with conn.transaction():
             await conn.execute(LOCK_EXCLUSIVE, CLOSE_LOCK_KEY)
             existing = await conn.fetchrow(SELECT_MONTH, month)
             if existing is not None:
-                return _close_of(existing, True)
+                return 0, _close_of(existing, True)
             if wash is not None:
-                await apply_holds(conn, month, wash)
+                held = await apply_holds(conn, month, wash)
             rows = await conn.fetch(MONTH_PAYEES, month, list(PAYEE_KINDS))
             charges, events = await conn.fetchrow(MONTH_CHARGES, month)
             withheld = int(await conn.fetchval(MONTH_WITHHELD, month))
@@ -143,7 +154,7 @@ class PostgresPayouts:
                 [int(r["amount"]) for r in stated], list(range(len(stated))),
                 [json.dumps(p) for p in proofs],
             )  # fmt: skip
-            return MonthClose(
+            return held, MonthClose(
                 month, root, len(stated), int(charges), payouts, fees, withheld, int(events)
             )
 

@@ -63,7 +63,7 @@ async def test_a_dominating_payer_puts_the_adapters_earnings_on_hold(engine: Asy
     assert carol.months[0].total_micros == carol_before // 10 * 1  # only p1's 5 events stay paid
     assert [w.reason for w in carol.withheld] == [
         "hold for review: one payer made 90% of adapter 'pumped''s revenue this month "
-        "(wash-traffic check)"
+        "(wash-traffic check royalty-wash/2: dominant payer)"
     ]
     dan = await service.earnings(ids["dan"])
     assert dan.withheld == [] and dan.months[0].total_micros > 0
