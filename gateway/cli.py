@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from gateway.cli_factory import adapters_app, factory_app
+from gateway.cli_influence import influence_app
 from gateway.cli_metering import credits_app, ledger_app, payouts_app, prices_app, report
 from gateway.cli_options import DataDir, DbUrl, err
 from gateway.cli_options import settings_for as _settings
@@ -35,6 +36,7 @@ app.add_typer(credits_app, name="credits")
 app.add_typer(prices_app, name="prices")
 app.add_typer(payouts_app, name="payouts")
 app.add_typer(ledger_app, name="ledger")
+app.add_typer(influence_app, name="influence")
 app.command("report")(report)
 
 

@@ -196,9 +196,21 @@ def prices_list(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
 
 # --- payouts --------------------------------------------------------------------------------
 @payouts_app.command("close")
-def payouts_close(month: Month, data_dir: DataDir = None, database_url: DbUrl = None) -> None:
-    """Post queued usage, then freeze the month: statements, Merkle root, proofs. A closed
-    month is left as it is (exit 0)."""
+def payouts_close(
+    month: Month,
+    skip_influence: Annotated[
+        bool,
+        typer.Option(
+            "--skip-influence",
+            help="Expire the month's unfinished influence jobs instead of running them.",
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Post queued usage, finish the month's influence jobs, then freeze the month:
+    statements, Merkle root, proofs. A closed month is left as it is (exit 0)."""
+    from gateway.cli_influence import settle_month
     from metering.payouts import CloseError, PostgresPayouts
 
     when = _month(month)
@@ -206,6 +218,9 @@ def payouts_close(month: Month, data_dir: DataDir = None, database_url: DbUrl = 
     async def go(engine: AsyncEngine) -> Any:
         if await PostgresPayouts(engine).month(when) is None:
             await _drain(engine)
+            # Influence adjusts posted events of open months only: it runs before the close.
+            settings = settings_for(data_dir, database_url)
+            err.print(await settle_month(engine, settings, when, skip=skip_influence))
         return await PostgresPayouts(engine).close(when)
 
     try:
@@ -237,18 +252,43 @@ def payouts_verify(month: Month, data_dir: DataDir = None, database_url: DbUrl =
 
 @payouts_app.command("penalize")
 def payouts_penalize(
-    contributor: Annotated[str, typer.Option(help="Contributor account name.")],
     reason: Annotated[str, typer.Option(help="Why (shown to the contributor).")],
-    adapter: Annotated[str, typer.Option(help="Only this adapter's credits (default: all).")] = "",
+    contributor: Annotated[
+        str | None, typer.Option(help="Penalise a contributor (account name).")
+    ] = None,
+    record: Annotated[
+        int | None, typer.Option(help="Penalise one training record (its id) instead.")
+    ] = None,
+    adapter: Annotated[
+        str, typer.Option(help="With --contributor: only this adapter's credits (default: all).")
+    ] = "",
     data_dir: DataDir = None,
     database_url: DbUrl = None,
 ) -> None:
-    """Withhold a contributor's future credits and reverse their open months' credits."""
+    """Withhold a contributor's (or one record's) future credits and reverse the open months'
+    credits into withheld, with the reason the contributor reads."""
     from gateway.admin import existing_account_id
     from metering.ledger import LedgerError, PostgresLedger
     from metering.money import format_micros
 
+    if (contributor is None) == (record is None):
+        raise _fail("name either --contributor or --record", 2)
+    if record is not None and adapter:
+        raise _fail("--adapter applies to --contributor only", 2)
+
     async def go(engine: AsyncEngine) -> tuple[int, int]:
+        if record is not None:
+            from attribution.access import readable_record
+            from attribution.errors import NotFound
+            from metering.record_penalties import penalize_record
+
+            async with engine.connect() as conn:
+                try:
+                    found = await readable_record(conn, record, None)
+                except NotFound as e:
+                    raise ValueError(str(e)) from None
+            return await penalize_record(engine, record, found.contributor_account_id, reason)
+        assert contributor is not None
         who = await existing_account_id(engine, contributor)
         return await PostgresLedger(engine).penalize(who, adapter, reason)
 
@@ -256,7 +296,8 @@ def payouts_penalize(
         penalty, reversed_ = _run(data_dir, database_url, go)
     except (LedgerError, ValueError) as e:
         raise _fail(str(e)) from None
-    sys.stdout.write(f"penalty {penalty}: reversed {format_micros(reversed_)} credits\n")
+    kind = "record penalty" if record is not None else "penalty"
+    sys.stdout.write(f"{kind} {penalty}: reversed {format_micros(reversed_)} credits\n")
 
 
 # --- ledger ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from gateway.container import Services
 from gateway.db import create_engine, migrate, resolve_database_url
 from gateway.factory_jobs import AdapterSync
 from gateway.inference import InferenceService
+from gateway.influence import InfluenceEnqueuer, influence_queue
 from gateway.metrics import MetricsSampler
 from gateway.ratelimit import (
     Limiter,
@@ -72,6 +73,9 @@ class Runtime:
     """The ledger posting worker: a child process, so that batch pricing never competes
     with request handling on the gateway's event loop."""
     sampler: MetricsSampler | None = None
+    influence: InfluenceEnqueuer | None = None
+    influence_worker: asyncio.subprocess.Process | None = None
+    """The influence worker (`royalty influence worker`), a child process like the poster."""
     redis_counters: RedisCounters | None = None
 
     async def start(self, *, models_dir: Path | None = None) -> Services:
@@ -137,6 +141,9 @@ class Runtime:
         self.sampler = MetricsSampler(pool, self.usage_log)
         self.sampler.start()
 
+        if s.influence:
+            self.influence = InfluenceEnqueuer(influence_queue(self.db, s))
+            self.influence.start()
         inference = InferenceService(
             registry,
             pool,
@@ -150,9 +157,15 @@ class Runtime:
             budget=BudgetGate(PostgresBudgets(self.db), PostgresCatalog(self.db))
             if s.budgets
             else None,
+            observers=(self.influence,) if self.influence is not None else (),
         )
         if s.post_usage:
             self.poster = await _start_ledger_worker(url, s.data_dir / "logs" / "ledger-worker.log")
+        if s.influence:
+            self.influence_worker = await _start_child(
+                ["influence", "worker", "--database-url", url, "--models-dir", str(tree)],
+                s.data_dir / "logs" / "influence-worker.log",
+            )
         self.services = Services(
             settings=s,
             auth=Authenticator(PostgresKeyStore(self.db), ttl_s=s.key_cache_ttl_s),
@@ -213,8 +226,12 @@ class Runtime:
             await _stop_process(self.poster)
         if self.sampler is not None:
             await self.sampler.stop()
+        if self.influence_worker is not None:  # its job in flight is redone after the lease
+            await _stop_process(self.influence_worker)
         if self.services is not None:
             await self.services.inference.drain()
+        if self.influence is not None:
+            await self.influence.stop(flush=True)
         if self.shipper is not None:
             await self.shipper.stop(flush=True)
         if self.usage_log is not None:
@@ -243,13 +260,17 @@ def _open_log(path: Path) -> BinaryIO:
 
 
 async def _start_ledger_worker(database_url: str, log_path: Path) -> asyncio.subprocess.Process:
+    return await _start_child(["ledger", "worker", "--database-url", database_url], log_path)
+
+
+async def _start_child(args: list[str], log_path: Path) -> asyncio.subprocess.Process:
+    """`royalty ARGS...` as a child process that dies with this one (PDEATHSIG)."""
     royalty = Path(sys.executable).with_name("royalty")
     log = _open_log(log_path)
     try:
         return await asyncio.create_subprocess_exec(
-            str(royalty), "ledger", "worker", "--database-url", database_url,
-            stdout=log, stderr=log, preexec_fn=_die_with_parent,
-        )  # fmt: skip
+            str(royalty), *args, stdout=log, stderr=log, preexec_fn=_die_with_parent
+        )
     finally:
         log.close()
 

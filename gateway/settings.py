@@ -58,6 +58,12 @@ class Settings:
     process token buckets."""
     redis_url: str | None = None
     """Keep the shared rate-limit counters in Redis instead of PostgreSQL."""
+    influence: bool = True
+    """Queue a gradient influence job for every adapter response and run the influence
+    worker (`royalty influence worker`) as a child process."""
+    influence_retention_s: float = 0.0
+    """Seconds prompt and output text stay in the influence queue after the job finishes
+    (0: deleted when it finishes)."""
     prompt_digest_key: str = field(default="", repr=False)
     """HMAC key of the prompt digests on usage events (repeated-prompt detection); every
     gateway of a deployment must share it. Empty: a fixed public key."""
@@ -106,6 +112,10 @@ class Settings:
             else None,
             redis_url=e.get("ROYALTY_REDIS_URL") or None,
             prompt_digest_key=e.get("ROYALTY_PROMPT_DIGEST_KEY") or None,
+            influence=_flag(e["ROYALTY_INFLUENCE"]) if "ROYALTY_INFLUENCE" in e else None,
+            influence_retention_s=float(e["ROYALTY_INFLUENCE_RETENTION_S"])
+            if "ROYALTY_INFLUENCE_RETENTION_S" in e
+            else None,
         )
 
 

@@ -1,13 +1,20 @@
 """Attribution routes: one response's full attribution record (for the key's account that
 made the request, and for admins), and the responses that credited the caller's records
-(for contributors; other people's requests show only ids, weights and record ids)."""
+(for contributors; other people's requests show only ids, weights and record ids).
+
+The record carries the inline (span) attribution as the response did, and `influence`: the
+state of its gradient influence job and, once done, the refined weights the ledger was
+adjusted to (`null` when no job was queued, e.g. a base-model response)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import msgspec
 from litestar import Request, Response, get
 from litestar.params import FromPath
 
+from attribution.influence.queue import PostgresInfluenceQueue
 from gateway.errors import BadRequest, NotFound, ServiceUnavailable
 from gateway.routes.common import JSON, authorize, services_of
 from gateway.routes.datanets import ANY_KEY, _authorize_any
@@ -31,8 +38,35 @@ async def get_attribution(request: Request, request_id: FromPath[str]) -> Respon
             f"No attribution for request {request_id!r} (usage is recorded within a second "
             "of the response)."
         )
-    body = {"object": "attribution.record", **msgspec.to_builtins(event)}
+    body = {
+        "object": "attribution.record",
+        **msgspec.to_builtins(event),
+        "influence": await _influence(request, request_id),
+    }
     return Response(msgspec.json.encode(body), media_type=JSON)
+
+
+async def _influence(request: Request, request_id: str) -> dict[str, Any] | None:
+    lineage = services_of(request).lineage
+    if lineage is None:
+        return None
+    job = await PostgresInfluenceQueue(lineage.engine).view(request_id)
+    if job is None:
+        return None
+    out: dict[str, Any] = {"state": job.state, "method": None, "top_records": [],
+                           "contributors": []}  # fmt: skip
+    if job.result is not None:
+        out.update(
+            method=job.result.method,
+            weights_version=job.result.weights_version,
+            weights_method=job.result.refined_method,
+            top_records=job.result.top_records,
+            contributors=job.result.contributors,
+            adjusted=job.result.adjustment_txn is not None,
+        )
+    if job.note or job.last_error:
+        out["reason"] = job.note or job.last_error
+    return out
 
 
 @get("/v1/me/attributions")
