@@ -101,6 +101,9 @@ async def train_on_snapshot(
             for ex, r in zip(examples, contents, strict=True)
         ],
     )
+    influence_index = await asyncio.to_thread(
+        ensure_influence_index, build.path, base, examples, progress=progress
+    )
     registered = await lineage.register(
         AdapterRegistration(
             name=name,
@@ -110,7 +113,11 @@ async def train_on_snapshot(
             path=str(build.path),
             weights_sha256=build.weights_sha256,
             lineage=build.lineage,
-            metadata={**(metadata or {}), "span_index": str(span_index)},
+            metadata={
+                **(metadata or {}),
+                "span_index": str(span_index),
+                "influence_index": str(influence_index),
+            },
         ),
         replace=replace,
     )
@@ -125,6 +132,16 @@ def ensure_span_index(
     from attribution.responses import build_adapter_index
 
     return build_adapter_index(adapter_dir, documents, base.base_path / "tokenizer.json")
+
+
+def ensure_influence_index(
+    adapter_dir: Path, base: DemoModels, examples: list[TrainingExample], *, progress: bool = True
+) -> Path:
+    """The adapter's gradient influence index (projected per-record LoRA gradients), next to
+    its weights; built once, atomically."""
+    from attribution.influence.gradients import build_influence_index
+
+    return build_influence_index(base.base_path, adapter_dir, examples, progress=progress)
 
 
 class LineageAdapterDirectory:

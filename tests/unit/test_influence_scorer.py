@@ -1,0 +1,234 @@
+"""Gradient influence on a tiny factory build: the index is deterministic and cached, the
+per-sample gradient trick equals one backward per record, the sketch keeps inner products,
+the scorer finds a training record from its own text (plain and chat), and never names a
+record outside the adapter's snapshot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from attribution.influence import NoInfluenceIndex, UnknownAdapter  # noqa: E402
+from attribution.influence.gradients import (  # noqa: E402
+    FEATURES,
+    HEADER,
+    InfluenceParams,
+    build_influence_index,
+    find_index,
+    load_lora_model,
+    lora_linears,
+    projected_gradients,
+    record_tokens,
+    sketch_for,
+)
+from attribution.influence.projection import CountSketch  # noqa: E402
+from attribution.influence.scorer import GradientInfluence  # noqa: E402
+from serving.factory import FactoryConfig, build_demo_models  # noqa: E402
+from serving.factory.adapters import (  # noqa: E402
+    AdapterRecipe,
+    SnapshotRef,
+    TrainingExample,
+    build_adapter,
+)
+from serving.factory.build import DemoModels, demo_contributions  # noqa: E402
+from serving.factory.training import TrainParams  # noqa: E402
+
+PARAMS = InfluenceParams(dim=512, batch_tokens=2048)
+
+
+def _rid(i: int) -> int:
+    """Record ids with gaps, so that a row number mistaken for an id shows."""
+    return 1000 + 7 * i
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> DemoModels:
+    return build_demo_models(
+        tmp_path_factory.mktemp("influence-models"), config=FactoryConfig.tiny(), progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def examples() -> list[TrainingExample]:
+    recs = demo_contributions("legal", FactoryConfig.tiny())[:120]
+    return [TrainingExample(_rid(i), **r) for i, r in enumerate(recs)]  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def adapter(
+    tiny: DemoModels, examples: list[TrainingExample], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    recipe = dataclasses.replace(
+        AdapterRecipe.tiny(),
+        train=TrainParams(steps=40, batch_size=8, seq_len=64, lr=1e-2, warmup_steps=3),
+    )
+    ref = SnapshotRef("snap-legal", "00" * 32, 1, "legal", len(examples), 0)
+    out = tmp_path_factory.mktemp("influence-adapters")
+    return build_adapter(tiny, "legal", ref, examples, out, recipe=recipe, progress=False).path
+
+
+@pytest.fixture(scope="module")
+def index(tiny: DemoModels, adapter: Path, examples: list[TrainingExample]) -> Path:
+    return build_influence_index(tiny.base_path, adapter, examples, params=PARAMS, progress=False)
+
+
+@pytest.fixture(scope="module")
+def scorer(tiny: DemoModels, adapter: Path, index: Path) -> GradientInfluence:
+    s = GradientInfluence(tiny.base_path)
+    s.register("legal", adapter)
+    return s
+
+
+def test_index_is_deterministic_and_cached(
+    tiny: DemoModels, adapter: Path, index: Path, examples: list[TrainingExample], tmp_path: Path
+) -> None:
+    header = json.loads((index / HEADER).read_text())
+    assert header["record_ids"] == [ex.record_id for ex in examples]
+    assert header["dim"] == PARAMS.dim and header["method"] == "royalty-influence/1"
+    assert (index / FEATURES).stat().st_size == 4 * PARAMS.dim * len(examples)
+    assert index.parent == adapter and index.name.startswith("influence-")
+    # a second call is a cache hit: same directory, untouched
+    mtime = (index / FEATURES).stat().st_mtime_ns
+    again = build_influence_index(tiny.base_path, adapter, examples, params=PARAMS, progress=False)
+    assert again == index and (index / FEATURES).stat().st_mtime_ns == mtime
+    # from scratch elsewhere (a copy of the adapter without its index): the same bytes
+    copy = tmp_path / "copy"
+    shutil.copytree(adapter, copy, ignore=shutil.ignore_patterns("influence-*", ".influence-*"))
+    rebuilt = build_influence_index(tiny.base_path, copy, examples, params=PARAMS, progress=False)
+    assert rebuilt.name == index.name
+    assert (rebuilt / FEATURES).read_bytes() == (index / FEATURES).read_bytes()
+    assert not list(copy.glob(".influence-*"))  # no temp directory left behind
+    # other records, other index
+    fewer = build_influence_index(
+        tiny.base_path, copy, examples[:-1], params=PARAMS, progress=False
+    )
+    assert fewer != rebuilt
+
+
+def test_batched_per_sample_gradients_equal_one_backward_per_record(
+    tiny: DemoModels, adapter: Path, examples: list[TrainingExample]
+) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny.base_path))
+    model = load_lora_model(tiny.base_path, adapter)
+    linears = lora_linears(model, "default")
+    sketch = sketch_for(linears, 256, 7)
+    tokens = record_tokens(tok, [ex.document() for ex in examples[:6]], 256)
+    seqs = [(t, [1] * len(t)) for t in tokens]  # different lengths: padding in the batch
+    assert len({len(t) for t in tokens}) > 1
+    batched = projected_gradients(model, linears, sketch, seqs, tok.pad_token_id)
+    for row, seq in enumerate(seqs):
+        # the reference: autograd's own .grad after a backward of this record alone
+        for lin in linears.values():
+            lin.weight.requires_grad_(True)
+        ids = torch.tensor([seq[0]])
+        model(input_ids=ids, labels=ids).loss.mul(len(seq[0]) - 1).backward()
+        full = {n: lin.weight.grad.reshape(1, -1).clone() for n, lin in linears.items()}
+        for lin in linears.values():
+            lin.weight.grad = None
+            lin.weight.requires_grad_(False)
+        alone = sketch.project(full)[0]
+        assert torch.allclose(batched[row], alone, rtol=1e-3, atol=1e-5 * alone.abs().max())
+
+
+def test_count_sketch_keeps_inner_products() -> None:
+    rng = np.random.default_rng(3)
+    shapes = {"a.lora_A": 30_000, "a.lora_B": 50_000}
+    x = {
+        n: torch.from_numpy(rng.standard_normal((1, k)).astype(np.float32))
+        for n, k in shapes.items()
+    }
+    noise = {
+        n: torch.from_numpy(rng.standard_normal((1, k)).astype(np.float32))
+        for n, k in shapes.items()
+    }
+    y = {n: x[n] + 2 * noise[n] for n in shapes}  # cosine(x, y) ~ 0.45
+    true_xy = sum(float((x[n] * y[n]).sum()) for n in shapes)
+    norm = np.sqrt(sum(float((x[n] ** 2).sum()) for n in shapes)) * np.sqrt(
+        sum(float((y[n] ** 2).sum()) for n in shapes)
+    )
+    errors = []
+    for seed in range(8):
+        s = CountSketch(shapes, 2048, seed)
+        errors.append(float((s.project(x) * s.project(y)).sum()) - true_xy)
+    # each estimate within 4 standard deviations (sd <= |x||y| sqrt(2 / dim)), unbiased overall
+    assert max(abs(e) for e in errors) < 4 * norm * np.sqrt(2 / 2048)
+    assert abs(np.mean(errors)) < 2 * norm * np.sqrt(2 / 2048) / np.sqrt(len(errors))
+    # the same seed and names give the same sketch, whatever order the tensors come in
+    a = CountSketch(shapes, 2048, 1).project(x)
+    b = CountSketch(dict(reversed(shapes.items())), 2048, 1).project(dict(reversed(x.items())))
+    assert torch.allclose(a, b, atol=1e-4)  # summation order differs
+    assert not torch.allclose(a, CountSketch(shapes, 2048, 2).project(x))
+
+
+def test_scorer_finds_a_record_from_its_own_text(
+    scorer: GradientInfluence, examples: list[TrainingExample]
+) -> None:
+    plain = [ex for ex in examples if ex.text is not None][:8]
+    chats = [ex for ex in examples if ex.text is None][:4]
+    assert plain and chats
+    for ex in plain:
+        result = scorer.score("legal", "", ex.text or "", top_k=5)
+        assert result.records[0].record_id == ex.record_id, ex.record_id
+        assert result.method == "royalty-influence/1" and result.seconds > 0
+    for ex in chats:
+        messages = [{"role": "user", "content": ex.prompt}]
+        result = scorer.score("legal", messages, ex.completion or "", top_k=5)
+        assert ex.record_id in [r.record_id for r in result.records[:3]], ex.record_id
+    # a planted record's score stands far above the rest
+    scores = scorer.all_scores("legal", "", plain[0].text or "")
+    own = scorer.record_ids("legal").index(plain[0].record_id)
+    assert scores[own] > 1.5 * np.partition(scores, -2)[-2]
+
+
+def test_scores_name_only_snapshot_records(
+    scorer: GradientInfluence, examples: list[TrainingExample]
+) -> None:
+    snapshot = {ex.record_id for ex in examples}
+    outputs = ["", "zzz qqq", "The tenant shall pay the rent.", examples[3].document() * 3]
+    for out in outputs:
+        for prompt in ("Clause:", [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]):
+            result = scorer.score("legal", prompt, out, top_k=50)
+            assert {r.record_id for r in result.records} <= snapshot
+            assert all(r.score > 0 for r in result.records)
+            assert len(result.records) <= 50
+            assert [r.score for r in result.records] == sorted(
+                (r.score for r in result.records), reverse=True
+            )
+    assert scorer.score("legal", "x", "").records == ()
+
+
+def test_register_refuses_what_it_cannot_use(
+    tiny: DemoModels, adapter: Path, index: Path, tmp_path: Path
+) -> None:
+    s = GradientInfluence(tiny.base_path)
+    with pytest.raises(UnknownAdapter):
+        s.score("legal", "p", "o")
+    bare = tmp_path / "bare"
+    shutil.copytree(adapter, bare, ignore=shutil.ignore_patterns("influence-*"))
+    with pytest.raises(NoInfluenceIndex):
+        s.register("bare", bare)
+    # an index built for other weights
+    shutil.copytree(index, bare / index.name)
+    weights = bare / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(NoInfluenceIndex):
+        s.register("bare", bare)
+    assert not s.knows("bare")
+    s.register("a", adapter)
+    s.register("b", adapter)  # two registrations share the base
+    assert s.score("a", "", "The tenant").records == s.score("b", "", "The tenant").records
+    s.forget("a")
+    assert not s.knows("a") and s.knows("b")
+    with pytest.raises(UnknownAdapter):
+        s.score("a", "p", "o")
+    assert find_index(adapter) == index
