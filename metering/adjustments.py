@@ -28,6 +28,7 @@ from metering.ledger import (
 )
 from metering.pg import driver
 from metering.pricing import SplitPolicy, split_event
+from metering.record_penalties import withhold_in_split
 from metering.sources import AdapterDirectory, AdapterInfo
 from metering.split_batch import group_parties
 
@@ -93,6 +94,7 @@ async def reattribute(
         )  # fmt: skip
         parties = replace(parties, payer_account=posting["payer_account"])
         split = split_event(event_id, posting["charge"], policy, parties, system)
+        await withhold_in_split(conn, event_id, split, contributors, system.withheld)
         wanted: dict[int, int] = {}
         for p, x in zip(split.payees, split.amounts, strict=True):
             wanted[p] = wanted.get(p, 0) + x

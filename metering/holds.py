@@ -32,7 +32,12 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from metering.ledger import INSERT_TXN, INSERT_WITHHELD, post_entries, system_payees
+from metering.ledger import (
+    OPEN_HOLDS_TOTAL,
+    WithheldItem,
+    post_withholding,
+    system_payees,
+)
 
 DOMINANT_PAYERS = """
 WITH per AS (
@@ -118,12 +123,6 @@ INSERT_HELD_EVENTS = """
 INSERT INTO held_events (event_id, month, heuristic, txn_id)
 SELECT e, $2, h, $3 FROM unnest($1::text[], $4::text[]) AS x(e, h)
 """
-# What open holds keep back now: hold transactions not reversed (for the holds gauge).
-OPEN_HOLDS_TOTAL = """
-SELECT coalesce(sum(w.amount), 0) FROM withheld_items w
-JOIN ledger_transactions t ON t.id = w.txn_id AND t.kind = 'hold'
-WHERE NOT EXISTS (SELECT 1 FROM ledger_transactions r WHERE r.reverses = t.id)
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +198,7 @@ async def apply_holds(conn: asyncpg.Connection, month: dt.date, policy: WashPoli
         return 0
     held = {r["event_id"] for r in await conn.fetch(HELD_IN_MONTH, month)}
     payees, _ = await system_payees(conn)
-    entries: list[tuple[int, dt.date, int]] = []
-    items: list[tuple[dt.date, int, int, str]] = []
+    items: list[WithheldItem] = []
     new_events: list[tuple[str, str]] = []
     left: dict[int, int] = {}
     for f in flagged:
@@ -216,17 +214,11 @@ async def apply_holds(conn: asyncpg.Connection, month: dt.date, policy: WashPoli
             amount = min(int(e["amount"]), left[payee])
             if amount > 0:
                 left[payee] -= amount
-                entries += [(payee, month, -amount), (payees.withheld, month, amount)]
                 items.append((month, payee, amount, f.reason))
     if not new_events:
         return 0
-    txn = int(await conn.fetchval(INSERT_TXN, "hold", None, "wash-traffic holds at close"))
-    await post_entries(conn, txn, entries)
-    if items:
-        await conn.execute(
-            INSERT_WITHHELD, txn, [i[0] for i in items], [i[1] for i in items],
-            [i[2] for i in items], [i[3] for i in items],
-        )  # fmt: skip
+    memo = "wash-traffic holds at close"
+    txn = await post_withholding(conn, "hold", memo, items, payees.withheld, always=True)
     await conn.execute(
         INSERT_HELD_EVENTS, [e for e, _ in new_events], month, txn, [h for _, h in new_events]
     )

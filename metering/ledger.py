@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from metering import metrics
 from metering.money import month_start, next_month
 from metering.pg import driver
 from metering.pricing import Payees
@@ -86,6 +87,12 @@ MONTH_BALANCE = (
 OPEN_POSTED_MONTHS = """
 SELECT DISTINCT month FROM usage_postings p
 WHERE NOT EXISTS (SELECT 1 FROM ledger_months c WHERE c.month = p.month) ORDER BY month
+"""
+# What open holds keep back now: hold transactions not reversed (the holds gauge).
+OPEN_HOLDS_TOTAL = """
+SELECT coalesce(sum(w.amount), 0) FROM withheld_items w
+JOIN ledger_transactions t ON t.id = w.txn_id AND t.kind = 'hold'
+WHERE NOT EXISTS (SELECT 1 FROM ledger_transactions r WHERE r.reverses = t.id)
 """
 INSERT_WITHHELD = """
 INSERT INTO withheld_items (txn_id, month, beneficiary_id, amount, reason)
@@ -180,6 +187,37 @@ async def post_entries(
     await conn.execute(APPLY_BALANCES, ids, [deltas[i] for i in ids])
 
 
+WithheldItem = tuple[dt.date, int, int, str]
+"""(month, beneficiary ledger account, amount, reason)"""
+
+
+async def post_withholding(
+    conn: asyncpg.Connection,
+    kind: str,
+    memo: str,
+    items: Sequence[WithheldItem],
+    withheld_account: int,
+    *,
+    always: bool = False,
+) -> int | None:
+    """One transaction moving each item's amount from its beneficiary to `withheld`, in its
+    month, with the item's reason in `withheld_items`. Returns the transaction (None when
+    there is nothing to move, unless `always`)."""
+    if not items and not always:
+        return None
+    txn = int(await conn.fetchval(INSERT_TXN, kind, None, memo))
+    entries = [(b, m, -x) for m, b, x, _ in items] + [
+        (withheld_account, m, x) for m, _, x, _ in items
+    ]
+    await post_entries(conn, txn, entries)
+    if items:
+        await conn.execute(
+            INSERT_WITHHELD, txn, [i[0] for i in items], [i[1] for i in items],
+            [i[2] for i in items], [i[3] for i in items],
+        )  # fmt: skip
+    return txn
+
+
 @dataclass(frozen=True, slots=True)
 class Balance:
     balance: int
@@ -206,7 +244,8 @@ class PostgresLedger:
             month = open_month_for(month_start(dt.datetime.now(dt.UTC)), await _closed(conn))
             txn = int(await conn.fetchval(INSERT_TXN, "topup", None, memo))
             await post_entries(conn, txn, [(consumer, month, micros), (external, month, -micros)])
-            return txn
+        metrics.credits_minted("consumer", micros)  # counted once committed
+        return txn
 
     async def reverse(self, txn_id: int, memo: str) -> int:
         """A new transaction negating `txn_id`, in the open month (a closed month never
@@ -228,7 +267,10 @@ class PostgresLedger:
                 new,
                 [(r["account_id"], open_month_for(r["month"], closed), -r["amount"]) for r in rows],
             )
-            return new
+        if kind == "hold":  # a hold released after review
+            async with driver(self._engine) as conn:
+                metrics.hold_released(int(await conn.fetchval(OPEN_HOLDS_TOTAL)))
+        return new
 
     async def penalize(self, contributor_id: int, adapter: str, reason: str) -> tuple[int, int]:
         """Withhold a contributor's future credits (from `adapter`, or all with '') and reverse
@@ -242,30 +284,21 @@ class PostgresLedger:
             ledger_id = (await ensure_accounts(conn, "contributor", [contributor_id]))[
                 contributor_id
             ]
-            entries: list[tuple[int, dt.date, int]] = []
-            withheld: list[tuple[dt.date, int, int, str]] = []
+            withheld: list[WithheldItem] = []
             for r in await conn.fetch(OPEN_POSTED_MONTHS):
                 month = r["month"]
                 earned = int(await conn.fetchval(PENALTY_CREDITS, month, ledger_id, adapter))
                 earned -= int(await conn.fetchval(ALREADY_REVERSED, month, ledger_id))
                 amount = min(earned, int(await conn.fetchval(MONTH_BALANCE, month, ledger_id)))
                 if amount > 0:
-                    entries += [(ledger_id, month, -amount), (payees.withheld, month, amount)]
                     withheld.append(
                         (month, ledger_id, amount, f"penalty reversal #{penalty}: {reason}")
                     )
-            if entries:
-                txn = int(
-                    await conn.fetchval(
-                        INSERT_TXN, "penalty", None, f"penalty #{penalty}: {reason}"
-                    )
-                )
-                await post_entries(conn, txn, entries)
-                await conn.execute(
-                    INSERT_WITHHELD, txn, [w[0] for w in withheld], [w[1] for w in withheld],
-                    [w[2] for w in withheld], [w[3] for w in withheld],
-                )  # fmt: skip
-            return penalty, sum(w[2] for w in withheld)
+            memo = f"penalty #{penalty}: {reason}"
+            await post_withholding(conn, "penalty", memo, withheld, payees.withheld)
+            reversed_ = sum(w[2] for w in withheld)
+        metrics.penalty_applied(reversed_)
+        return penalty, reversed_
 
     async def balance(self, kind: str, owner_id: int | None) -> Balance:
         async with driver(self._engine) as conn:

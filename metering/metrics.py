@@ -15,7 +15,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-PAYEE_KINDS = frozenset({"contributor", "adapter_builder", "datanet_owner", "platform", "withheld"})
+# The ledger's kinds (metering.ledger), plus the older names dashboards may still use.
+PAYEE_KINDS = frozenset({
+    "contributor", "adapter_owner", "operator", "treasury", "withheld", "consumer",
+    "adapter_builder", "datanet_owner", "platform",
+})  # fmt: skip
 ATTRIBUTION_STAGES = frozenset({"span", "influence", "weights"})
 
 # --- usage capture (gateway process: usage_log.py, shipper.py) ------------------------------
@@ -41,7 +45,9 @@ USAGE_SHIP_FAILURES = Counter(
 # --- credits, holds and penalties (metering workers) ----------------------------------------
 CREDITS_MINTED = Counter(
     "royalty_credits_minted_microcredits_total",
-    "Micro-credits credited to payees by the splitter, by payee kind.",
+    "Micro-credits credited by the ledger, by payee kind: consumer credit sold by top-ups, "
+    "and what posted usage credits to contributors, adapter owners, operator, treasury and "
+    "withheld.",
     ["payee_kind"],
 )
 HOLDS_PLACED = Counter(

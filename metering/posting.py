@@ -23,11 +23,12 @@ import asyncio
 import io
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from metering import metrics as metering_metrics
 from metering.catalog import load_price_book
 from metering.ledger import (
     CLOSE_LOCK_KEY,
@@ -41,6 +42,7 @@ from metering.ledger import (
     system_payees,
 )
 from metering.pg import driver
+from metering.record_penalties import withhold_in_batch
 from metering.sources import AdapterDirectory, AttributionSource, NoAttribution
 from metering.split_batch import compute_postings
 
@@ -107,6 +109,8 @@ class BatchResult:
     charged: int
     """Sum of the batch's charges (micro-credits)."""
     txn_id: int | None
+    minted: dict[str, int] = field(default_factory=dict)
+    """Micro-credits the batch credited, by payee kind (for the credits-minted metric)."""
 
 
 class PostingWorker:
@@ -127,6 +131,12 @@ class PostingWorker:
         """Test hook: called inside the transaction after the COPY (raise to crash there)."""
 
     async def post_batch(self) -> BatchResult:
+        done = await self._post_batch()
+        for kind, micros in done.minted.items():  # counted once the batch committed
+            metering_metrics.credits_minted(kind, micros)
+        return done
+
+    async def _post_batch(self) -> BatchResult:
         async with driver(self._engine) as conn, conn.transaction():
             await conn.execute(LOCK_SHARED, CLOSE_LOCK_KEY)
             cursor = self._cursor
@@ -224,6 +234,7 @@ class PostingWorker:
             contributors,
             owners,
         )
+        withheld += await withhold_in_batch(conn, rows, sums, contributors, system.withheld)
         await conn.copy_to_table(
             "usage_postings", source=io.BytesIO(postings_copy_text(rows)), columns=POSTING_COLUMNS
         )
@@ -240,4 +251,13 @@ class PostingWorker:
                 [w[2] for w in withheld], [w[3] for w in withheld],
             )  # fmt: skip
         await conn.execute(RELEASE_RESERVATIONS, ids)
-        return BatchResult(len(events), charged, txn)
+        kinds = {system.treasury: "treasury", system.operator: "operator"}
+        kinds[system.withheld] = "withheld"
+        kinds.update({ledger: "contributor" for ledger in contributors.values()})
+        kinds.update({ledger: "adapter_owner" for ledger in owners.values()})
+        minted: dict[str, int] = {}
+        for (account, _), amount in sums.items():
+            kind = kinds.get(account)
+            if kind is not None and amount > 0:
+                minted[kind] = minted.get(kind, 0) + amount
+        return BatchResult(len(events), charged, txn, minted)

@@ -28,6 +28,24 @@ FROM withheld_items w JOIN ledger_accounts la ON la.id = w.beneficiary_id
 WHERE la.owner_id = $1
 GROUP BY w.month, w.reason ORDER BY w.month DESC, amount DESC LIMIT 100
 """
+# Every amount withheld from the account's own earnings, with its reason: holds, penalties
+# (at posting and reversals), self-dealing, re-attribution. A hold (or penalty) transaction
+# that was reversed after review is released.
+OWN_HOLDS = """
+SELECT w.month, la.kind AS account_kind, w.reason,
+       CASE WHEN t.kind = 'hold' THEN 'hold'
+            WHEN t.kind = 'penalty' OR w.reason LIKE 'penalty%' THEN 'penalty'
+            WHEN w.reason LIKE 'self-dealing%' THEN 'self-dealing'
+            WHEN t.kind = 'adjustment' THEN 'adjustment'
+            ELSE t.kind END AS kind,
+       EXISTS (SELECT 1 FROM ledger_transactions r WHERE r.reverses = w.txn_id) AS released,
+       sum(w.amount) AS amount, count(DISTINCT w.txn_id) AS transactions
+FROM withheld_items w
+JOIN ledger_accounts la ON la.id = w.beneficiary_id
+JOIN ledger_transactions t ON t.id = w.txn_id
+WHERE la.owner_id = $1 AND la.kind IN ('contributor', 'adapter_owner')
+GROUP BY 1, 2, 3, 4, 5 ORDER BY w.month DESC, amount DESC, w.reason LIMIT $2
+"""
 CLOSED_MONTHS = "SELECT month, merkle_root FROM ledger_months"
 OWN_STATEMENTS = """
 SELECT s.payee, s.amount, s.leaf_index, s.proof, m.merkle_root, m.leaf_count
@@ -60,6 +78,28 @@ class Earnings(msgspec.Struct):
     withheld: list[WithheldItem]
     credit_available: str
     """The account's own prepaid credit (as a consumer)."""
+
+
+class Hold(msgspec.Struct):
+    month: str
+    kind: str
+    """"hold" (wash traffic, for review), "penalty", "self-dealing" or "adjustment"."""
+    account_kind: str
+    """Which of the caller's earnings: "contributor" or "adapter_owner"."""
+    reason: str
+    amount: str
+    amount_micros: int
+    released: bool
+    """True when the hold (or penalty) was reversed after review: the amount was paid back
+    in the open month."""
+
+
+class Holds(msgspec.Struct):
+    object: str
+    account_id: int
+    data: list[Hold]
+    held_micros: int
+    """What is withheld from the account now (not released), in micro-credits."""
 
 
 class StatementLine(msgspec.Struct):
@@ -112,6 +152,26 @@ class MeteringService:
         ]
         credit = (await self.ledger.balance("consumer", account_id)).available
         return Earnings("earnings", account_id, months, withheld, format_micros(credit))
+
+    async def holds(self, account_id: int, limit: int = 500) -> Holds:
+        """Everything withheld from the account's own contributor and adapter-owner earnings,
+        per month, kind and reason."""
+        async with driver(self.engine) as conn:
+            rows = await conn.fetch(OWN_HOLDS, account_id, limit)
+        data = [
+            Hold(
+                month_label(r["month"]),
+                r["kind"],
+                r["account_kind"],
+                r["reason"],
+                format_micros(int(r["amount"])),
+                int(r["amount"]),
+                bool(r["released"]),
+            )  # fmt: skip
+            for r in rows
+        ]
+        held = sum(h.amount_micros for h in data if not h.released)
+        return Holds("list", account_id, data, held)
 
     async def statement(self, account_id: int, month: dt.date) -> MonthStatement | None:
         """The account's own statements of a closed month; None if closed without one or not

@@ -1,8 +1,10 @@
-"""Contributor earnings and statements: `GET /v1/me/earnings`, `GET /v1/me/statements/{month}`;
+"""Contributor earnings, holds and statements: `GET /v1/me/earnings`, `GET /v1/me/holds`,
+`GET /v1/me/statements/{month}`;
 admin: `POST /v1/admin/credits`, `GET|POST /v1/admin/prices`.
 
-Any valid key may call the `/v1/me/` routes, and each answers only for the key's own account
-(the account comes from the key, never from the request). A month that is not closed, or a
+Any valid key may call `/v1/me/earnings` and `/v1/me/statements`; `/v1/me/holds` needs the
+`contributor` scope (holds are about contributed work). Each answers only for the key's own
+account (the account comes from the key, never from the request). A month that is not closed, or a
 closed month without a statement for the account, is a 404. Admin routes need the `admin`
 scope; amounts are decimal strings of credits, parsed exactly.
 """
@@ -47,6 +49,14 @@ async def my_earnings(request: Request) -> Response[bytes]:
     key = await _own_key(request)
     earnings = await _metering(request).earnings(key.account_id)
     return Response(msgspec.json.encode(earnings), media_type=JSON)
+
+
+@get("/v1/me/holds", media_type=JSON)
+async def my_holds(request: Request) -> Response[bytes]:
+    """What is withheld from the caller's own earnings and why (scope `contributor`)."""
+    key = await authorize(request, "contributor")
+    holds = await _metering(request).holds(key.account_id)
+    return Response(msgspec.json.encode(holds), media_type=JSON)
 
 
 @get("/v1/me/statements/{month:str}", media_type=JSON)
@@ -144,4 +154,4 @@ async def set_price(request: Request) -> Response[bytes]:
     return _json(_price_json(price), 201)
 
 
-ROUTES = [my_earnings, my_statement, add_credits, list_prices, set_price]
+ROUTES = [my_earnings, my_holds, my_statement, add_credits, list_prices, set_price]

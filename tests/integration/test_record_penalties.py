@@ -1,0 +1,163 @@
+"""Penalising one training record: the open month's credits from it are reversed to
+`withheld` exactly (its part, by the rule in metering.record_penalties, of each response that
+names it), a closed month is untouched, later events withhold its part at posting, an
+influence re-split does not hand it back, and the ledger's invariants hold after."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
+
+from gateway.cli import app
+from metering.adjustments import reattribute
+from metering.audit import violations
+from metering.catalog import PostgresCatalog
+from metering.ledger import LedgerError
+from metering.payouts import PostgresPayouts
+from metering.pg import driver
+from metering.posting import PostingWorker
+from metering.record_penalties import penalize_record, record_part
+from metering.service import MeteringService
+from metering.sources import AdapterInfo, InMemoryAdapterDirectory, UsageEventAttribution
+from metering.usage import UsageRecord
+from metering.usage_store import PostgresUsageStore
+
+pytestmark = pytest.mark.integration
+SEP = dt.datetime(2026, 9, 10, tzinfo=dt.UTC)
+OCT = dt.datetime(2026, 10, 3, tzinfo=dt.UTC)
+BAD = 101  # the record penalised: carol's, weight 0.3 of responses where carol has 0.6
+
+
+def attribution(carol: int, dave: int, names_bad: bool) -> str:
+    top = [{"id": 102, "contributor": carol, "weight": 0.2}]
+    if names_bad:
+        top.insert(0, {"id": BAD, "contributor": carol, "weight": 0.3})
+    top.append({"id": 201, "contributor": dave, "weight": 0.25})
+    return json.dumps(
+        {
+            "object": "attribution",
+            "top_records": top,
+            "contributors": [
+                {"id": carol, "weight": 0.6, "weight_ppm": 600_000},
+                {"id": dave, "weight": 0.4, "weight_ppm": 400_000},
+            ],
+        }
+    )
+
+
+def event(rid: str, payer: int, at: dt.datetime, attr: str | None) -> UsageRecord:
+    return UsageRecord(
+        request_id=rid, account_id=payer, key_id=1, endpoint="completions", model="a",
+        base_model="tiny", adapter="a", status="ok", http_status=200, prompt_tokens=777,
+        completion_tokens=333, started_at=at, total_ms=1.0, ttft_ms=None, output_sha256=None,
+        attribution=attr,
+    )  # fmt: skip
+
+
+async def paid_to(engine: AsyncEngine, ledger_id: int) -> dict[str, int]:
+    async with driver(engine) as conn:
+        rows = await conn.fetch(
+            """SELECT p.event_id, x.amount FROM usage_postings p,
+               unnest(p.payees, p.amounts) AS x(payee, amount) WHERE x.payee = $1""",
+            ledger_id,
+        )
+    return {r["event_id"]: int(r["amount"]) for r in rows}
+
+
+async def test_a_penalised_record_loses_exactly_its_part(engine: AsyncEngine) -> None:
+    async with driver(engine) as conn:
+        rows = await conn.fetch(
+            "INSERT INTO accounts (name) SELECT unnest($1::text[]) RETURNING name, id",
+            ["own", "carol", "dave", "payer"],
+        )
+    ids = {r["name"]: r["id"] for r in rows}
+    carol, dave, payer = ids["carol"], ids["dave"], ids["payer"]
+    await PostgresCatalog(engine).set_price("tiny", "", 1_000_000, 3_000_000, SEP)
+    directory = InMemoryAdapterDirectory({"a": AdapterInfo(ids["own"], {carol: 2, dave: 1})})
+    worker = PostingWorker(engine, directory, UsageEventAttribution(engine))
+    store = PostgresUsageStore(engine)
+    hour = dt.timedelta(hours=1)
+    first = [event(f"sep-{i}", payer, SEP + i * hour, attribution(carol, dave, True)) for i in range(5)]  # fmt: skip
+    first += [event(f"oct-{i}", payer, OCT + i * hour, attribution(carol, dave, i % 3 != 0)) for i in range(30)]  # fmt: skip
+    first += [event(f"base-{i}", payer, OCT + i * hour, None) for i in range(5)]  # baseline
+    await store.insert_batch(first)
+    await worker.drain()
+    await PostgresPayouts(engine).close(dt.date(2026, 9, 1), wash=None)
+    async with driver(engine) as conn:
+        ledger = {
+            r["owner_id"]: r["id"]
+            for r in await conn.fetch(
+                "SELECT owner_id, id FROM ledger_accounts WHERE kind = 'contributor'"
+            )  # fmt: skip
+        }
+    before = await paid_to(engine, ledger[carol])
+    dave_before = await paid_to(engine, ledger[dave])
+    service = MeteringService(engine)
+    carol_oct = {m.month: m.total_micros for m in (await service.earnings(carol)).months}
+
+    penalty, reversed_ = await penalize_record(engine, BAD, carol, "copied from a textbook")
+    named = [f"oct-{i}" for i in range(30) if i % 3 != 0]
+    expected = sum(record_part(before[e], 300_000, 600_000) for e in named)
+    assert expected > 0 and reversed_ == expected
+    assert sum(before[e] // 2 for e in named) == expected  # 0.3 of carol's 0.6: half
+    after = {m.month: m.total_micros for m in (await service.earnings(carol)).months}
+    assert after["2026-10"] == carol_oct["2026-10"] - expected
+    assert after["2026-09"] == carol_oct["2026-09"]  # a closed month never changes
+    withheld = (await service.earnings(carol)).withheld
+    assert [(w.month, w.reason) for w in withheld] == [
+        ("2026-10", f"penalty reversal #{penalty} (record {BAD}): copied from a textbook")
+    ]
+    assert await paid_to(engine, ledger[dave]) == dave_before  # nobody else is touched
+    with pytest.raises(LedgerError, match="already penalised"):
+        await penalize_record(engine, BAD, carol, "again")
+
+    # Later events: the record's part is withheld at posting, the rest of carol's share paid.
+    later = [event(f"late-{i}", payer, OCT + (40 + i) * hour, attribution(carol, dave, i % 2 == 0)) for i in range(10)]  # fmt: skip
+    await store.insert_batch(later)
+    await worker.drain()
+    async with driver(engine) as conn:
+        system_withheld = await conn.fetchval(
+            "SELECT id FROM ledger_accounts WHERE kind = 'withheld'"
+        )
+        rows = await conn.fetch(
+            "SELECT event_id, payees, amounts FROM usage_postings WHERE event_id LIKE 'late-%'"
+        )
+    for r in rows:
+        split = dict(zip(r["payees"], r["amounts"], strict=True))
+        i = int(r["event_id"].split("-")[1])
+        held = split.get(system_withheld, 0)
+        full = split.get(ledger[carol], 0) + held
+        assert held == (full * 300_000 // 600_000 if i % 2 == 0 else 0), r["event_id"]
+    items = await service.earnings(carol)
+    assert f"penalty (record {BAD}): copied from a textbook" in {w.reason for w in items.withheld}
+
+    # An influence re-split of a penalised event keeps the record's part withheld.
+    txn = await reattribute(engine, directory, "late-0", {carol: 1, dave: 1})
+    assert txn is not None
+    async with driver(engine) as conn:
+        moves = await conn.fetch(
+            """SELECT x.payee, sum(x.amount) AS amount FROM (
+                   SELECT payees, amounts FROM usage_postings WHERE event_id = 'late-0'
+                   UNION ALL SELECT payees, amounts FROM usage_adjustments WHERE event_id = 'late-0'
+               ) s, unnest(s.payees, s.amounts) AS x(payee, amount) GROUP BY x.payee"""
+        )
+    now = {r["payee"]: int(r["amount"]) for r in moves}
+    assert now[system_withheld] == (now[ledger[carol]] + now[system_withheld]) // 2
+    assert await violations(engine) == []
+
+
+async def test_the_cli_penalises_a_record_or_a_contributor(database_url: str) -> None:
+    def royalty(*args: str) -> tuple[int, str]:
+        r = CliRunner().invoke(app, [*args, "--database-url", database_url])
+        return r.exit_code, r.stdout + (r.stderr if r.stderr_bytes else "")
+
+    both = ("payouts", "penalize", "--contributor", "x", "--record", "1", "--reason", "r")
+    assert (await asyncio.to_thread(royalty, *both))[0] == 2
+    assert (await asyncio.to_thread(royalty, "payouts", "penalize", "--reason", "r"))[0] == 2
+    code, out = await asyncio.to_thread(royalty, "payouts", "penalize", "--record", "999999", "--reason", "r")  # fmt: skip
+    assert code == 1 and "no record 999999" in out
