@@ -10,6 +10,15 @@ charge, in the same transaction.
 When Postgres cannot be reached the gate lets requests through (`fail_open`, the default):
 serving and durable usage capture keep working through a database outage (DESIGN.md,
 invariant 1), and the usage is charged when it posts. Set `fail_open=False` to refuse instead.
+
+Cost per request: a request that holds nothing (an unpriced model, a free estimate, or budgets
+not checked during an outage) costs no round trip at all; the gate remembers which requests
+may hold credit and settles only those. Reservations and settles of concurrent requests are
+grouped into one statement each (`Budgets.reserve_many`, `Budgets.settle_many`), like a group
+commit: while one batch is being written the next one gathers. A grouped reservation is
+guarded on the locked account row exactly like a single one (the held total never passes the
+balance); a request that did not fit in its group is asked alone. Settling only ever lowers
+a hold (the estimate bounds the cost), so grouping it delays nothing that protects an account.
 """
 
 from __future__ import annotations
@@ -18,7 +27,8 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from typing import Protocol
+from collections.abc import Awaitable, Callable
+from typing import Generic, Protocol, TypeVar
 
 import asyncpg
 
@@ -28,6 +38,9 @@ from metering.pricing import PriceBook, charge_micros
 log = logging.getLogger(__name__)
 
 __all__ = ["BudgetGate", "BudgetUnavailable", "InsufficientCredit", "PriceSource"]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class PriceSource(Protocol):
@@ -60,6 +73,20 @@ class BudgetGate:
         self._lock = asyncio.Lock()
         self.unchecked = 0
         """Requests let through because budgets could not be checked."""
+        self._holding: set[str] = set()
+        """Request ids whose reservation this gate made and has not settled yet."""
+        self._reserves: _Grouped[tuple[int, str, int], bool] = _Grouped(self._write_reserves)
+        self._settles: _Grouped[tuple[str, int], None] = _Grouped(self._write_settles)
+
+    @property
+    def reserve_batches(self) -> int:
+        """Grouped reservation statements (at most one per request, fewer under load)."""
+        return self._reserves.batches
+
+    @property
+    def settle_batches(self) -> int:
+        """Grouped settle statements (at most one per request, fewer under load)."""
+        return self._settles.batches
 
     async def _current_book(self) -> PriceBook:
         if self._book is None or time.monotonic() - self._loaded > self.refresh_s:
@@ -90,7 +117,20 @@ class BudgetGate:
         try:
             book = await self._current_book()
             amount = self.estimate(book, base_model, adapter, prompt_chars, max_tokens, n)
-            await self.budgets.reserve(account_id, request_id, amount)
+            if amount <= 0:  # a free request holds nothing (Postgres is not even asked)
+                await self.budgets.reserve(account_id, request_id, amount)
+                return amount
+            # Noted before asking: a request cancelled while its reservation is being written
+            # may hold credit, so its settle must run.
+            self._holding.add(request_id)
+            try:
+                # Grouped with concurrent requests; what did not fit in the group (or a failed
+                # group) is asked alone, which decides exactly and names what is available.
+                if not await self._reserves.submit((account_id, request_id, amount)):
+                    await self.budgets.reserve(account_id, request_id, amount)
+            except InsufficientCredit:
+                self._holding.discard(request_id)
+                raise
             return amount
         except InsufficientCredit:
             raise
@@ -106,11 +146,71 @@ class BudgetGate:
         prompt_tokens: int, completion_tokens: int, charged: bool,
     ) -> None:  # fmt: skip
         """Replace the hold by the actual cost (0 for a request that is not charged)."""
+        if request_id not in self._holding:
+            return  # it holds nothing: no reservation row to settle
+        self._holding.discard(request_id)
         try:
             book = await self._current_book()
             price = book.price(base_model, adapter, started_at)
             actual = charge_micros(price, prompt_tokens, completion_tokens) if charged else 0
-            await self.budgets.settle(request_id, actual)
+            await self._settles.submit((request_id, actual))
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             # The hold stays until the event posts, which removes it: safe, only conservative.
             log.warning("could not settle the budget of %s: %s", request_id, e)
+
+    async def _write_reserves(self, batch: list[tuple[int, str, int]]) -> list[bool]:
+        many = getattr(self.budgets, "reserve_many", None)
+        if many is None or len(batch) == 1:
+            return [False] * len(batch)  # each is asked alone
+        try:
+            held = await many(batch)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            log.debug("grouped reservation failed (%s); reserving one by one", e)
+            return [False] * len(batch)
+        return [rid in held for _, rid, _ in batch]
+
+    async def _write_settles(self, batch: list[tuple[str, int]]) -> list[None]:
+        many = getattr(self.budgets, "settle_many", None)
+        if many is not None:
+            await many(batch)
+        else:
+            for rid, actual in batch:
+                await self.budgets.settle(rid, actual)
+        return [None] * len(batch)
+
+
+class _Grouped(Generic[T, R]):
+    """Group commit for round trips: the first item starts a write at once; items that come
+    while it is in flight wait and go together in the next one. `submit` returns the item's
+    own answer once its write is done, or raises the write's error."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self._write = write
+        self._waiting: list[tuple[T, asyncio.Future[R]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def submit(self, item: T) -> R:
+        done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, done))
+        if self._writer is None:
+            self._writer = asyncio.ensure_future(self._run())
+        return await done
+
+    async def _run(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                self.batches += 1
+                try:
+                    answers = await self._write([item for item, _ in batch])
+                except Exception as e:
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(e)
+                else:
+                    for (_, f), answer in zip(batch, answers, strict=True):
+                        if not f.done():
+                            f.set_result(answer)
+        finally:
+            self._writer = None

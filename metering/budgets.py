@@ -7,11 +7,16 @@ exceeds the balance. `settle` replaces the estimate by the actual cost, which th
 bounds (it prices max_tokens), so an account can overspend by at most one request's
 reservation. The posting worker deletes an event's reservation in the same transaction that
 debits its charge, so the charge is never counted twice nor missed in between.
+
+Each of `RESERVE`, `SETTLE`, `SETTLE_MANY` is one statement, atomic on its own: no explicit
+transaction (BEGIN and COMMIT would be two more round trips on every request). `settle_many`
+settles a batch in one round trip (the gateway's `BudgetGate` groups concurrent settles).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -36,8 +41,18 @@ class Budgets(Protocol):
         """Hold `amount` of the account's credit for `request_id`, or InsufficientCredit."""
         ...
 
+    async def reserve_many(self, reservations: Sequence[tuple[int, str, int]]) -> set[str]:
+        """Hold each (account id, request id, amount) that fits, in one round trip where
+        possible; returns the request ids now held. The others may still fit alone (a batch
+        is all-or-nothing per account): ask `reserve` for them."""
+        ...
+
     async def settle(self, request_id: str, actual: int) -> None:
         """The request cost `actual`: hold that until its usage event posts."""
+        ...
+
+    async def settle_many(self, settlements: Sequence[tuple[str, int]]) -> None:
+        """`settle` for each (request id, actual cost), in one round trip where possible."""
         ...
 
     async def release(self, request_id: str) -> None:
@@ -68,6 +83,52 @@ WITH r AS (
 )
 UPDATE ledger_accounts a SET held = a.held + $2 - upd.old FROM upd WHERE a.id = upd.account_id
 """
+# RESERVE for many requests at once: per account, the requests in order while their running
+# sum fits what is available, held in one guarded UPDATE (re-checked on the locked row, so
+# the held total never passes the balance whatever runs concurrently); only requests whose
+# account's UPDATE succeeded get a reservation row. The rest are answered one by one.
+RESERVE_MANY = """
+WITH r AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[]) WITH ORDINALITY
+        AS r(owner_id, request_id, amount, ord)
+), acct AS (
+    SELECT id, owner_id, balance - held AS avail FROM ledger_accounts
+    WHERE kind = 'consumer' AND owner_id = ANY($1::bigint[])
+    ORDER BY id FOR UPDATE
+), ranked AS (
+    SELECT r.request_id, r.amount, acct.id AS account_id, acct.avail,
+           sum(r.amount) OVER (PARTITION BY acct.id ORDER BY r.ord) AS upto
+    FROM r JOIN acct ON acct.owner_id = r.owner_id
+), fits AS (
+    SELECT request_id, amount, account_id FROM ranked WHERE upto <= avail
+), upd AS (
+    UPDATE ledger_accounts a SET held = a.held + f.total
+    FROM (SELECT account_id, sum(amount) AS total FROM fits GROUP BY account_id) f
+    WHERE a.id = f.account_id AND a.balance - a.held >= f.total
+    RETURNING a.id
+)
+INSERT INTO budget_reservations (request_id, account_id, amount)
+SELECT fits.request_id, fits.account_id, fits.amount FROM fits JOIN upd ON upd.id = fits.account_id
+RETURNING request_id
+"""
+# SETTLE for many requests (distinct ids): rows locked in the same order as SETTLE and the
+# posting worker's RELEASE_RESERVATIONS (reservations, then accounts).
+SETTLE_MANY = """
+WITH s AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[]) AS s(request_id, actual)
+), r AS (
+    SELECT b.request_id, b.account_id, b.amount AS old, s.actual
+    FROM budget_reservations b JOIN s ON s.request_id = b.request_id
+    FOR UPDATE OF b
+), upd AS (
+    UPDATE budget_reservations b SET amount = r.actual, settled = true FROM r
+    WHERE b.request_id = r.request_id
+    RETURNING r.account_id, r.actual - r.old AS delta
+), per_account AS (
+    SELECT account_id, sum(delta) AS delta FROM upd GROUP BY account_id
+)
+UPDATE ledger_accounts a SET held = a.held + p.delta FROM per_account p WHERE a.id = p.account_id
+"""
 RELEASE = """
 WITH gone AS (DELETE FROM budget_reservations WHERE request_id = $1 RETURNING account_id, amount)
 UPDATE ledger_accounts a SET held = a.held - gone.amount FROM gone WHERE a.id = gone.account_id
@@ -84,20 +145,39 @@ class PostgresBudgets:
             raise ValueError("a reservation is >= 0")
         if amount == 0:
             return  # a free request (e.g. an unpriced model) needs no credit and holds none
-        async with driver(self._engine) as conn, conn.transaction():
+        async with driver(self._engine) as conn:
             got = await conn.fetchval(RESERVE, account_id, amount, request_id)
-            if got is None:
+            if got is None:  # for the message only: the refusal was decided atomically above
                 have = await conn.fetchval(AVAILABLE, account_id)
                 raise InsufficientCredit(account_id, amount, int(have or 0))
+
+    async def reserve_many(self, reservations: Sequence[tuple[int, str, int]]) -> set[str]:
+        if any(amount <= 0 for _, _, amount in reservations):
+            raise ValueError("a batched reservation is > 0")
+        if not reservations:
+            return set()
+        owners, ids, amounts = (list(c) for c in zip(*reservations, strict=True))
+        async with driver(self._engine) as conn:
+            rows = await conn.fetch(RESERVE_MANY, owners, ids, amounts)
+        return {r[0] for r in rows}
 
     async def settle(self, request_id: str, actual: int) -> None:
         if actual < 0:
             raise ValueError("a cost is >= 0")
-        async with driver(self._engine) as conn, conn.transaction():
+        async with driver(self._engine) as conn:
             await conn.execute(SETTLE, request_id, actual)
 
+    async def settle_many(self, settlements: Sequence[tuple[str, int]]) -> None:
+        last = dict(settlements)  # one request settled twice in a batch: the last one holds
+        if not last:
+            return
+        if any(a < 0 for a in last.values()):
+            raise ValueError("a cost is >= 0")
+        async with driver(self._engine) as conn:
+            await conn.execute(SETTLE_MANY, list(last), list(last.values()))
+
     async def release(self, request_id: str) -> None:
-        async with driver(self._engine) as conn, conn.transaction():
+        async with driver(self._engine) as conn:
             await conn.execute(RELEASE, request_id)
 
     async def available(self, account_id: int) -> int:
@@ -135,6 +215,20 @@ class InMemoryBudgets:
         async with self._lock:
             if request_id in self.held:
                 self.held[request_id].amount = actual
+
+    async def reserve_many(self, reservations: Sequence[tuple[int, str, int]]) -> set[str]:
+        held: set[str] = set()
+        for account_id, request_id, amount in reservations:
+            try:
+                await self.reserve(account_id, request_id, amount)
+            except InsufficientCredit:
+                continue
+            held.add(request_id)
+        return held
+
+    async def settle_many(self, settlements: Sequence[tuple[str, int]]) -> None:
+        for request_id, actual in settlements:
+            await self.settle(request_id, actual)
 
     async def release(self, request_id: str) -> None:
         async with self._lock:
