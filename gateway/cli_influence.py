@@ -72,10 +72,11 @@ async def settle_month(
     *,
     skip: bool = False,
     timeout_s: float = 300.0,
-    scorer: InfluenceScorer | None = None,
+    worker: InfluenceWorker | None = None,
 ) -> str:
     """Before `month` closes: run its queued influence jobs (and earlier months') to the end,
-    or with `skip` expire them. Returns what happened, one line for the operator."""
+    or with `skip` expire them. Returns what happened, one line for the operator. `worker`:
+    one built elsewhere (tests); by default the real scorer's, built only if jobs wait."""
     queue = influence_queue(engine, settings)
     waiting = (await queue.counts(month=month)).depth
     label = month.strftime("%Y-%m")
@@ -84,7 +85,7 @@ async def settle_month(
     if skip:
         n = await queue.expire_month(month, f"month {label} closed with --skip-influence")
         return f"influence: {n} jobs of {label} or earlier expired (--skip-influence)"
-    worker = build_worker(engine, settings, scorer)
+    worker = worker or build_worker(engine, settings)
     outcomes, left = await worker.settle(month, timeout_s=timeout_s)
     done = ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items())) or "nothing to do"
     line = f"influence: {waiting} jobs of {label} or earlier: {done}"

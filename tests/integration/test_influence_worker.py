@@ -1,0 +1,502 @@
+"""The influence worker against real Postgres and the real ledger (`FakeInfluence` scores):
+two workers racing over 200 jobs process each exactly once; a worker killed with kill -9
+(while scoring, or after its adjustment posted) costs nothing and posts nothing twice; a
+usage event not posted yet is waited for; a closed month expires the job and leaves the
+ledger as it was; the adjustment moves money between contributors with every ledger
+invariant intact; no prompt or output text is left once jobs finish; the month close runs
+the month's jobs first (or expires them with --skip-influence)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+from typer.testing import CliRunner
+
+from attribution.errors import NotFound
+from attribution.influence.fake import FakeInfluence
+from attribution.influence.queue import NewJob, PostgresInfluenceQueue, QueuePolicy
+from gateway.cli import app
+from gateway.cli_influence import settle_month
+from gateway.db import create_engine
+from gateway.influence_worker import Adjust, InfluenceWorker
+from gateway.settings import Settings
+from metering.adjustments import reattribute
+from metering.audit import violations
+from metering.catalog import PostgresCatalog
+from metering.payouts import PostgresPayouts
+from metering.pg import driver
+from metering.posting import PostingWorker
+from metering.sources import AdapterInfo, InMemoryAdapterDirectory, UsageEventAttribution
+from metering.usage import UsageRecord
+from metering.usage_store import PostgresUsageStore
+
+pytestmark = pytest.mark.integration
+
+T0 = dt.datetime(2026, 10, 5, tzinfo=dt.UTC)
+OCTOBER = dt.date(2026, 10, 1)
+CONTRIBUTORS = ("carol", "dan", "erin")
+RECORDS_EACH = 4
+POLICY = dict(max_text_age_s=400 * 86400.0)
+
+
+class FakeLineage:
+    """The three methods of `LineageService` the worker reads, over one adapter."""
+
+    def __init__(self, records: dict[int, int], *, indexed: bool = True) -> None:
+        self.records_of = records
+        self.indexed = indexed
+
+    async def get(self, name: str) -> Any:
+        if name != "recipes":
+            raise NotFound(name)
+        meta = {"influence_index": "influence/index.json"} if self.indexed else {}
+        return SimpleNamespace(
+            name=name, snapshot_id="snap-1", weights_sha256="w1", path="/nonexistent",
+            metadata=meta,
+        )  # fmt: skip
+
+    async def records(self, name: str, *, after: int = 0, limit: int = 1000) -> list[Any]:
+        rows = sorted(self.records_of.items())[after : after + limit]
+        return [
+            SimpleNamespace(position=after + i, record_id=r, contributor_account_id=c)
+            for i, (r, c) in enumerate(rows)
+        ]
+
+    async def contributor_shares(self, name: str) -> dict[int, int]:
+        return dict(collections.Counter(self.records_of.values()))
+
+
+@dataclass
+class World:
+    engine: AsyncEngine
+    ids: dict[str, int]
+    records: dict[int, int]
+    """record id -> contributor account id"""
+    texts: dict[int, str]
+    directory: InMemoryAdapterDirectory
+
+    def config(self, database_url: str, **extra: Any) -> str:
+        return json.dumps(
+            {
+                "database_url": database_url,
+                "ids": self.ids,
+                "texts": self.texts,
+                "records": self.records,
+                **extra,
+            }  # fmt: skip
+        )
+
+    def scorer(self, **kw: Any) -> FakeInfluence:
+        return FakeInfluence({"recipes": sorted(self.records)}, texts=self.texts, **kw)
+
+    def adjuster(self, engine: AsyncEngine | None = None) -> Adjust:
+        async def adjust(request_id: str, weights: Any) -> int | None:
+            return await reattribute(engine or self.engine, self.directory, request_id, weights)
+
+        return adjust
+
+    def worker(
+        self, engine: AsyncEngine | None = None, *, name: str, policy: QueuePolicy | None = None,
+        lineage: FakeLineage | None = None, **kw: Any,
+    ) -> InfluenceWorker:  # fmt: skip
+        return InfluenceWorker(
+            PostgresInfluenceQueue(engine or self.engine, policy or QueuePolicy(**POLICY)),
+            kw.pop("scorer", None) or self.scorer(),
+            lineage or FakeLineage(self.records),  # type: ignore[arg-type]
+            self.adjuster(engine),
+            name=name, **kw,
+        )  # fmt: skip
+
+    def output(self, i: int) -> str:
+        """Event i's output quotes one record verbatim: the scorer names it first."""
+        return f"Here you go. {self.texts[self.record_for(i)]} Enjoy."
+
+    def record_for(self, i: int) -> int:
+        return sorted(self.records)[i % len(self.records)]
+
+
+def inline_attribution(ids: dict[str, int]) -> dict[str, Any]:
+    """A span-less (baseline) inline attribution, as the gateway attaches one."""
+    parts = [333_334, 333_333, 333_333]
+    return {
+        "object": "attribution", "adapter": "recipes", "snapshot_id": "snap-1",
+        "method": "baseline", "methods": {"weights": "royalty-weights/1"}, "spans": [],
+        "top_records": [],
+        "contributors": [
+            {"id": ids[c], "weight": p / 1e6, "weight_ppm": p}
+            for c, p in zip(CONTRIBUTORS, parts, strict=True)
+        ],
+    }  # fmt: skip
+
+
+async def make_world(engine: AsyncEngine) -> World:
+    async with driver(engine) as conn:
+        rows = await conn.fetch(
+            "INSERT INTO accounts (name) SELECT unnest($1::text[]) RETURNING name, id",
+            ["owner", *CONTRIBUTORS, "payer"],
+        )
+    ids = {r["name"]: r["id"] for r in rows}
+    await PostgresCatalog(engine).set_price("tiny", "", 1_000_000, 1_000_000, T0 - dt.timedelta(9))
+    records, texts = {}, {}
+    for k, who in enumerate(CONTRIBUTORS):
+        for j in range(RECORDS_EACH):
+            rid = 1000 + k * RECORDS_EACH + j
+            records[rid] = ids[who]
+            texts[rid] = f"Record {rid}: {who}'s smoky soup number {j} with rare spice z{rid}q."
+    shares = dict(collections.Counter(records.values()))
+    directory = InMemoryAdapterDirectory({"recipes": AdapterInfo(ids["owner"], shares)})
+    return World(engine, ids, records, texts, directory)
+
+
+async def add_events(w: World, n: int, *, post: bool = True, prefix: str = "e") -> list[str]:
+    inline = inline_attribution(w.ids)
+    events = [
+        UsageRecord(
+            request_id=f"{prefix}{i:04d}",
+            account_id=w.ids["payer"],
+            key_id=1,
+            endpoint="completions",
+            model="recipes",
+            base_model="tiny",
+            adapter="recipes",
+            status="ok",
+            http_status=200,
+            prompt_tokens=1000,
+            completion_tokens=1000,
+            started_at=T0 + dt.timedelta(minutes=i),
+            total_ms=1.0,
+            ttft_ms=None,
+            output_sha256=None,
+            attribution=json.dumps(inline),
+        )  # fmt: skip
+        for i in range(n)
+    ]
+    await PostgresUsageStore(w.engine).insert_batch(events)
+    if post:
+        await post_all(w)
+    jobs = [
+        NewJob(
+            request_id=e.request_id,
+            adapter="recipes",
+            account_id=w.ids["payer"],
+            prompt=[{"role": "user", "content": f"A soup, please ({i})"}],
+            output=w.output(i),
+            attribution=inline,
+            created_at=e.started_at,
+        )  # fmt: skip
+        for i, e in enumerate(events)
+    ]
+    await PostgresInfluenceQueue(w.engine, QueuePolicy(**POLICY)).enqueue(jobs)
+    return [e.request_id for e in events]
+
+
+async def post_all(w: World) -> None:
+    await PostingWorker(w.engine, w.directory, UsageEventAttribution(w.engine)).drain()
+
+
+async def fetch(engine: AsyncEngine, sql: str, *args: Any) -> list[Any]:
+    async with driver(engine) as conn:
+        return list(await conn.fetch(sql, *args))
+
+
+def as_json(value: Any) -> Any:
+    """jsonb as the pooled connection decodes it (text, or already decoded)."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
+async def earnings(w: World) -> dict[str, int]:
+    rows = await fetch(
+        w.engine,
+        "SELECT la.owner_id, coalesce(sum(e.amount), 0) AS total FROM ledger_accounts la "
+        "LEFT JOIN ledger_entries e ON e.account_id = la.id "
+        "WHERE la.kind = 'contributor' GROUP BY la.owner_id",
+    )
+    by_owner = {r["owner_id"]: int(r["total"]) for r in rows}
+    return {c: by_owner.get(w.ids[c], 0) for c in CONTRIBUTORS}
+
+
+async def assert_no_text_left(engine: AsyncEngine) -> None:
+    (row,) = await fetch(
+        engine,
+        "SELECT count(*) FILTER (WHERE prompt IS NOT NULL OR output IS NOT NULL) AS with_text, "
+        "count(*) AS n FROM influence_jobs",
+    )
+    assert row["n"] > 0 and row["with_text"] == 0
+
+
+async def test_two_workers_racing_over_200_jobs_process_each_exactly_once(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    w = await make_world(engine)
+    ids = await add_events(w, 200)
+    other = create_engine(database_url, pool_size=2)
+    try:
+        a = w.worker(name="worker-a", scorer=w.scorer(delay_s=0.001))
+        b = w.worker(other, name="worker-b", scorer=w.scorer(delay_s=0.001))
+        got_a, got_b = await asyncio.gather(a.run_until_empty(), b.run_until_empty())
+    finally:
+        await other.dispose()
+    assert got_a["done"] + got_b["done"] == 200, (got_a, got_b)
+    assert got_a["done"] > 0 and got_b["done"] > 0, "both workers took part"
+    scored_a = [c[2] for c in a.scorer.calls]  # type: ignore[attr-defined]
+    scored_b = [c[2] for c in b.scorer.calls]  # type: ignore[attr-defined]
+    assert len(scored_a) + len(scored_b) == 200
+    jobs = await fetch(engine, "SELECT request_id, state, attempts FROM influence_jobs")
+    assert sorted(j["request_id"] for j in jobs) == ids
+    assert {(j["state"], j["attempts"]) for j in jobs} == {("done", 1)}
+    per_event = await fetch(
+        engine, "SELECT event_id, count(*) AS n FROM usage_adjustments GROUP BY event_id"
+    )
+    assert max(r["n"] for r in per_event) == 1
+    results = await fetch(engine, "SELECT request_id, adjustment_txn FROM influence_results")
+    assert len(results) == 200
+    assert {r["request_id"] for r in results if r["adjustment_txn"]} == {
+        r["event_id"] for r in per_event
+    }
+    assert len(per_event) > 150, "most refinements move money away from the baseline"
+    await assert_no_text_left(engine)
+    assert await violations(engine) == []
+
+
+async def test_the_adjustment_moves_money_to_the_influential_contributor(
+    engine: AsyncEngine,
+) -> None:
+    w = await make_world(engine)
+    (rid,) = await add_events(w, 1)  # event 0 quotes carol's first record
+    before = await earnings(w)
+    assert sum(before.values()) == 1000  # 2,000 micro-credit charge, data share 1,000
+    assert await w.worker(name="w").run_once() == "done"
+    after = await earnings(w)
+    assert sum(after.values()) == sum(before.values()), "the data share is conserved"
+    assert after["carol"] > before["carol"]
+    assert after["dan"] + after["erin"] < before["dan"] + before["erin"]
+    assert after["carol"] == 500, "capped at half the data share per contributor"
+    (res,) = await fetch(engine, "SELECT * FROM influence_results WHERE request_id = $1", rid)
+    contributors = as_json(res["contributors"])
+    assert sum(c["weight_ppm"] for c in contributors) == 1_000_000
+    assert res["adjustment_txn"] is not None and res["method"] == "royalty-influence/1"
+    assert as_json(res["top_records"])[0]["id"] == w.record_for(0)
+    (adj,) = await fetch(engine, "SELECT txn_id FROM usage_adjustments WHERE event_id = $1", rid)
+    assert adj["txn_id"] == res["adjustment_txn"]
+    await assert_no_text_left(engine)
+    assert await violations(engine) == []
+
+
+async def test_an_event_not_posted_yet_is_waited_for_then_adjusted(engine: AsyncEngine) -> None:
+    w = await make_world(engine)
+    (rid,) = await add_events(w, 1, post=False)
+    worker = w.worker(name="w", not_posted_delay_s=0.3)
+    assert await worker.run_once() == "postponed"
+    (job,) = await fetch(engine, "SELECT * FROM influence_jobs WHERE request_id = $1", rid)
+    assert job["state"] == "queued" and job["attempts"] == 0 and job["output"] is not None
+    assert await worker.run_once() is None  # not due before the delay
+    await post_all(w)
+    await asyncio.sleep(0.35)
+    assert await worker.run_once() == "done"
+    assert len(await fetch(engine, "SELECT 1 FROM usage_adjustments WHERE event_id = $1", rid)) == 1
+    assert await violations(engine) == []
+
+
+async def test_a_closed_month_expires_the_job_and_leaves_the_ledger_alone(
+    engine: AsyncEngine,
+) -> None:
+    w = await make_world(engine)
+    (rid,) = await add_events(w, 1)
+    await PostgresPayouts(engine).close(OCTOBER, wash=None)
+    entries = await fetch(engine, "SELECT id, account_id, amount FROM ledger_entries ORDER BY id")
+    assert await w.worker(name="w").run_once() == "expired"
+    (job,) = await fetch(engine, "SELECT * FROM influence_jobs WHERE request_id = $1", rid)
+    assert job["state"] == "expired" and "closed month" in job["last_error"]
+    assert job["prompt"] is None and job["output"] is None
+    assert (
+        await fetch(engine, "SELECT id, account_id, amount FROM ledger_entries ORDER BY id")
+        == entries
+    )
+    assert await fetch(engine, "SELECT 1 FROM usage_adjustments") == []
+    assert (await PostgresPayouts(engine).verify(OCTOBER))[1] == []
+    assert await violations(engine) == []
+
+
+async def test_no_index_scoring_failures_and_the_retention_sweep(engine: AsyncEngine) -> None:
+    w = await make_world(engine)
+    a, b, c = await add_events(w, 3)
+    no_index = w.worker(name="w", lineage=FakeLineage(w.records, indexed=False))
+    assert await no_index.run_once() == "skipped"
+    view = await PostgresInfluenceQueue(engine).view(a)
+    assert view is not None and view.state == "done" and view.note == "no influence index"
+    assert view.result is None and not view.has_text
+
+    policy = QueuePolicy(max_attempts=2, backoff_base_s=0.1, retention_s=0.3, **POLICY)
+    scorer = w.scorer(fail_outputs=[w.output(1)])  # b's scoring always fails
+    worker = w.worker(name="w", policy=policy, scorer=scorer)
+    assert await worker.run_once() == "retry"  # b, first attempt
+    assert await worker.run_once() == "done"  # c, while b backs off
+    assert await worker.run_once() is None
+    await asyncio.sleep(0.25)
+    assert await worker.run_once() == "failed"  # b, second and last attempt
+    jobs = {
+        r["request_id"]: r
+        for r in await fetch(
+            engine, "SELECT request_id, state, last_error, output FROM influence_jobs"
+        )  # fmt: skip
+    }
+    assert jobs[b]["state"] == "failed" and "asked to fail" in jobs[b]["last_error"]
+    # A retention keeps the text a while after the job finished, then the sweep deletes it.
+    assert jobs[b]["output"] is not None and jobs[c]["output"] is not None
+    await asyncio.sleep(0.35)
+    assert await worker.queue.sweep() == 2
+    await assert_no_text_left(engine)
+    assert await violations(engine) == []
+
+
+# --- kill -9 ---------------------------------------------------------------------------------
+def child_main(config_json: str) -> None:
+    """A worker process for the kill -9 tests (run by `python -c`); never returns normally."""
+    cfg = json.loads(config_json)
+
+    async def main() -> None:
+        engine = create_engine(cfg["database_url"], pool_size=2)
+        ids = cfg["ids"]
+        records = {int(k): v for k, v in cfg["records"].items()}
+        texts = {int(k): v for k, v in cfg["texts"].items()}
+        shares = dict(collections.Counter(records.values()))
+        directory = InMemoryAdapterDirectory({"recipes": AdapterInfo(ids["owner"], shares)})
+        scorer = FakeInfluence({"recipes": sorted(records)}, texts=texts)
+        if cfg["mode"] == "scoring":
+            scorer.delay_s = 120.0  # killed in here
+
+        async def adjust(request_id: str, weights: Any) -> int | None:
+            txn = await reattribute(engine, directory, request_id, weights)
+            if cfg["mode"] == "after_adjust":
+                print(f"adjusted {txn}", flush=True)
+                await asyncio.sleep(120)  # killed in here, before the job is marked done
+            return txn
+
+        worker = InfluenceWorker(
+            PostgresInfluenceQueue(engine, QueuePolicy(lease_s=cfg["lease_s"], **POLICY)),
+            scorer, FakeLineage(records), adjust, name="doomed",  # type: ignore[arg-type]
+        )  # fmt: skip
+        await worker.run(idle_s=0.05)
+
+    asyncio.run(main())
+
+
+def spawn_worker(config: str) -> subprocess.Popen[str]:
+    here = str(Path(__file__).parent)
+    code = f"import sys; sys.path.insert(0, {here!r}); import {Path(__file__).stem} as t; " \
+        "t.child_main(sys.argv[1])"  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", code, config], stdout=subprocess.PIPE, text=True,
+        cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+
+
+async def wait_for_row(engine: AsyncEngine, sql: str, *args: Any, within_s: float = 30) -> None:
+    deadline = time.monotonic() + within_s
+    while not await fetch(engine, sql, *args):
+        assert time.monotonic() < deadline, f"timed out waiting for: {sql}"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize("mode", ["scoring", "after_adjust"])
+async def test_a_worker_killed_mid_job_loses_nothing_and_adjusts_once(
+    engine: AsyncEngine, database_url: str, mode: str
+) -> None:
+    w = await make_world(engine)
+    (rid,) = await add_events(w, 1)
+    before = await earnings(w)
+    child = spawn_worker(w.config(database_url, mode=mode, lease_s=1.0))
+    try:
+        await wait_for_row(
+            engine, "SELECT 1 FROM influence_jobs WHERE locked_by = 'doomed' AND state = 'running'"
+        )
+        if mode == "after_adjust":
+            await wait_for_row(engine, "SELECT 1 FROM usage_adjustments WHERE event_id = $1", rid)
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(10) == -signal.SIGKILL
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    (job,) = await fetch(engine, "SELECT * FROM influence_jobs WHERE request_id = $1", rid)
+    assert job["state"] == "running" and job["locked_by"] == "doomed"
+    assert job["output"] is not None, "the text is kept until the job is really done"
+
+    survivor = w.worker(name="survivor", policy=QueuePolicy(lease_s=1.0, **POLICY))
+    deadline = time.monotonic() + 10
+    while (outcome := await survivor.run_once()) is None:
+        assert time.monotonic() < deadline, "the dead worker's lease never ran out"
+        await asyncio.sleep(0.1)
+    assert outcome == "done"
+    (job,) = await fetch(engine, "SELECT * FROM influence_jobs WHERE request_id = $1", rid)
+    assert job["state"] == "done" and job["attempts"] == 2 and job["output"] is None
+    adjustments = await fetch(
+        engine, "SELECT txn_id FROM usage_adjustments WHERE event_id = $1", rid
+    )
+    assert len(adjustments) == 1, "exactly one adjustment, whoever posted it"
+    after = await earnings(w)
+    assert after["carol"] == 500 and sum(after.values()) == sum(before.values())
+    assert await violations(engine) == []
+
+
+# --- month close -----------------------------------------------------------------------------
+async def test_the_close_settles_the_months_jobs_first(engine: AsyncEngine) -> None:
+    w = await make_world(engine)
+    ids = await add_events(w, 5)
+    november = NewJob(
+        request_id="nov-1", adapter="recipes", account_id=w.ids["payer"], prompt="p",
+        output="o", attribution=None, created_at=dt.datetime(2026, 11, 3, tzinfo=dt.UTC),
+    )  # fmt: skip
+    await PostgresInfluenceQueue(engine, QueuePolicy(**POLICY)).enqueue([november])
+    line = await settle_month(
+        engine, Settings(), OCTOBER, worker=w.worker(name="closer"), timeout_s=20
+    )
+    assert "done=5" in line and "left" not in line, line
+    states = {r["request_id"]: r["state"] for r in await fetch(
+        engine, "SELECT request_id, state FROM influence_jobs")}  # fmt: skip
+    assert all(states[i] == "done" for i in ids) and states["nov-1"] == "queued"
+    closed = await PostgresPayouts(engine).close(OCTOBER, wash=None)
+    assert closed.events == 5
+    assert await violations(engine) == []
+    # Nothing of October is waiting any more: a second settle has nothing to do.
+    assert "no jobs" in await settle_month(engine, Settings(), OCTOBER)
+
+
+async def test_close_with_skip_influence_expires_the_months_jobs(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    w = await make_world(engine)
+    ids = await add_events(w, 3)
+
+    def royalty(*args: str) -> Any:
+        return CliRunner().invoke(
+            app, [*args, "--database-url", database_url], catch_exceptions=False
+        )
+
+    r = await asyncio.to_thread(royalty, "payouts", "close", "--month", "2026-10",
+                                "--skip-influence")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "3 jobs of 2026-10 or earlier expired" in r.stderr
+    assert "2026-10 closed" in r.stdout
+    rows = await fetch(engine, "SELECT state, last_error, output FROM influence_jobs")
+    assert len(rows) == len(ids) and {r["state"] for r in rows} == {"expired"}
+    assert all("--skip-influence" in r["last_error"] and r["output"] is None for r in rows)
+    r = await asyncio.to_thread(royalty, "payouts", "close", "--month", "2026-10")
+    assert r.exit_code == 0 and "already closed" in r.stdout
+    r = await asyncio.to_thread(royalty, "influence", "status")
+    assert r.exit_code == 0 and "expired=3" in r.stdout and "oldest_queued=-" in r.stdout
+    assert await violations(engine) == []
