@@ -310,25 +310,54 @@ def ledger_post(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
 @ledger_app.command("worker")
 def ledger_worker(
     idle: Annotated[float, typer.Option(help="Seconds to wait when the queue is empty.")] = 1.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics (/metrics) on this port (default: none)."),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "0.0.0.0",
+    check_every: Annotated[
+        float, typer.Option(help="Seconds between ledger invariant checks (default 0: never).")
+    ] = 0.0,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
 ) -> None:
     """Post queued usage events continuously until SIGTERM (royalty up runs one in a child
-    process; run more anywhere: they share the queue with SKIP LOCKED)."""
+    process; run more anywhere: they share the queue with SKIP LOCKED); check the ledger's
+    invariants every --check-every seconds (metrics and log)."""
+    import logging
     import signal
 
+    from metering.audit import check
     from metering.posting import PostingWorker
     from metering.sources import UsageEventAttribution
+
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, metrics_host)
+    log = logging.getLogger("royalty.ledger")
+
+    async def checks(engine: AsyncEngine) -> None:
+        while True:
+            try:
+                for broken in await check(engine):
+                    log.error("ledger invariant violated: %s", broken)
+            except Exception:  # a failed check is retried; the posting goes on
+                log.exception("ledger check failed")
+            await asyncio.sleep(check_every)
 
     async def run(engine: AsyncEngine) -> None:
         worker = PostingWorker(
             engine, LineageAdapterDirectory(engine), UsageEventAttribution(engine)
         )
-        task = asyncio.ensure_future(worker.run(idle_s=idle))
-        # SIGTERM cancels the task: a batch in flight rolls back and is posted next time.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        tasks = [asyncio.ensure_future(worker.run(idle_s=idle))]
+        if check_every > 0:
+            tasks.append(asyncio.ensure_future(checks(engine)))
+        # SIGTERM cancels the tasks: a batch in flight rolls back and is posted next time.
+        stop = asyncio.gather(*tasks)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.cancel)
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await stop
 
     _run(data_dir, database_url, run)
 
@@ -336,9 +365,9 @@ def ledger_worker(
 @ledger_app.command("check")
 def ledger_check(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
     """Check every ledger invariant; exit 1 and name the broken ones."""
-    from metering.audit import violations
+    from metering.audit import check
 
-    broken = _run(data_dir, database_url, violations)
+    broken = _run(data_dir, database_url, check)
     for b in broken:
         err.print(f"[red]violated:[/red] {b}")
     if broken:

@@ -111,6 +111,26 @@ CHECKS: dict[str, str] = {
 }
 
 
+IMBALANCE = "SELECT coalesce(sum(amount), 0) FROM ledger_entries"
+
+
+async def imbalance(engine: AsyncEngine) -> int:
+    """The sum of every ledger entry: 0 unless a transaction is unbalanced."""
+    async with driver(engine) as conn:
+        return int(await conn.fetchval(IMBALANCE))
+
+
+async def check(engine: AsyncEngine) -> list[str]:
+    """`violations`, and the ledger-imbalance metrics set from the same check."""
+    import time
+
+    from metering import metrics
+
+    broken = await violations(engine)
+    metrics.ledger_checked(await imbalance(engine), time.time())
+    return broken
+
+
 async def violations(engine: AsyncEngine) -> list[str]:
     """Every invariant that does not hold, with how many rows break it."""
     out = []

@@ -17,6 +17,7 @@ import pytest
 import yaml
 from gateway_harness import make_harness
 from litestar.testing import AsyncTestClient
+from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -123,6 +124,46 @@ def test_compose_wiring() -> None:
     assert (
         "./prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro" in services["prometheus"]["volumes"]
     )
+
+
+def _worker_options() -> set[str]:
+    """The options `royalty ledger worker` really has."""
+    import click
+    import typer.main
+
+    from gateway.cli import app
+
+    group = typer.main.get_command(app)
+    ledger = group.commands["ledger"]  # type: ignore[attr-defined]
+    worker: click.Command = ledger.commands["worker"]
+    return {opt for p in worker.params for opt in p.opts}
+
+
+def test_the_worker_runs_the_continuous_poster_and_is_scraped() -> None:
+    """Compose and Kubernetes run `royalty ledger worker` (not a shell loop of one-shot
+    commands) with options it has, serving metrics on the port Prometheus scrapes."""
+    options = _worker_options()
+    assert {"--metrics-port", "--check-every"} <= options
+    worker = load_compose()["services"]["worker"]
+    argv = [*worker["entrypoint"], *worker["command"]]
+    assert argv[:3] == ["royalty", "ledger", "worker"], argv
+    assert {a.split("=")[0] for a in argv[3:]} <= options
+    assert "--metrics-port=9101" in argv and not any("while" in a for a in argv)
+    prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
+    assert jobs["royalty-worker"]["static_configs"][0]["targets"] == ["worker:9101"]
+    [dep] = [d for _, d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "worker"]  # fmt: skip
+    pod = dep["spec"]["template"]
+    [c] = pod["spec"]["containers"]
+    k8s_argv = [*c["command"], *c["args"]]
+    assert k8s_argv[:3] == ["royalty", "ledger", "worker"], k8s_argv
+    assert {a.split("=")[0] for a in k8s_argv[3:]} <= options
+    port = next(a.split("=")[1] for a in k8s_argv if a.startswith("--metrics-port="))
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == port
+    assert [p["containerPort"] for p in c["ports"]] == [int(port)]
+    policies = [d for _, d in k8s_docs() if d["kind"] == "NetworkPolicy"]
+    [worker_policy] = [p for p in policies if p["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "worker"}]  # fmt: skip
+    assert worker_policy["spec"]["ingress"][0]["ports"] == [{"port": int(port)}]
 
 
 # --- Kubernetes ----------------------------------------------------------------------------------
@@ -256,10 +297,13 @@ async def exported() -> dict[str, set[str]]:
     async with AsyncTestClient(app=h.app()) as client:
         text = (await client.get("/metrics")).text
     labels_of: dict[str, set[str]] = {}
-    for module in (gateway_metrics, serving_metrics, metering_metrics):
-        for obj in vars(module).values():
-            if isinstance(obj, MetricWrapperBase):
-                labels_of[obj._name] = set(obj._labelnames)  # type: ignore[attr-defined]
+    # The metric modules, and every other metric object registered (a package's own module,
+    # e.g. the influence enqueuer's): the exposition shows them all.
+    registered = list(REGISTRY._collector_to_names)
+    modules = [vars(m).values() for m in (gateway_metrics, serving_metrics, metering_metrics)]
+    for obj in [o for values in modules for o in values] + registered:
+        if isinstance(obj, MetricWrapperBase):
+            labels_of[obj._name] = set(obj._labelnames)
     names: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(text):
         if not family.name.startswith("royalty_") or family.name.endswith("_created"):
