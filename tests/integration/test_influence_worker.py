@@ -500,3 +500,61 @@ async def test_close_with_skip_influence_expires_the_months_jobs(
     r = await asyncio.to_thread(royalty, "influence", "status")
     assert r.exit_code == 0 and "expired=3" in r.stdout and "oldest_queued=-" in r.stdout
     assert await violations(engine) == []
+
+
+# --- exposure ----------------------------------------------------------------------------------
+async def test_the_attribution_record_shows_the_influence_job(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    from litestar.testing import AsyncTestClient
+    from unit.gateway_harness import make_harness
+
+    from attribution.lineage import LineageService
+    from gateway.app import create_app
+    from gateway.auth import Authenticator, PostgresKeyStore
+    from metering.usage_queries import UsageQueries
+
+    w = await make_world(engine)
+    done, waiting = await add_events(w, 2)
+    assert await w.worker(name="w").run_once() == "done"
+    keys = PostgresKeyStore(engine)
+    payer, _ = await keys.create("payer", frozenset({"inference"}), None, None)
+    admin, _ = await keys.create("ops", frozenset({"admin"}), None, None)
+    stranger, _ = await keys.create("someone", frozenset({"inference"}), None, None)
+    h = make_harness()
+    app_engines: list[AsyncEngine] = []
+
+    async def start() -> None:  # the app runs on its own event loop: its own engine
+        e = create_engine(database_url, pool_size=2)
+        app_engines.append(e)
+        h.services.auth = Authenticator(PostgresKeyStore(e), ttl_s=0.0)
+        h.services.usage_queries = UsageQueries(e)
+        h.services.lineage = LineageService(e)
+
+    async def stop() -> None:
+        for e in app_engines:
+            await e.dispose()
+
+    app = create_app(h.services, on_startup=[start], on_shutdown=[stop])
+    async with AsyncTestClient(app=app) as client:
+
+        async def get(rid: str, key: str) -> Any:
+            return await client.get(
+                f"/v1/attributions/{rid}", headers={"Authorization": f"Bearer {key}"}
+            )
+
+        r = await get(done, payer)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["attribution"] == inline_attribution(w.ids)  # the inline one, as it was
+        inf = body["influence"]
+        assert inf["state"] == "done" and inf["method"] == "royalty-influence/1"
+        assert inf["adjusted"] is True
+        assert sum(c["weight_ppm"] for c in inf["contributors"]) == 1_000_000
+        assert inf["top_records"][0]["id"] == w.record_for(0)
+        assert "prompt" not in json.dumps(inf) and "smoky soup" not in r.text  # no text
+        r = await get(waiting, admin)
+        assert r.status_code == 200 and r.json()["influence"] == {
+            "state": "queued", "method": None, "top_records": [], "contributors": []
+        }  # fmt: skip
+        assert (await get(done, stranger)).status_code == 404
