@@ -37,8 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import asyncpg
-
 from attribution.errors import NotFound
 from attribution.influence.api import InfluenceScorer, NoInfluenceIndex, UnknownAdapter
 from attribution.influence.queue import TEXT_EXPIRED, ClaimedJob, InfluenceQueue, JobResult
@@ -148,27 +146,33 @@ class InfluenceWorker:
                 return total, counts.depth
             await asyncio.sleep(poll_s)
 
-    async def run(self, *, idle_s: float = 1.0, sweep_every_s: float = 60.0) -> None:
-        """Work until cancelled: claim, process, sweep expired text now and then."""
-        last_sweep = 0.0
+    async def run(
+        self, *, idle_s: float = 1.0, sweep_every_s: float = 60.0, depth_every_s: float = 5.0
+    ) -> None:
+        """Work until cancelled: claim and process jobs, publish the queue depth, sweep
+        expired text now and then. Survives Postgres outages and its own bugs: a job whose
+        processing raised stays leased, is retried after the lease, and fails after
+        `max_attempts` (a poison job cannot stop the worker)."""
+        last_sweep = last_depth = 0.0
         while True:
             try:
-                if time.monotonic() - last_sweep > sweep_every_s:
+                now = time.monotonic()
+                if now - last_sweep > sweep_every_s:
                     swept = await self.queue.sweep()
                     if swept:
                         log.info("retention sweep deleted the text of %d jobs", swept)
+                    last_sweep = now
+                if now - last_depth > depth_every_s:
                     await self.publish_depth()
-                    last_sweep = time.monotonic()
+                    last_depth = now
                 if await self.run_once() is None:
                     await asyncio.sleep(idle_s)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-                # Postgres away: what we held stays leased and is redone after the lease.
-                log.warning("influence worker: database unavailable (%s); retrying", e)
+            except Exception as e:  # Postgres away, or a bug on one job: log, go on
+                log.warning("influence worker: %r; retrying in %.1fs", e, idle_s)
                 await asyncio.sleep(idle_s)
 
     async def publish_depth(self) -> None:
-        counts = await self.queue.counts()
-        metering_metrics.attribution_queue(counts.depth)
+        metering_metrics.attribution_queue(await self.queue.depth())
 
     # --- one job ----------------------------------------------------------------------------
     async def process(self, job: ClaimedJob) -> Outcome:

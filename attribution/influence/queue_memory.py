@@ -221,6 +221,9 @@ class MemoryInfluenceQueue:
         oldest = (self.clock() - min(queued)).total_seconds() if queued else None
         return QueueCounts(by_state, oldest)
 
+    async def depth(self) -> int:
+        return (await self.counts()).depth
+
     async def view(self, request_id: str) -> JobView | None:
         self._check()
         r = self.rows.get(request_id)

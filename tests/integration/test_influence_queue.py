@@ -77,7 +77,7 @@ async def test_enqueue_is_idempotent_and_claims_are_exclusive(make_queue: MakeQu
     assert got.prompt == [{"role": "user", "content": f"secret prompt {int(got.request_id[1:])}"}]
     assert got.attribution == {"snapshot_id": "s1"}
     counts = await q.counts()
-    assert counts.by_state["running"] == 7 and counts.depth == 7
+    assert counts.by_state["running"] == 7 and counts.depth == 7 == await q.depth()
 
 
 async def test_complete_stores_the_result_and_deletes_the_text(make_queue: MakeQueue) -> None:

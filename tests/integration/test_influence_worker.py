@@ -1,241 +1,43 @@
 """The influence worker against real Postgres and the real ledger (`FakeInfluence` scores):
-two workers racing over 200 jobs process each exactly once; a worker killed with kill -9
-(while scoring, or after its adjustment posted) costs nothing and posts nothing twice; a
-usage event not posted yet is waited for; a closed month expires the job and leaves the
-ledger as it was; the adjustment moves money between contributors with every ledger
-invariant intact; no prompt or output text is left once jobs finish; the month close runs
-the month's jobs first (or expires them with --skip-influence)."""
+two workers racing over 200 jobs process each exactly once; a usage event not posted yet is
+waited for; a closed month expires the job and leaves the ledger as it was; the adjustment
+moves money between contributors with every ledger invariant intact; no prompt or output text
+is left once jobs finish; the month close runs the month's jobs first (or expires them with
+--skip-influence); the attribution record shows the result. Crashes: test_influence_crashes."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import datetime as dt
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from integration.influence_world import (
+    OCTOBER,
+    POLICY,
+    FakeLineage,
+    add_events,
+    as_json,
+    assert_no_text_left,
+    earnings,
+    fetch,
+    inline_attribution,
+    make_world,
+    post_all,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
-from attribution.errors import NotFound
-from attribution.influence.fake import FakeInfluence
 from attribution.influence.queue import NewJob, PostgresInfluenceQueue, QueuePolicy
 from gateway.cli import app
 from gateway.cli_influence import settle_month
 from gateway.db import create_engine
-from gateway.influence_worker import Adjust, InfluenceWorker
 from gateway.settings import Settings
-from metering.adjustments import reattribute
 from metering.audit import violations
-from metering.catalog import PostgresCatalog
 from metering.payouts import PostgresPayouts
-from metering.pg import driver
-from metering.posting import PostingWorker
-from metering.sources import AdapterInfo, InMemoryAdapterDirectory, UsageEventAttribution
-from metering.usage import UsageRecord
-from metering.usage_store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
-
-T0 = dt.datetime(2026, 10, 5, tzinfo=dt.UTC)
-OCTOBER = dt.date(2026, 10, 1)
-CONTRIBUTORS = ("carol", "dan", "erin")
-RECORDS_EACH = 4
-POLICY = dict(max_text_age_s=400 * 86400.0)
-
-
-class FakeLineage:
-    """The three methods of `LineageService` the worker reads, over one adapter."""
-
-    def __init__(self, records: dict[int, int], *, indexed: bool = True) -> None:
-        self.records_of = records
-        self.indexed = indexed
-
-    async def get(self, name: str) -> Any:
-        if name != "recipes":
-            raise NotFound(name)
-        meta = {"influence_index": "influence/index.json"} if self.indexed else {}
-        return SimpleNamespace(
-            name=name, snapshot_id="snap-1", weights_sha256="w1", path="/nonexistent",
-            metadata=meta,
-        )  # fmt: skip
-
-    async def records(self, name: str, *, after: int = 0, limit: int = 1000) -> list[Any]:
-        rows = sorted(self.records_of.items())[after : after + limit]
-        return [
-            SimpleNamespace(position=after + i, record_id=r, contributor_account_id=c)
-            for i, (r, c) in enumerate(rows)
-        ]
-
-    async def contributor_shares(self, name: str) -> dict[int, int]:
-        return dict(collections.Counter(self.records_of.values()))
-
-
-@dataclass
-class World:
-    engine: AsyncEngine
-    ids: dict[str, int]
-    records: dict[int, int]
-    """record id -> contributor account id"""
-    texts: dict[int, str]
-    directory: InMemoryAdapterDirectory
-
-    def config(self, database_url: str, **extra: Any) -> str:
-        return json.dumps(
-            {
-                "database_url": database_url,
-                "ids": self.ids,
-                "texts": self.texts,
-                "records": self.records,
-                **extra,
-            }  # fmt: skip
-        )
-
-    def scorer(self, **kw: Any) -> FakeInfluence:
-        return FakeInfluence({"recipes": sorted(self.records)}, texts=self.texts, **kw)
-
-    def adjuster(self, engine: AsyncEngine | None = None) -> Adjust:
-        async def adjust(request_id: str, weights: Any) -> int | None:
-            return await reattribute(engine or self.engine, self.directory, request_id, weights)
-
-        return adjust
-
-    def worker(
-        self, engine: AsyncEngine | None = None, *, name: str, policy: QueuePolicy | None = None,
-        lineage: FakeLineage | None = None, **kw: Any,
-    ) -> InfluenceWorker:  # fmt: skip
-        return InfluenceWorker(
-            PostgresInfluenceQueue(engine or self.engine, policy or QueuePolicy(**POLICY)),
-            kw.pop("scorer", None) or self.scorer(),
-            lineage or FakeLineage(self.records),  # type: ignore[arg-type]
-            self.adjuster(engine),
-            name=name, **kw,
-        )  # fmt: skip
-
-    def output(self, i: int) -> str:
-        """Event i's output quotes one record verbatim: the scorer names it first."""
-        return f"Here you go. {self.texts[self.record_for(i)]} Enjoy."
-
-    def record_for(self, i: int) -> int:
-        return sorted(self.records)[i % len(self.records)]
-
-
-def inline_attribution(ids: dict[str, int]) -> dict[str, Any]:
-    """A span-less (baseline) inline attribution, as the gateway attaches one."""
-    parts = [333_334, 333_333, 333_333]
-    return {
-        "object": "attribution", "adapter": "recipes", "snapshot_id": "snap-1",
-        "method": "baseline", "methods": {"weights": "royalty-weights/1"}, "spans": [],
-        "top_records": [],
-        "contributors": [
-            {"id": ids[c], "weight": p / 1e6, "weight_ppm": p}
-            for c, p in zip(CONTRIBUTORS, parts, strict=True)
-        ],
-    }  # fmt: skip
-
-
-async def make_world(engine: AsyncEngine) -> World:
-    async with driver(engine) as conn:
-        rows = await conn.fetch(
-            "INSERT INTO accounts (name) SELECT unnest($1::text[]) RETURNING name, id",
-            ["owner", *CONTRIBUTORS, "payer"],
-        )
-    ids = {r["name"]: r["id"] for r in rows}
-    await PostgresCatalog(engine).set_price("tiny", "", 1_000_000, 1_000_000, T0 - dt.timedelta(9))
-    records, texts = {}, {}
-    for k, who in enumerate(CONTRIBUTORS):
-        for j in range(RECORDS_EACH):
-            rid = 1000 + k * RECORDS_EACH + j
-            records[rid] = ids[who]
-            texts[rid] = f"Record {rid}: {who}'s smoky soup number {j} with rare spice z{rid}q."
-    shares = dict(collections.Counter(records.values()))
-    directory = InMemoryAdapterDirectory({"recipes": AdapterInfo(ids["owner"], shares)})
-    return World(engine, ids, records, texts, directory)
-
-
-async def add_events(w: World, n: int, *, post: bool = True, prefix: str = "e") -> list[str]:
-    inline = inline_attribution(w.ids)
-    events = [
-        UsageRecord(
-            request_id=f"{prefix}{i:04d}",
-            account_id=w.ids["payer"],
-            key_id=1,
-            endpoint="completions",
-            model="recipes",
-            base_model="tiny",
-            adapter="recipes",
-            status="ok",
-            http_status=200,
-            prompt_tokens=1000,
-            completion_tokens=1000,
-            started_at=T0 + dt.timedelta(minutes=i),
-            total_ms=1.0,
-            ttft_ms=None,
-            output_sha256=None,
-            attribution=json.dumps(inline),
-        )  # fmt: skip
-        for i in range(n)
-    ]
-    await PostgresUsageStore(w.engine).insert_batch(events)
-    if post:
-        await post_all(w)
-    jobs = [
-        NewJob(
-            request_id=e.request_id,
-            adapter="recipes",
-            account_id=w.ids["payer"],
-            prompt=[{"role": "user", "content": f"A soup, please ({i})"}],
-            output=w.output(i),
-            attribution=inline,
-            created_at=e.started_at,
-        )  # fmt: skip
-        for i, e in enumerate(events)
-    ]
-    await PostgresInfluenceQueue(w.engine, QueuePolicy(**POLICY)).enqueue(jobs)
-    return [e.request_id for e in events]
-
-
-async def post_all(w: World) -> None:
-    await PostingWorker(w.engine, w.directory, UsageEventAttribution(w.engine)).drain()
-
-
-async def fetch(engine: AsyncEngine, sql: str, *args: Any) -> list[Any]:
-    async with driver(engine) as conn:
-        return list(await conn.fetch(sql, *args))
-
-
-def as_json(value: Any) -> Any:
-    """jsonb as the pooled connection decodes it (text, or already decoded)."""
-    return json.loads(value) if isinstance(value, str) else value
-
-
-async def earnings(w: World) -> dict[str, int]:
-    rows = await fetch(
-        w.engine,
-        "SELECT la.owner_id, coalesce(sum(e.amount), 0) AS total FROM ledger_accounts la "
-        "LEFT JOIN ledger_entries e ON e.account_id = la.id "
-        "WHERE la.kind = 'contributor' GROUP BY la.owner_id",
-    )
-    by_owner = {r["owner_id"]: int(r["total"]) for r in rows}
-    return {c: by_owner.get(w.ids[c], 0) for c in CONTRIBUTORS}
-
-
-async def assert_no_text_left(engine: AsyncEngine) -> None:
-    (row,) = await fetch(
-        engine,
-        "SELECT count(*) FILTER (WHERE prompt IS NOT NULL OR output IS NOT NULL) AS with_text, "
-        "count(*) AS n FROM influence_jobs",
-    )
-    assert row["n"] > 0 and row["with_text"] == 0
 
 
 async def test_two_workers_racing_over_200_jobs_process_each_exactly_once(
@@ -360,96 +162,6 @@ async def test_no_index_scoring_failures_and_the_retention_sweep(engine: AsyncEn
     await asyncio.sleep(0.35)
     assert await worker.queue.sweep() == 2
     await assert_no_text_left(engine)
-    assert await violations(engine) == []
-
-
-# --- kill -9 ---------------------------------------------------------------------------------
-def child_main(config_json: str) -> None:
-    """A worker process for the kill -9 tests (run by `python -c`); never returns normally."""
-    cfg = json.loads(config_json)
-
-    async def main() -> None:
-        engine = create_engine(cfg["database_url"], pool_size=2)
-        ids = cfg["ids"]
-        records = {int(k): v for k, v in cfg["records"].items()}
-        texts = {int(k): v for k, v in cfg["texts"].items()}
-        shares = dict(collections.Counter(records.values()))
-        directory = InMemoryAdapterDirectory({"recipes": AdapterInfo(ids["owner"], shares)})
-        scorer = FakeInfluence({"recipes": sorted(records)}, texts=texts)
-        if cfg["mode"] == "scoring":
-            scorer.delay_s = 120.0  # killed in here
-
-        async def adjust(request_id: str, weights: Any) -> int | None:
-            txn = await reattribute(engine, directory, request_id, weights)
-            if cfg["mode"] == "after_adjust":
-                print(f"adjusted {txn}", flush=True)
-                await asyncio.sleep(120)  # killed in here, before the job is marked done
-            return txn
-
-        worker = InfluenceWorker(
-            PostgresInfluenceQueue(engine, QueuePolicy(lease_s=cfg["lease_s"], **POLICY)),
-            scorer, FakeLineage(records), adjust, name="doomed",  # type: ignore[arg-type]
-        )  # fmt: skip
-        await worker.run(idle_s=0.05)
-
-    asyncio.run(main())
-
-
-def spawn_worker(config: str) -> subprocess.Popen[str]:
-    here = str(Path(__file__).parent)
-    code = f"import sys; sys.path.insert(0, {here!r}); import {Path(__file__).stem} as t; " \
-        "t.child_main(sys.argv[1])"  # fmt: skip
-    return subprocess.Popen(
-        [sys.executable, "-c", code, config], stdout=subprocess.PIPE, text=True,
-        cwd=Path(__file__).parents[2],
-    )  # fmt: skip
-
-
-async def wait_for_row(engine: AsyncEngine, sql: str, *args: Any, within_s: float = 30) -> None:
-    deadline = time.monotonic() + within_s
-    while not await fetch(engine, sql, *args):
-        assert time.monotonic() < deadline, f"timed out waiting for: {sql}"
-        await asyncio.sleep(0.05)
-
-
-@pytest.mark.parametrize("mode", ["scoring", "after_adjust"])
-async def test_a_worker_killed_mid_job_loses_nothing_and_adjusts_once(
-    engine: AsyncEngine, database_url: str, mode: str
-) -> None:
-    w = await make_world(engine)
-    (rid,) = await add_events(w, 1)
-    before = await earnings(w)
-    child = spawn_worker(w.config(database_url, mode=mode, lease_s=1.0))
-    try:
-        await wait_for_row(
-            engine, "SELECT 1 FROM influence_jobs WHERE locked_by = 'doomed' AND state = 'running'"
-        )
-        if mode == "after_adjust":
-            await wait_for_row(engine, "SELECT 1 FROM usage_adjustments WHERE event_id = $1", rid)
-        os.kill(child.pid, signal.SIGKILL)
-        assert child.wait(10) == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    (job,) = await fetch(engine, "SELECT * FROM influence_jobs WHERE request_id = $1", rid)
-    assert job["state"] == "running" and job["locked_by"] == "doomed"
-    assert job["output"] is not None, "the text is kept until the job is really done"
-
-    survivor = w.worker(name="survivor", policy=QueuePolicy(lease_s=1.0, **POLICY))
-    deadline = time.monotonic() + 10
-    while (outcome := await survivor.run_once()) is None:
-        assert time.monotonic() < deadline, "the dead worker's lease never ran out"
-        await asyncio.sleep(0.1)
-    assert outcome == "done"
-    (job,) = await fetch(engine, "SELECT * FROM influence_jobs WHERE request_id = $1", rid)
-    assert job["state"] == "done" and job["attempts"] == 2 and job["output"] is None
-    adjustments = await fetch(
-        engine, "SELECT txn_id FROM usage_adjustments WHERE event_id = $1", rid
-    )
-    assert len(adjustments) == 1, "exactly one adjustment, whoever posted it"
-    after = await earnings(w)
-    assert after["carol"] == 500 and sum(after.values()) == sum(before.values())
     assert await violations(engine) == []
 
 
