@@ -1203,6 +1203,8 @@ async def amain(o: Options) -> int:
     layout = Layout(pin, set(_levels(o.gateway_cpus)), set(_levels(o.client_cpus)))
     if pin:
         os.sched_setaffinity(0, layout.client_cpus)  # this process is the load generator
+    if o.cpu_profile:
+        return await cpu_profile_main(o, layout, stamp)
     meta: dict[str, Any] = {
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": machine_info(),
@@ -1381,6 +1383,34 @@ async def amain(o: Options) -> int:
     return 0 if ok else 1
 
 
+async def cpu_profile_main(o: Options, layout: Layout, stamp: str) -> int:
+    from gateway_cpu import CONFIGS, run_cpu_profile
+
+    configs = o.cpu_configs or list(CONFIGS)
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        console.print(f"[red]unknown configurations {unknown}; choose from {list(CONFIGS)}[/]")
+        return 2
+    await ensure_database(o.database_url)
+    m = machine_info()
+    load = os.getloadavg()
+    describe = (f"{m['cpu_model']}, {m['logical_cpus']} CPUs, git {m['git_rev']}; "
+                f"{layout.describe()}; load average at start {load[0]:.2f} {load[1]:.2f} "
+                f"{load[2]:.2f}; {o.rounds} rounds x {o.duration:g} s per configuration and "
+                "scenario, alternating")  # fmt: skip
+    console.print(describe)
+    work = Path(tempfile.mkdtemp(prefix="cpu-", dir=BENCH / ".work"))
+    level = max(_levels(o.concurrency))
+    rc = await run_cpu_profile(
+        layout=layout, work=work, db_url=o.database_url, configs=configs, rounds=o.rounds,
+        seconds=o.duration, level=level, tokens=o.tokens, top=o.cpu_top, out=o.out,
+        stamp=stamp, meta={"machine": m, "describe": describe}, base_rev=o.cpu_base,
+    )  # fmt: skip
+    if not o.keep_workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return rc
+
+
 @dataclass
 class Options:
     quick: bool
@@ -1407,6 +1437,10 @@ class Options:
     only: list[str]
     usage_log_dir: Path | None
     wait_quiet: float
+    cpu_profile: bool = False
+    cpu_configs: list[str] = field(default_factory=list)
+    cpu_top: int = 15
+    cpu_base: str | None = None
 
 
 app = typer.Typer(add_completion=False)
@@ -1471,6 +1505,28 @@ def main(
             "machine to use <15% of a core (shared machines)."
         ),
     ] = 0.0,
+    cpu_profile: Annotated[
+        bool,
+        typer.Option(
+            help="Instead of the overhead scenarios: gateway CPU µs per request by configuration "
+            "(shared limits, budgets, ledger worker on/off) in one run, and cProfile's top "
+            "functions (bench/gateway_cpu.py)."
+        ),
+    ] = False,
+    cpu_config: Annotated[
+        list[str] | None,
+        typer.Option(help="--cpu-profile: only these configurations (repeatable)."),
+    ] = None,
+    cpu_top: Annotated[
+        int, typer.Option(help="--cpu-profile: functions listed per profile (0: no cProfile).")
+    ] = 15,
+    cpu_base: Annotated[
+        str | None,
+        typer.Option(
+            help="--cpu-profile: also run each configuration from this git revision's source "
+            "(e.g. HEAD~3), alternating with this checkout: before/after in one run."
+        ),
+    ] = None,
 ) -> None:
     o = Options(
         quick=quick,
@@ -1497,6 +1553,10 @@ def main(
         only=only or [],
         usage_log_dir=usage_log_dir,
         wait_quiet=wait_quiet,
+        cpu_profile=cpu_profile,
+        cpu_configs=cpu_config or [],
+        cpu_top=cpu_top,
+        cpu_base=cpu_base,
     )
     (BENCH / ".work").mkdir(exist_ok=True)
     try:
