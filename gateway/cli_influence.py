@@ -118,6 +118,7 @@ def influence_worker(
     import signal
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("alembic").setLevel("WARNING")
     settings = settings_for(data_dir, database_url, models_dir=models_dir)
 
     async def run(engine: AsyncEngine) -> None:
