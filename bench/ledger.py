@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib
 import os
 import platform
 import random
@@ -51,6 +52,26 @@ from metering.usage_store import PostgresUsageStore
 
 MONTH = dt.date(2026, 10, 1)
 T0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
+
+# The posting worker's statements before the 2026-11-25 change, for the before/after rows of
+# one run: the batch taken through joins (which the planner hashed: a scan of the whole queue
+# and of usage_events per batch) and the balance check summing a transaction once per entry.
+PREVIOUS_TAKE_BATCH = """
+WITH picked AS (
+    SELECT event_id FROM usage_unposted WHERE event_id >= $2
+    ORDER BY event_id LIMIT $1 FOR UPDATE SKIP LOCKED
+), taken AS (
+    DELETE FROM usage_unposted u USING picked WHERE u.event_id = picked.event_id
+    RETURNING u.event_id
+)
+SELECT e.request_id, e.account_id, e.base_model, e.adapter, e.status,
+       e.prompt_tokens, e.completion_tokens, e.started_at
+FROM taken JOIN usage_events e ON e.request_id = taken.event_id
+"""
+_MIGRATION_0009 = importlib.import_module("gateway.migrations.versions.0009_wash_traffic")
+# (the migration holds both versions of the balance check: its upgrade and its downgrade)
+PREVIOUS_CHECK_BALANCED = _MIGRATION_0009.CHECK_BALANCED_EVERY_ROW
+CURRENT_CHECK_BALANCED = _MIGRATION_0009.CHECK_BALANCED_ONCE
 
 TAKE_ONE = """
 DELETE FROM usage_unposted WHERE event_id = (
@@ -275,6 +296,12 @@ async def naive_post(engine, directory: InMemoryAdapterDirectory, n: int) -> int
     return done
 
 
+async def previous_worker(engine, directory: InMemoryAdapterDirectory, a) -> int:  # type: ignore[no-untyped-def]
+    worker = PostingWorker(engine, directory, batch_size=a.batch_size)
+    worker.take_sql = PREVIOUS_TAKE_BATCH
+    return await worker.drain(concurrency=a.concurrency)
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -297,6 +324,10 @@ async def main() -> None:
     ap.add_argument(
         "--synthetic-close", type=int, default=0,
         help="also close a month of N events written by SQL (times the close alone)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--previous", type=int, default=None,
+        help="events posted first with the previous statements (default: --events; 0: skip)",
     )  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the database")
     a = ap.parse_args()
@@ -322,12 +353,24 @@ async def main() -> None:
 
         await ship(engine, payers, a.naive, 0)
         naive = await phase(url, admin, name, lambda e: naive_post(e, directory, a.naive))
+        previous = None
+        n_previous = a.events if a.previous is None else a.previous
+        if n_previous:
+            # before the current code, on the smaller table (which favours it: its cost grew
+            # with the table)
+            await ship(engine, payers, n_previous, 30_000_000)
+            async with driver(engine) as conn:
+                await conn.execute(PREVIOUS_CHECK_BALANCED)
+            previous = await phase(url, admin, name, lambda e: previous_worker(e, directory, a))
+            async with driver(engine) as conn:
+                await conn.execute(CURRENT_CHECK_BALANCED)
         await ship(engine, payers, a.events, 10_000_000)
         batched = await phase(
             url, admin, name,
             lambda e: PostingWorker(e, directory, batch_size=a.batch_size).drain(concurrency=a.concurrency),
         )  # fmt: skip
-        rest = max(a.close_events - naive.events - batched.events, 0)
+        posted = naive.events + batched.events + (previous.events if previous else 0)
+        rest = max(a.close_events - posted, 0)
         fill = None
         if rest:
             await ship(engine, payers, rest, 20_000_000)
@@ -378,6 +421,8 @@ async def main() -> None:
         )
         print("|---|---|---|---|---|---|---|")
         print(naive.row("naive row by row (1 event per transaction)"))
+        if previous:
+            print(previous.row("batched, previous statements (join take, per-entry balance check)"))
         print(batched.row(f"batched ({a.batch_size:,} per batch, {a.concurrency} in flight)"))
         if fill:
             print(fill.row("batched, filling the month"))
@@ -395,6 +440,8 @@ async def main() -> None:
                 f"| close, month of SQL-written postings: {sc.statements} statements, root, proofs, conservation | {sc.events:,} | {ss:.2f} |"
             )
             print(f"| verify every statement's proof (that month) | {sc.events:,} | {sv:.2f} |")
+        if previous:
+            print(f"\nbatched ÷ previous statements (wall): {batched.rate / previous.rate:.2f}×")
         print(
             f"\nbatched ÷ naive (wall): {batched.rate / naive.rate:.0f}×; load average at the end "
             f"{load[0]:.1f}; root {closed.root.hex()}"

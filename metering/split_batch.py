@@ -71,6 +71,7 @@ def apportion_rows(
 
 
 Withheld = dict[tuple[dt.date, int, str], int]
+Sums = dict[tuple[int, dt.date], int]
 
 
 def compute_postings(
@@ -160,6 +161,7 @@ def compute_postings(
                 payees_of,
                 amounts_of,
                 withheld,
+                sums,
             )
         else:
             _split_group(
@@ -174,6 +176,7 @@ def compute_postings(
                 payees_of,
                 amounts_of,
                 withheld,
+                sums,
             )
 
     out_rows: list[tuple[object, ...]] = []
@@ -184,13 +187,10 @@ def compute_postings(
             ids[i], txn, months[i], days[i], payer, adapters[i], price_ids[i], policies[i].id,
             charges[i], payees_of[i], amounts_of[i],
         ))  # fmt: skip
-        if charges[i]:
+        if charges[i]:  # (the payees' side was summed per group)
             charged += charges[i]
             key = (payer, months[i])
             sums[key] = sums.get(key, 0) - charges[i]
-            m = months[i]
-            for p, x in zip(payees_of[i], amounts_of[i], strict=True):
-                sums[(p, m)] = sums.get((p, m), 0) + x
     items = [(m, b, x, r) for (m, b, r), x in withheld.items()]
     return out_rows, sums, items, charged
 
@@ -220,7 +220,7 @@ def group_parties(
 def _split_scalar(
     rows: list[int], ids: list[str], accounts: list[int], charges: list[int], months: list[dt.date],
     policy: SplitPolicy, parties: EventParties, system: Payees,
-    payees_of: list[list[int]], amounts_of: list[list[int]], withheld: Withheld,
+    payees_of: list[list[int]], amounts_of: list[list[int]], withheld: Withheld, sums: Sums,
 ) -> None:  # fmt: skip
     from dataclasses import replace
 
@@ -229,6 +229,8 @@ def _split_scalar(
             ids[i], charges[i], policy, replace(parties, payer_account=accounts[i]), system
         )
         payees_of[i], amounts_of[i] = split.payees, split.amounts
+        for p, x in zip(split.payees, split.amounts, strict=True):
+            sums[(p, months[i])] = sums.get((p, months[i]), 0) + x
         for b, x, r in split.withheld:
             withheld[(months[i], b, r)] = withheld.get((months[i], b, r), 0) + x
 
@@ -236,7 +238,7 @@ def _split_scalar(
 def _split_group(
     rows: list[int], ids: list[str], accounts: list[int], c: list[int], months: list[dt.date],
     policy: SplitPolicy, parties: EventParties, system: Payees,
-    payees_of: list[list[int]], amounts_of: list[list[int]], withheld: Withheld,
+    payees_of: list[list[int]], amounts_of: list[list[int]], withheld: Withheld, sums: Sums,
 ) -> None:  # fmt: skip
     m = len(rows)
     totals = np.array(c, dtype=np.int64)
@@ -317,7 +319,20 @@ def _split_group(
     blocks.append(shares)
     columns.append(system.withheld)
     blocks.append(held[:, None])
-    matrix = np.hstack(blocks).tolist()
+    table = np.hstack(blocks)
+    # The ledger entries' side, per (payee, month), summed by numpy rather than per event.
+    group_months = [months[i] for i in rows]
+    distinct = set(group_months)
+    for month in distinct:
+        if len(distinct) == 1:
+            totals = table.sum(axis=0)
+        else:
+            mask = np.fromiter((x == month for x in group_months), dtype=bool, count=m)
+            totals = table[mask].sum(axis=0)
+        for account, total in zip(columns, totals.tolist(), strict=True):
+            if total:
+                sums[(account, month)] = sums.get((account, month), 0) + total
+    matrix = table.tolist()
     for r, i in enumerate(rows):
         row = matrix[r]
         payees_of[i] = [p for p, x in zip(columns, row, strict=True) if x]
