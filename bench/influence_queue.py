@@ -91,7 +91,7 @@ async def drain(url: str, workers: int) -> float:
         for k, e in enumerate(engines)
     ]
     t0 = time.perf_counter()
-    await asyncio.gather(*(w.run_until_empty() for w in ws))
+    await asyncio.gather(*(w.run_due() for w in ws))
     seconds = time.perf_counter() - t0
     for e in engines:
         await e.dispose()

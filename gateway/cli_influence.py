@@ -168,7 +168,7 @@ def influence_run(
             far = dt.date(9999, 12, 1)
             outcomes, left = await worker.settle(far, timeout_s=timeout)
         else:
-            outcomes = await worker.run_until_empty()
+            outcomes = await worker.run_due()
             left = (await queue.counts()).depth
         return dict(outcomes), left
 

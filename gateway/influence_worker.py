@@ -117,7 +117,7 @@ class InfluenceWorker:
             self.waiting.discard(jobs[0].request_id)
         return outcome
 
-    async def run_until_empty(self, *, month: dt.date | None = None) -> collections.Counter[str]:
+    async def run_due(self, *, month: dt.date | None = None) -> collections.Counter[str]:
         """Process every job due now (of `month` and earlier when given). Jobs put back to wait
         for their usage event are not waited for: they stay queued, counted as postponed."""
         before = collections.Counter(self.outcomes)
@@ -137,7 +137,7 @@ class InfluenceWorker:
         deadline = time.monotonic() + timeout_s
         total: collections.Counter[str] = collections.Counter()
         while True:
-            total += await self.run_until_empty(month=month)
+            total += await self.run_due(month=month)
             counts = await self.queue.counts(month=month)
             stuck = counts.by_state.get("running", 0) == 0 and counts.by_state.get(
                 "queued", 0

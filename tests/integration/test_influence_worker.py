@@ -49,7 +49,7 @@ async def test_two_workers_racing_over_200_jobs_process_each_exactly_once(
     try:
         a = w.worker(name="worker-a", scorer=w.scorer(delay_s=0.001))
         b = w.worker(other, name="worker-b", scorer=w.scorer(delay_s=0.001))
-        got_a, got_b = await asyncio.gather(a.run_until_empty(), b.run_until_empty())
+        got_a, got_b = await asyncio.gather(a.run_due(), b.run_due())
     finally:
         await other.dispose()
     assert got_a["done"] + got_b["done"] == 200, (got_a, got_b)
