@@ -108,6 +108,11 @@ def _run_with_engine(settings: Settings, fn: Callable[[AsyncEngine], Awaitable[T
 @influence_app.command("worker")
 def influence_worker(
     idle: Annotated[float, typer.Option(help="Seconds to wait when no job is due.")] = 1.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics (/metrics) on this port (default: none)."),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "0.0.0.0",
     models_dir: ModelsDir = None,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
@@ -116,6 +121,11 @@ def influence_worker(
     process; run more anywhere: they share the queue with SKIP LOCKED and leases)."""
     import logging
     import signal
+
+    if metrics_port is not None:  # queue depth, scoring time (royalty_attribution_*)
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, metrics_host)
 
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel("WARNING")
