@@ -161,7 +161,7 @@ class Runtime:
         )
         if s.post_usage:
             self.poster = await _start_ledger_worker(url, s.data_dir / "logs" / "ledger-worker.log")
-        if s.influence:
+        if s.influence and s.influence_worker:
             self.influence_worker = await _start_child(
                 ["influence", "worker", "--database-url", url, "--models-dir", str(tree)],
                 s.data_dir / "logs" / "influence-worker.log",

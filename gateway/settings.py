@@ -61,6 +61,9 @@ class Settings:
     influence: bool = True
     """Queue a gradient influence job for every adapter response and run the influence
     worker (`royalty influence worker`) as a child process."""
+    influence_worker: bool = True
+    """With `influence`: run the worker as a child of this process (deployments that run
+    workers as their own service set ROYALTY_INFLUENCE_WORKER=0 on the gateways)."""
     influence_retention_s: float = 0.0
     """Seconds prompt and output text stay in the influence queue after the job finishes
     (0: deleted when it finishes)."""
@@ -113,6 +116,9 @@ class Settings:
             redis_url=e.get("ROYALTY_REDIS_URL") or None,
             prompt_digest_key=e.get("ROYALTY_PROMPT_DIGEST_KEY") or None,
             influence=_flag(e["ROYALTY_INFLUENCE"]) if "ROYALTY_INFLUENCE" in e else None,
+            influence_worker=_flag(e["ROYALTY_INFLUENCE_WORKER"])
+            if "ROYALTY_INFLUENCE_WORKER" in e
+            else None,
             influence_retention_s=float(e["ROYALTY_INFLUENCE_RETENTION_S"])
             if "ROYALTY_INFLUENCE_RETENTION_S" in e
             else None,

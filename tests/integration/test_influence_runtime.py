@@ -1,6 +1,7 @@
 """The runtime wires influence in: with `influence` on (the default) every adapter response the
 inference service hands to its observers becomes a job, and the `royalty influence worker`
-child process picks it up; with it off, neither exists. The child stops with the runtime."""
+child process picks it up (unless `influence_worker` is off: workers run elsewhere); with it
+off, neither exists. The child stops with the runtime."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ async def test_influence_on_queues_responses_and_runs_a_worker(
 ) -> None:
     assert Settings.from_env({}).influence is True
     assert Settings.from_env({"ROYALTY_INFLUENCE": "0"}).influence is False
+    assert Settings.from_env({"ROYALTY_INFLUENCE_WORKER": "0"}).influence_worker is False
+    assert Settings.from_env({"ROYALTY_INFLUENCE_RETENTION_S": "60"}).influence_retention_s == 60
     rt = Runtime(settings(tmp_path, database_url))
     services = await rt.start()
     try:
@@ -69,6 +72,14 @@ async def test_influence_on_queues_responses_and_runs_a_worker(
     finally:
         await rt.stop()
     assert child.returncode is not None, "the worker stops with the runtime"
+
+    gateway_only = Runtime(settings(tmp_path, database_url, influence_worker=False))
+    services = await gateway_only.start()
+    try:  # jobs are queued, workers run elsewhere
+        assert gateway_only.influence is not None and gateway_only.influence_worker is None
+        assert services.inference.observers == (gateway_only.influence,)
+    finally:
+        await gateway_only.stop()
 
     off = Runtime(settings(tmp_path, database_url, influence=False))
     services = await off.start()
