@@ -7,7 +7,7 @@ One job, step by step (`InfluenceWorker.process`):
    longer active, or was replaced since the response (another snapshot) -> `done` with a note;
    the adapter has no influence index (`influence_index` in its registration metadata, and
    the scorer accepts it) -> `done`, note "no influence index", no adjustment.
-2. Score (in a thread; the lease is extended by a heartbeat meanwhile), then
+2. Score (in a thread; a heartbeat extends the lease for as long as the job runs), then
    `refine_attribution` with the snapshot's record -> contributor map and the contributors'
    record counts as baseline (from lineage).
 3. `metering.adjustments.reattribute` re-splits the posted usage event by the refined
@@ -102,7 +102,8 @@ class InfluenceWorker:
         if not jobs:
             return None
         try:
-            outcome = await self.process(jobs[0])
+            async with self._leased(jobs[0].request_id):  # loading, scoring, adjusting
+                outcome = await self.process(jobs[0])
         except asyncio.CancelledError:  # stopped (SIGTERM): give the job back now
             with contextlib.suppress(Exception):
                 give_back = self.queue.postpone(
@@ -196,10 +197,9 @@ class InfluenceWorker:
             await q.finish(me, rid, "done", note=NO_INDEX)
             return "skipped"
         try:
-            async with self._leased(rid):
-                result = await asyncio.to_thread(
-                    self.scorer.score, job.adapter, job.prompt, job.output, top_k=self.top_k
-                )
+            result = await asyncio.to_thread(
+                self.scorer.score, job.adapter, job.prompt, job.output, top_k=self.top_k
+            )
             metering_metrics.attribution_observed("influence", result.seconds)
             refined = refine_attribution(
                 job.attribution, result, adapter.record_contributors, adapter.baseline,

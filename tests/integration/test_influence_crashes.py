@@ -109,3 +109,22 @@ async def test_a_worker_rides_out_a_postgres_outage(private_postgres: PrivatePos
         assert await violations(engine) == []
     finally:
         await engine.dispose()
+
+
+async def test_a_slow_job_is_not_taken_from_a_live_worker(engine: AsyncEngine) -> None:
+    w = await make_world(engine)
+    (rid,) = await add_events(w, 1)
+    policy = QueuePolicy(lease_s=0.6, **POLICY)
+    slow = w.worker(name="slow", policy=policy, scorer=w.scorer(delay_s=2.0))  # > 3 leases
+    thief = w.worker(name="thief", policy=policy)
+    task = asyncio.create_task(slow.run_once())
+    stolen = []
+    while not task.done():
+        stolen.append(await thief.run_once())
+        await asyncio.sleep(0.1)
+    assert await task == "done"
+    assert set(stolen) == {None}, "the heartbeat kept the lease"
+    (job,) = await fetch(
+        engine, "SELECT state, attempts FROM influence_jobs WHERE request_id = $1", rid
+    )
+    assert (job["state"], job["attempts"]) == ("done", 1)
