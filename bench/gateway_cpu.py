@@ -16,6 +16,10 @@ alternating rounds, and reports per configuration:
     .venv/bin/python bench/gateway_overhead.py --cpu-profile --concurrency 16 --rounds 3
 
 
+Every gateway holds up to 20 Postgres connections (pool 10 + overflow 10) and its ledger
+worker a few more: against a server with max_connections = 100 (shared with others' tests)
+run at most 6 gateways at once (`--cpu-config`, x2 with `--cpu-base`); the default runs 6.
+
 Configurations (environment of `royalty up`):
   default           shared rate limits (Postgres), budgets, ledger worker: as shipped; the
                     model has no price, so the budget gate reserves nothing

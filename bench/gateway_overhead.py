@@ -1386,7 +1386,9 @@ async def amain(o: Options) -> int:
 async def cpu_profile_main(o: Options, layout: Layout, stamp: str) -> int:
     from gateway_cpu import CONFIGS, run_cpu_profile
 
-    configs = o.cpu_configs or list(CONFIGS)
+    # Default: all configurations, or the three that bracket the costs when each runs twice
+    # (--cpu-base), so that no more than 6 gateways share the database's connections.
+    configs = o.cpu_configs or (["default", "priced", "minimal"] if o.cpu_base else list(CONFIGS))
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         console.print(f"[red]unknown configurations {unknown}; choose from {list(CONFIGS)}[/]")

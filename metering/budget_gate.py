@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Generic, Protocol, TypeVar
 
 import asyncpg
+from sqlalchemy.exc import SQLAlchemyError
 
 from metering.budgets import Budgets, InsufficientCredit
 from metering.pricing import PriceBook, charge_micros
@@ -38,6 +39,16 @@ from metering.pricing import PriceBook, charge_micros
 log = logging.getLogger(__name__)
 
 __all__ = ["BudgetGate", "BudgetUnavailable", "InsufficientCredit", "PriceSource"]
+
+# What "the database cannot answer now" looks like: asyncpg's own errors once connected, and
+# SQLAlchemy's wrappers of them when the pool cannot connect (e.g. too many clients).
+_DB_DOWN = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    SQLAlchemyError,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -134,7 +145,7 @@ class BudgetGate:
             return amount
         except InsufficientCredit:
             raise
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _DB_DOWN as e:
             if not self.fail_open:
                 raise BudgetUnavailable(str(e)) from e
             self.unchecked += 1
@@ -154,7 +165,7 @@ class BudgetGate:
             price = book.price(base_model, adapter, started_at)
             actual = charge_micros(price, prompt_tokens, completion_tokens) if charged else 0
             await self._settles.submit((request_id, actual))
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _DB_DOWN as e:
             # The hold stays until the event posts, which removes it: safe, only conservative.
             log.warning("could not settle the budget of %s: %s", request_id, e)
 
@@ -164,7 +175,7 @@ class BudgetGate:
             return [False] * len(batch)  # each is asked alone
         try:
             held = await many(batch)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except _DB_DOWN as e:
             log.debug("grouped reservation failed (%s); reserving one by one", e)
             return [False] * len(batch)
         return [rid in held for _, rid, _ in batch]

@@ -10,10 +10,11 @@ import random
 
 import asyncpg
 import pytest
+import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metering.audit import violations
-from metering.budget_gate import BudgetGate
+from metering.budget_gate import BudgetGate, BudgetUnavailable
 from metering.budgets import InMemoryBudgets, InsufficientCredit, PostgresBudgets
 from metering.catalog import PostgresCatalog
 from metering.ledger import PostgresLedger
@@ -243,3 +244,23 @@ async def test_grouped_reservations_from_two_gateways_never_overspend(
         assert await violations(engine) == []
     finally:
         await other.dispose()
+
+
+class NoConnectionBook:
+    """The price book's pool cannot connect: SQLAlchemy wraps asyncpg's error."""
+
+    async def book(self) -> PriceBook:
+        raise sqlalchemy.exc.DBAPIError(
+            "connect", None, asyncpg.TooManyConnectionsError("sorry, too many clients already")
+        )
+
+
+async def test_a_pool_that_cannot_connect_fails_open_not_500() -> None:
+    """Seen in a benchmark: 'too many clients' while loading prices was an unhandled error."""
+    gate = BudgetGate(CountingBudgets({1: 10**9}), NoConnectionBook())
+    assert await gate.reserve(1, "r", "tiny", "", 10, 10) == 0
+    assert gate.unchecked == 1
+    await gate.settle("r", "tiny", "", NOW, 1, 1, charged=True)  # nothing held, nothing asked
+    closed = BudgetGate(CountingBudgets({1: 10**9}), NoConnectionBook(), fail_open=False)
+    with pytest.raises(BudgetUnavailable):
+        await closed.reserve(1, "r", "tiny", "", 10, 10)
