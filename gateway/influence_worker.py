@@ -38,7 +38,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from attribution.errors import NotFound
-from attribution.influence.api import InfluenceScorer, NoInfluenceIndex, UnknownAdapter
+from attribution.influence.api import (
+    InfluenceResult,
+    InfluenceScorer,
+    NoInfluenceIndex,
+    UnknownAdapter,
+)
 from attribution.influence.queue import TEXT_EXPIRED, ClaimedJob, InfluenceQueue, JobResult
 from attribution.influence.refine import refine_attribution
 from attribution.lineage import LineageService
@@ -56,6 +61,8 @@ Adjust = Callable[[str, Mapping[int, int]], Awaitable[int | None]]
 
 NOT_POSTED = "usage event not posted yet"
 NO_INDEX = "no influence index"
+SCORED_KEPT = 1024
+"""Scored jobs kept in memory while their usage event is not posted yet."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,9 @@ class InfluenceWorker:
         self.waiting: set[str] = set()
         """Jobs whose last outcome was `postponed` (their usage event is not posted yet)."""
         self._adapters: dict[str, _Adapter] = {}
+        self._scored: collections.OrderedDict[str, tuple[InfluenceResult, dict[str, Any]]] = (
+            collections.OrderedDict()
+        )
 
     # --- loops ------------------------------------------------------------------------------
     async def run_once(self, *, month: dt.date | None = None) -> Outcome | None:
@@ -196,25 +206,25 @@ class InfluenceWorker:
         if not adapter.indexed:
             await q.finish(me, rid, "done", note=NO_INDEX)
             return "skipped"
-        try:
-            result = await asyncio.to_thread(
-                self.scorer.score, job.adapter, job.prompt, job.output, top_k=self.top_k
-            )
-            metering_metrics.attribution_observed("influence", result.seconds)
-            refined = refine_attribution(
-                job.attribution, result, adapter.record_contributors, adapter.baseline,
-                adapter=job.adapter, snapshot_id=adapter.snapshot_id,
-            )  # fmt: skip
-        except Exception as e:
-            if isinstance(e, UnknownAdapter):
-                self._adapters.pop(job.adapter, None)  # registered again next time
-            log.warning("influence job %s failed: %r", rid, e)
-            return "retry" if await q.fail(me, rid, repr(e)) == "queued" else "failed"
+        scored = self._scored.pop(rid, None)  # scored before, when its event was not posted
+        if scored is None:
+            try:
+                scored = await self._score(job, adapter)
+            except Exception as e:
+                if isinstance(e, UnknownAdapter):
+                    self._adapters.pop(job.adapter, None)  # registered again next time
+                log.warning("influence job %s failed: %r", rid, e)
+                return "retry" if await q.fail(me, rid, repr(e)) == "queued" else "failed"
+        result, refined = scored
         weights = {c["id"]: c["weight_ppm"] for c in refined["contributors"] if c["weight_ppm"]}
         try:
             txn = await self.adjust(rid, weights)
         except AdjustmentError as e:
             if "not posted" in str(e):
+                # Kept so that the retry does not score again (bounded: oldest out first).
+                self._scored[rid] = scored
+                while len(self._scored) > SCORED_KEPT:
+                    self._scored.popitem(last=False)
                 await q.postpone(me, rid, self.not_posted_delay_s, NOT_POSTED)
                 return "postponed"
             if "closed month" in str(e):
@@ -232,6 +242,20 @@ class InfluenceWorker:
             adjustment_txn=txn,
         )
         return "done" if await q.complete(me, rid, stored) else "lost"
+
+    async def _score(
+        self, job: ClaimedJob, adapter: _Adapter
+    ) -> tuple[InfluenceResult, dict[str, Any]]:
+        assert job.prompt is not None and job.output is not None
+        result = await asyncio.to_thread(
+            self.scorer.score, job.adapter, job.prompt, job.output, top_k=self.top_k
+        )
+        metering_metrics.attribution_observed("influence", result.seconds)
+        refined = refine_attribution(
+            job.attribution, result, adapter.record_contributors, adapter.baseline,
+            adapter=job.adapter, snapshot_id=adapter.snapshot_id,
+        )  # fmt: skip
+        return result, refined
 
     @contextlib.asynccontextmanager
     async def _leased(self, request_id: str) -> Any:

@@ -109,6 +109,7 @@ async def test_an_event_not_posted_yet_is_waited_for_then_adjusted(engine: Async
     await post_all(w)
     await asyncio.sleep(0.35)
     assert await worker.run_once() == "done"
+    assert len(worker.scorer.calls) == 1, "scored once: the retry reused the score"  # type: ignore[attr-defined]
     assert len(await fetch(engine, "SELECT 1 FROM usage_adjustments WHERE event_id = $1", rid)) == 1
     assert await violations(engine) == []
 
