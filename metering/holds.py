@@ -55,41 +55,49 @@ EVENTS_OF_PAYER = """
 SELECT event_id FROM usage_postings
 WHERE month = $1 AND adapter = $2 AND payer_id = $3 AND charge > 0 ORDER BY event_id
 """
-# Per (adapter, payer, prompt digest): how often it was sent, and the payer's events on the
-# adapter. Events from before prompt digests existed (NULL) never count as repeats.
-REPEATED_PROMPTS = """
-WITH ev AS (
-    SELECT p.event_id, p.adapter, p.payer_id, e.prompt_digest
-    FROM usage_postings p JOIN usage_events e ON e.request_id = p.event_id
-    WHERE p.month = $1 AND p.adapter <> '' AND p.charge > 0
-), per_payer AS (
-    SELECT adapter, payer_id, count(*) AS events FROM ev GROUP BY adapter, payer_id
-), repeats AS (
-    SELECT adapter, payer_id, prompt_digest, count(*) AS sent, array_agg(event_id) AS event_ids
-    FROM ev WHERE prompt_digest IS NOT NULL GROUP BY adapter, payer_id, prompt_digest
+# One pass over the month's charged adapter events (hash aggregates, no sort) finds the
+# candidates of both other rules: (adapter, payer, prompt digest) sent at least the repeat
+# minimum (digests of NULL, from before they existed, never count), and (adapter, payer) with
+# a window-long bucket holding at least half the burst minimum (a window spans at most two
+# such buckets, so a window with the minimum has a bucket with half of it). Only candidates
+# are looked at further, so a month of ordinary traffic costs this one pass.
+CANDIDATES = """
+SELECT p.adapter, p.payer_id, e.prompt_digest, GROUPING(e.prompt_digest) AS bucketed,
+       count(*) AS n
+FROM usage_postings p JOIN usage_events e ON e.request_id = p.event_id
+WHERE p.month = $1 AND p.adapter <> '' AND p.charge > 0
+GROUP BY GROUPING SETS (
+    (p.adapter, p.payer_id, e.prompt_digest),
+    (p.adapter, p.payer_id, date_bin($4::interval, e.started_at, timestamptz '2000-01-01'))
 )
-SELECT r.adapter, r.payer_id, r.sent, pp.events, r.event_ids
-FROM repeats r JOIN per_payer pp USING (adapter, payer_id)
-WHERE r.sent >= $2 AND r.sent * 1000000 >= $3 * pp.events
-ORDER BY r.adapter, r.payer_id, r.prompt_digest
+HAVING CASE WHEN GROUPING(e.prompt_digest) = 0
+            THEN e.prompt_digest IS NOT NULL AND count(*) >= $2
+            ELSE 2 * count(*) >= $3 END
 """
-# A peak is an event whose trailing window [t - w, t] holds >= greatest(min, factor x median)
-# of the payer's events on the adapter; an event is in a burst when a peak lies in [t, t + w]
-# (it is inside that peak's window).
+# Every charged event of the given (adapter, payer) pairs in the month.
+EVENTS_OF_PAIRS = """
+SELECT p.adapter, p.payer_id, p.event_id, e.prompt_digest
+FROM usage_postings p JOIN usage_events e ON e.request_id = p.event_id
+JOIN unnest($2::text[], $3::bigint[]) AS c(adapter, payer_id)
+  ON c.adapter = p.adapter AND c.payer_id = p.payer_id
+WHERE p.month = $1 AND p.charge > 0
+"""
+# For candidate pairs: a peak is an event whose trailing window [t - w, t] holds
+# >= greatest(min, factor x median events per active minute) of the pair's events; an event
+# is in a burst when a peak lies in [t, t + w] (it is inside that peak's window).
 BURSTS = """
-WITH ev AS (
+WITH ev AS MATERIALIZED (
     SELECT p.event_id, p.adapter, p.payer_id, e.started_at
     FROM usage_postings p JOIN usage_events e ON e.request_id = p.event_id
-    WHERE p.month = $1 AND p.adapter <> '' AND p.charge > 0
-), busy AS (
-    SELECT adapter, payer_id FROM ev GROUP BY adapter, payer_id HAVING count(*) >= $2
+    JOIN unnest($5::text[], $6::bigint[]) AS c(adapter, payer_id)
+      ON c.adapter = p.adapter AND c.payer_id = p.payer_id
+    WHERE p.month = $1 AND p.charge > 0
 ), minutes AS (
-    SELECT ev.adapter, ev.payer_id, count(*) AS n
-    FROM ev JOIN busy USING (adapter, payer_id)
-    GROUP BY ev.adapter, ev.payer_id, date_trunc('minute', ev.started_at)
+    SELECT adapter, payer_id, count(*) AS n FROM ev
+    GROUP BY adapter, payer_id, date_trunc('minute', started_at)
 ), typical AS (
     SELECT adapter, payer_id, percentile_disc(0.5) WITHIN GROUP (ORDER BY n) AS median
-    FROM minutes GROUP BY adapter, payer_id
+    FROM minutes GROUP BY adapter, payer_id HAVING sum(n) >= $2
 ), windowed AS (
     SELECT ev.event_id, ev.adapter, ev.payer_id, ev.started_at, t.median,
            count(*) OVER (PARTITION BY ev.adapter, ev.payer_id ORDER BY ev.started_at
@@ -171,23 +179,63 @@ async def flagged_events(
             for e in await conn.fetch(EVENTS_OF_PAYER, month, r["adapter"], r["payer_id"])
         ]
         out.append(Flagged("dominant_payer", reason, ids))
-    for r in await conn.fetch(
-        REPEATED_PROMPTS, month, policy.repeat_min_events, policy.repeat_share_ppm
-    ):
-        reason = (
-            f"hold for review: one payer sent the same prompt {r['sent']} times to adapter "
-            f"{r['adapter']!r} this month ({int(r['sent']) * 100 // int(r['events'])}% of its "
-            f"requests there; {rule}: repeated prompts)"
-        )
-        out.append(Flagged("repeated_prompt", reason, list(r["event_ids"])))
     window = dt.timedelta(seconds=policy.burst_window_s)
-    for r in await conn.fetch(BURSTS, month, policy.burst_min_events, policy.burst_factor, window):
+    repeats: list[tuple[str, int, str]] = []
+    busy: set[tuple[str, int]] = set()
+    for r in await conn.fetch(
+        CANDIDATES, month, policy.repeat_min_events, policy.burst_min_events, window
+    ):
+        if r["bucketed"]:
+            busy.add((r["adapter"], r["payer_id"]))
+        else:
+            repeats.append((r["adapter"], r["payer_id"], r["prompt_digest"]))
+    out += await _repeated_prompts(conn, month, policy, repeats, rule)
+    pairs = sorted(busy)
+    for r in await conn.fetch(
+        BURSTS, month, policy.burst_min_events, policy.burst_factor, window,
+        [a for a, _ in pairs], [p for _, p in pairs],
+    ) if pairs else ():  # fmt: skip
         reason = (
             f"hold for review: one payer sent up to {r['busiest']} requests to adapter "
             f"{r['adapter']!r} within {policy.burst_window_s} s, against its usual {r['median']} "
             f"a minute ({rule}: bursts)"
         )
         out.append(Flagged("burst", reason, list(r["event_ids"])))
+    return out
+
+
+async def _repeated_prompts(
+    conn: asyncpg.Connection,
+    month: dt.date,
+    policy: WashPolicy,
+    candidates: list[tuple[str, int, str]],
+    rule: str,
+) -> list[Flagged]:
+    """Of the (adapter, payer, digest) sent often enough, those that are also at least
+    `repeat_share_ppm` of the payer's events on the adapter, with their events."""
+    if not candidates:
+        return []
+    pairs = sorted({(a, p) for a, p, _ in candidates})
+    wanted = set(candidates)
+    total: dict[tuple[str, int], int] = {}
+    events: dict[tuple[str, int, str], list[str]] = {}
+    for r in await conn.fetch(EVENTS_OF_PAIRS, month, [a for a, _ in pairs], [p for _, p in pairs]):
+        pair = (r["adapter"], r["payer_id"])
+        total[pair] = total.get(pair, 0) + 1
+        key = (*pair, r["prompt_digest"])
+        if key in wanted:
+            events.setdefault(key, []).append(r["event_id"])
+    out = []
+    for key in sorted(events):
+        ids, events_of_payer = sorted(events[key]), total[key[:2]]
+        if len(ids) * 1_000_000 < policy.repeat_share_ppm * events_of_payer:
+            continue
+        reason = (
+            f"hold for review: one payer sent the same prompt {len(ids)} times to adapter "
+            f"{key[0]!r} this month ({len(ids) * 100 // events_of_payer}% of its requests "
+            f"there; {rule}: repeated prompts)"
+        )
+        out.append(Flagged("repeated_prompt", reason, ids))
     return out
 
 
