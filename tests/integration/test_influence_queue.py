@@ -129,7 +129,7 @@ async def test_the_sweep_deletes_old_text_in_any_state(make_queue: MakeQueue) ->
 async def test_failures_back_off_then_fail_and_postponing_does_not_count(
     make_queue: MakeQueue,
 ) -> None:
-    q = make_queue(QueuePolicy(max_attempts=2, backoff_base_s=0.2, backoff_cap_s=0.2))
+    q = make_queue(QueuePolicy(max_attempts=2, backoff_base_s=0.5, backoff_cap_s=0.5))
     await q.enqueue([job(1)])
     (j,) = await q.claim("w1")
     assert await q.postpone("w1", j.request_id, 0.0, "usage event not posted yet")
@@ -137,7 +137,7 @@ async def test_failures_back_off_then_fail_and_postponing_does_not_count(
     assert j.attempts == 1  # the postponed try did not count
     assert await q.fail("w1", j.request_id, "scorer crashed") == "queued"
     assert await q.claim("w1") == []  # backing off
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.6)
     (j,) = await q.claim("w1")
     assert j.attempts == 2
     assert await q.fail("w1", j.request_id, "scorer crashed again") == "failed"
@@ -150,14 +150,14 @@ async def test_failures_back_off_then_fail_and_postponing_does_not_count(
 async def test_a_lease_that_runs_out_moves_the_job_to_another_worker(
     make_queue: MakeQueue,
 ) -> None:
-    q = make_queue(QueuePolicy(lease_s=0.3))
+    q = make_queue(QueuePolicy(lease_s=0.8))
     await q.enqueue([job(1)])
     (j,) = await q.claim("w1")
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.4)
     assert await q.heartbeat("w1", [j.request_id]) == 1
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.5)
     assert await q.claim("w2") == []  # the heartbeat kept it
-    await asyncio.sleep(0.35)  # w1 went silent (killed): the lease runs out
+    await asyncio.sleep(0.9)  # w1 went silent (killed): the lease runs out
     (again,) = await q.claim("w2")
     assert again.request_id == j.request_id and again.attempts == 2
     assert again.prompt is not None  # nothing lost
