@@ -99,6 +99,10 @@ class BudgetGate:
         """Grouped settle statements (at most one per request, fewer under load)."""
         return self._settles.batches
 
+    def holds(self, request_id: str) -> bool:
+        """Whether `settle` has anything to do for this request (callers can skip it)."""
+        return request_id in self._holding
+
     async def _current_book(self) -> PriceBook:
         if self._book is None or time.monotonic() - self._loaded > self.refresh_s:
             async with self._lock:
