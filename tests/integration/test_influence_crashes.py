@@ -118,6 +118,7 @@ async def test_a_slow_job_is_not_taken_from_a_live_worker(engine: AsyncEngine) -
     slow = w.worker(name="slow", policy=policy, scorer=w.scorer(delay_s=2.0))  # > 3 leases
     thief = w.worker(name="thief", policy=policy)
     task = asyncio.create_task(slow.run_once())
+    await wait_for_row(engine, "SELECT 1 FROM influence_jobs WHERE locked_by = 'slow'")
     stolen = []
     while not task.done():
         stolen.append(await thief.run_once())
