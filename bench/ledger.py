@@ -10,6 +10,12 @@ Needs a PostgreSQL it may create a database on (`--database-url`, default the ma
 server at 127.0.0.1:5432); the database is dropped at the end. Both posting paths use the
 same pricing and split code (`metering.posting.compute_postings`); only the storage strategy
 differs. Generating and shipping the usage events (COPY via `PostgresUsageStore`) is not timed.
+
+Before/after: `--previous N` posts N events with the posting worker's previous statements
+(`PREVIOUS_TAKE_BATCH`, the per-entry balance check) in `--rounds` rounds interleaved with
+rounds of the current code, on the same growing tables, and prints both rows and their
+ratio. "Postgres CPU" counts the run's own backends only (not parallel query workers, which
+the previous statements' hash joins used), so it understates the previous statements' cost.
 """
 
 from __future__ import annotations
@@ -296,6 +302,18 @@ async def naive_post(engine, directory: InMemoryAdapterDirectory, n: int) -> int
     return done
 
 
+def combined(phases: list[Phase]) -> Phase:
+    return Phase(
+        sum(p.events for p in phases), sum(p.wall_s for p in phases),
+        sum(p.client_cpu_s for p in phases), sum(p.server_cpu_s for p in phases),
+    )  # fmt: skip
+
+
+async def current_worker(engine, directory: InMemoryAdapterDirectory, a) -> int:  # type: ignore[no-untyped-def]
+    worker = PostingWorker(engine, directory, batch_size=a.batch_size)
+    return await worker.drain(concurrency=a.concurrency)
+
+
 async def previous_worker(engine, directory: InMemoryAdapterDirectory, a) -> int:  # type: ignore[no-untyped-def]
     worker = PostingWorker(engine, directory, batch_size=a.batch_size)
     worker.take_sql = PREVIOUS_TAKE_BATCH
@@ -327,7 +345,11 @@ async def main() -> None:
     )  # fmt: skip
     ap.add_argument(
         "--previous", type=int, default=None,
-        help="events posted first with the previous statements (default: --events; 0: skip)",
+        help="events posted with the previous statements (default: --events; 0: skip)",
+    )  # fmt: skip
+    ap.add_argument(
+        "--rounds", type=int, default=4,
+        help="before/after rounds, interleaved (each posts 1/rounds of the events)",
     )  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the database")
     a = ap.parse_args()
@@ -356,19 +378,27 @@ async def main() -> None:
         previous = None
         n_previous = a.events if a.previous is None else a.previous
         if n_previous:
-            # before the current code, on the smaller table (which favours it: its cost grew
-            # with the table)
-            await ship(engine, payers, n_previous, 30_000_000)
-            async with driver(engine) as conn:
-                await conn.execute(PREVIOUS_CHECK_BALANCED)
-            previous = await phase(url, admin, name, lambda e: previous_worker(e, directory, a))
-            async with driver(engine) as conn:
-                await conn.execute(CURRENT_CHECK_BALANCED)
-        await ship(engine, payers, a.events, 10_000_000)
-        batched = await phase(
-            url, admin, name,
-            lambda e: PostingWorker(e, directory, batch_size=a.batch_size).drain(concurrency=a.concurrency),
-        )  # fmt: skip
+            # Before/after in rounds, interleaved on the same growing tables (the machine's
+            # load drifts; the previous statements' cost grew with the table).
+            rounds = max(a.rounds, 1)
+            prev_phases, cur_phases = [], []
+            for r in range(rounds):
+                await ship(engine, payers, n_previous // rounds, 30_000_000 + r * 1_000_000)
+                async with driver(engine) as conn:
+                    await conn.execute(PREVIOUS_CHECK_BALANCED)
+                prev_phases.append(
+                    await phase(url, admin, name, lambda e: previous_worker(e, directory, a))
+                )
+                async with driver(engine) as conn:
+                    await conn.execute(CURRENT_CHECK_BALANCED)
+                await ship(engine, payers, a.events // rounds, 10_000_000 + r * 1_000_000)
+                cur_phases.append(
+                    await phase(url, admin, name, lambda e: current_worker(e, directory, a))
+                )
+            previous, batched = combined(prev_phases), combined(cur_phases)
+        else:
+            await ship(engine, payers, a.events, 10_000_000)
+            batched = await phase(url, admin, name, lambda e: current_worker(e, directory, a))
         posted = naive.events + batched.events + (previous.events if previous else 0)
         rest = max(a.close_events - posted, 0)
         fill = None
@@ -422,8 +452,17 @@ async def main() -> None:
         print("|---|---|---|---|---|---|---|")
         print(naive.row("naive row by row (1 event per transaction)"))
         if previous:
-            print(previous.row("batched, previous statements (join take, per-entry balance check)"))
-        print(batched.row(f"batched ({a.batch_size:,} per batch, {a.concurrency} in flight)"))
+            print(
+                previous.row(
+                    f"batched, previous statements (join take, per-entry balance check), {a.rounds} rounds interleaved"
+                )
+            )
+        print(
+            batched.row(
+                f"batched ({a.batch_size:,} per batch, {a.concurrency} in flight)"
+                + (", the same rounds" if previous else "")
+            )
+        )
         if fill:
             print(fill.row("batched, filling the month"))
         print()
