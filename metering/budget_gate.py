@@ -213,6 +213,7 @@ class _Grouped(Generic[T, R]):
         return await done
 
     async def _run(self) -> None:
+        batch: list[tuple[T, asyncio.Future[R]]] = []
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
@@ -227,5 +228,12 @@ class _Grouped(Generic[T, R]):
                     for (_, f), answer in zip(batch, answers, strict=True):
                         if not f.done():
                             f.set_result(answer)
+                batch = []
+        except BaseException:  # the writer was cancelled (shutdown): nobody may wait forever
+            for _, f in [*batch, *self._waiting]:
+                if not f.done():
+                    f.cancel()
+            self._waiting = []
+            raise
         finally:
             self._writer = None

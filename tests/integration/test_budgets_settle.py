@@ -264,3 +264,25 @@ async def test_a_pool_that_cannot_connect_fails_open_not_500() -> None:
     closed = BudgetGate(CountingBudgets({1: 10**9}), NoConnectionBook(), fail_open=False)
     with pytest.raises(BudgetUnavailable):
         await closed.reserve(1, "r", "tiny", "", 10, 10)
+
+
+class StuckBudgets(CountingBudgets):
+    async def settle_many(self, settlements: list[tuple[str, int]]) -> None:  # type: ignore[override]
+        await asyncio.sleep(3600)
+
+
+async def test_a_cancelled_writer_leaves_no_settle_waiting_forever() -> None:
+    budgets = StuckBudgets({1: 10**6})
+    gate = BudgetGate(budgets, Book(priced_book()))
+    for rid in ("a", "b"):
+        await gate.reserve(1, rid, "tiny", "", prompt_chars=1, max_tokens=1)
+    first = asyncio.ensure_future(gate.settle("a", "tiny", "", NOW, 1, 1, charged=True))
+    await asyncio.sleep(0.01)  # "a" is being written; "b" waits for the next batch
+    second = asyncio.ensure_future(gate.settle("b", "tiny", "", NOW, 1, 1, charged=True))
+    await asyncio.sleep(0.01)
+    writer = gate._settles._writer
+    assert writer is not None
+    writer.cancel()
+    done, pending = await asyncio.wait([first, second], timeout=2)
+    assert not pending and all(t.cancelled() for t in done)
+    assert gate._settles._writer is None  # the next settle starts a new writer
