@@ -10,7 +10,7 @@ import msgspec
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException
-from litestar.types import LifespanHook
+from litestar.types import LifespanHook, Message, Scope
 
 from attribution import errors as domain
 from attribution.service import RATE_WINDOW_S
@@ -27,8 +27,8 @@ from gateway.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
-from gateway.metrics import count_response, metrics_endpoint
-from gateway.middleware import add_request_id
+from gateway.metrics import count_response_start, metrics_endpoint
+from gateway.middleware import set_request_id_header
 from gateway.routes.adapters import ROUTES as ADAPTER_ROUTES
 from gateway.routes.attributions import ROUTES as ATTRIBUTION_ROUTES
 from gateway.routes.common import JSON, services_of
@@ -114,6 +114,15 @@ def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     return _render(InternalError("The server had an error while processing your request."))
 
 
+async def on_send(message: Message, scope: Scope) -> None:
+    """The app's one `before_send` hook: the request id header and the response count, on
+    a response's start. One hook, not two: Litestar awaits every hook for every message, and
+    a stream sends one message per chunk."""
+    if message["type"] == "http.response.start":
+        set_request_id_header(message, scope)
+        count_response_start(message, scope)
+
+
 @get("/healthz", media_type=MediaType.JSON)
 async def healthz(request: Request[Any, Any, Any]) -> Response[bytes]:
     """200 once the gateway and at least one engine are ready (no key needed: probes)."""
@@ -141,7 +150,7 @@ def create_app(
             *ATTRIBUTION_ROUTES,
             *extra_routes,
         ],
-        before_send=[add_request_id, count_response],
+        before_send=[on_send],
         exception_handlers={
             ApiError: _api_error,
             domain.DatanetError: _domain_error,

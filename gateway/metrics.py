@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from litestar import MediaType, Request, Response, get
-from litestar.types import Message, Scope
+from litestar.types import HTTPResponseStartEvent, Message, Scope
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -100,9 +100,14 @@ _http_children: dict[tuple[str, str, int], Any] = {}
 
 
 async def count_response(message: Message, scope: Scope) -> None:
-    """Litestar `before_send` hook: one count per response, at its start."""
-    if message["type"] != "http.response.start":
-        return
+    """Litestar `before_send` hook: one count per response, at its start (the app uses
+    `gateway.app.on_send`, which calls `count_response_start` itself)."""
+    if message["type"] == "http.response.start":
+        count_response_start(message, scope)
+
+
+def count_response_start(message: HTTPResponseStartEvent, scope: Scope) -> None:
+    """Count an `http.response.start` message."""
     route: str = scope.get("path_template") or "unmatched"
     method: str = scope.get("method", "GET")  # type: ignore[assignment]
     status: int = message["status"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from litestar.types import Message, Scope
+from litestar.types import HTTPResponseStartEvent, Message, Scope
 
 REQUEST_ID_KEY = "royalty.request_id"
 
@@ -26,12 +26,18 @@ def request_id_of(scope: Any) -> str:
     return rid
 
 
+def set_request_id_header(message: HTTPResponseStartEvent, scope: Scope) -> None:
+    """Add `x-request-id` to an `http.response.start` message."""
+    header = (b"x-request-id", request_id_of(scope).encode())
+    headers: Any = message.setdefault("headers", [])
+    if isinstance(headers, list):
+        headers.append(header)
+    else:
+        message["headers"] = [*headers, header]
+
+
 async def add_request_id(message: Message, scope: Scope) -> None:
-    """Litestar `before_send` hook."""
+    """Litestar `before_send` hook (the app uses `gateway.app.on_send`, which calls
+    `set_request_id_header` itself)."""
     if message["type"] == "http.response.start":
-        header = (b"x-request-id", request_id_of(scope).encode())
-        headers: Any = message.setdefault("headers", [])
-        if isinstance(headers, list):
-            headers.append(header)
-        else:
-            message["headers"] = [*headers, header]
+        set_request_id_header(message, scope)
