@@ -19,13 +19,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metering.audit import violations
 from metering.catalog import PostgresCatalog
+from metering.holds import WashPolicy
 from metering.ledger import PostgresLedger
 from metering.money import month_start
 from metering.payouts import PostgresPayouts
 from metering.pg import driver
 from metering.posting import PostingWorker
 from metering.sources import AdapterInfo, InMemoryAdapterDirectory, InMemoryAttributionSource
-from metering.usage import UsageRecord
+from metering.usage import UsageRecord, prompt_digest
 from metering.usage_store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
@@ -74,6 +75,9 @@ async def snapshot_closed(engine: AsyncEngine) -> list[tuple[object, ...]]:
 
 async def test_seeded_simulation_keeps_every_invariant(engine: AsyncEngine) -> None:
     rng = random.Random(20261124)
+    # Prompts from a small pool (its own stream, so the rest of the simulation is unchanged):
+    # some payers repeat prompts often enough for the wash-traffic holds at close.
+    prompts = random.Random(5)
     ids = await make_accounts(engine, ["alice", "bob", "carol", "dan", "erin", "owner", "eve"])
     # eve is a consumer, a contributor of recipes, and owns 'legal': self-dealing both ways.
     directory = InMemoryAdapterDirectory(
@@ -117,6 +121,9 @@ async def test_seeded_simulation_keeps_every_invariant(engine: AsyncEngine) -> N
             http_status=200 if status != "error" else 500,
             prompt_tokens=rng.randint(0, 3000), completion_tokens=rng.randint(0, 700),
             started_at=when, total_ms=1.0, ttft_ms=None, output_sha256=None,
+            prompt_digest=prompt_digest(
+                "hot" if prompts.random() < 0.5 else f"prompt {prompts.randint(0, 99)}"
+            ),
         )  # fmt: skip
 
     closed_before: list[tuple[object, ...]] = []
@@ -171,13 +178,16 @@ async def test_seeded_simulation_keeps_every_invariant(engine: AsyncEngine) -> N
             await ledger.top_up(rng.choice(payers), rng.randint(1, 10**9))
         elif action == "close_oct":
             await worker.drain()
-            first = await payouts.close(OCT)
+            first = await payouts.close(OCT, WashPolicy(repeat_min_events=5))
             assert not first.already_closed and first.charges > 0
             again = await payouts.close(OCT)
             assert again.already_closed and again.root == first.root
             checked, bad = await payouts.verify(OCT)
             assert checked == first.statements and bad == []
             closed_oct = True
+            async with driver(engine) as conn:  # the holds at close, each event held once
+                held = await conn.fetch("SELECT heuristic, count(*) FROM held_events GROUP BY 1")
+            assert {r[0] for r in held} >= {"repeated_prompt"}, held
         elif action == "penalty":
             await worker.drain()
             _, reversed_ = await ledger.penalize(
