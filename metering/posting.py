@@ -96,11 +96,18 @@ def postings_copy_text(rows: Sequence[Sequence[object]]) -> bytes:
     out = []
     null = "\\N"
     dates: dict[object, str] = {}
+    # Event ids are escaped one by one only when one of them needs it (almost never: they
+    # are request ids); adapter names once per name.
+    plain = not any(ch in "".join(str(r[0]) for r in rows) for ch in "\\\t\n\r")
+    names: dict[object, str] = {}
     for eid, txn, month, day, payer, adapter, price, policy, charge, payees, amounts in rows:
         m = dates.get(month) or dates.setdefault(month, str(month))
         d = dates.get(day) or dates.setdefault(day, str(day))
+        a = names.get(adapter)
+        if a is None:
+            a = names[adapter] = _text(adapter)  # type: ignore[arg-type]
         out.append(
-            f"{_text(eid)}\t{txn}\t{m}\t{d}\t{payer}\t{_text(adapter)}\t"  # type: ignore[arg-type]
+            f"{eid if plain else _text(eid)}\t{txn}\t{m}\t{d}\t{payer}\t{a}\t"  # type: ignore[arg-type]
             f"{null if price is None else price}\t{policy}\t{charge}\t"
             f"{{{str(payees)[1:-1]}}}\t{{{str(amounts)[1:-1]}}}\n"
         )
