@@ -50,15 +50,18 @@ SELECT_RECORD_PENALTIES = "SELECT id, record_id, contributor_id, reason FROM rec
 # The penalised records named by these events' attribution, with the record's weight and its
 # contributor's integer weight in the same response.
 RECORD_SHARES = """
-SELECT e.request_id,
+SELECT e.request_id, pr.record_id,
        coalesce((t ->> 'weight_ppm')::bigint,
                 round((t ->> 'weight')::numeric * 1000000)::bigint, 0) AS record_ppm,
-       (SELECT (c ->> 'weight_ppm')::bigint FROM jsonb_array_elements(e.attribution -> 'contributors') c
-        WHERE (c ->> 'id')::bigint = $3) AS contributor_ppm
-FROM usage_events e,
-     jsonb_array_elements(CASE jsonb_typeof(e.attribution -> 'top_records')
-                          WHEN 'array' THEN e.attribution -> 'top_records' END) t
-WHERE e.request_id = ANY($1::text[]) AND (t ->> 'id')::bigint = $2
+       (SELECT (c ->> 'weight_ppm')::bigint
+        FROM jsonb_array_elements(e.attribution -> 'contributors') c
+        WHERE (c ->> 'id')::bigint = pr.contributor_id) AS contributor_ppm
+FROM usage_events e
+CROSS JOIN LATERAL jsonb_array_elements(CASE jsonb_typeof(e.attribution -> 'top_records')
+                                        WHEN 'array' THEN e.attribution -> 'top_records' END) t
+JOIN unnest($2::bigint[], $3::bigint[]) AS pr(record_id, contributor_id)
+  ON (t ->> 'id')::bigint = pr.record_id
+WHERE e.request_id = ANY($1::text[])
 """
 # Open months' postings naming the record, with what they paid its contributor.
 OPEN_RECORD_CREDITS = """
@@ -102,15 +105,45 @@ async def active(conn: asyncpg.Connection) -> list[RecordPenalty]:
 
 
 async def record_shares(
-    conn: asyncpg.Connection, event_ids: Sequence[str], penalty: RecordPenalty
-) -> dict[str, tuple[int, int]]:
-    """event id -> (record ppm, contributor ppm) for the events naming the record."""
-    out: dict[str, tuple[int, int]] = {}
+    conn: asyncpg.Connection, event_ids: Sequence[str], penalties: Sequence[RecordPenalty]
+) -> dict[str, list[tuple[RecordPenalty, int, int]]]:
+    """event id -> [(penalty, record ppm, contributor ppm)] for the events naming a
+    penalised record (one query for all of them)."""
+    if not penalties or not event_ids:
+        return {}
+    by_record = {p.record_id: p for p in penalties}
+    out: dict[str, list[tuple[RecordPenalty, int, int]]] = {}
     for r in await conn.fetch(
-        RECORD_SHARES, list(event_ids), penalty.record_id, penalty.contributor_id
-    ):
-        out[r["request_id"]] = (int(r["record_ppm"]), int(r["contributor_ppm"] or 0))
+        RECORD_SHARES, list(event_ids), [p.record_id for p in penalties],
+        [p.contributor_id for p in penalties],
+    ):  # fmt: skip
+        out.setdefault(r["request_id"], []).append(
+            (by_record[r["record_id"]], int(r["record_ppm"]), int(r["contributor_ppm"] or 0))
+        )
     return out
+
+
+def withhold_records(
+    payees: list[int],
+    amounts: list[int],
+    named: Sequence[tuple[RecordPenalty, int, int]],
+    contributors: Mapping[int, int],
+    withheld_account: int,
+) -> list[tuple[int, int, RecordPenalty]]:
+    """One event's split, in place: each penalised record's part, computed from what its
+    contributor was paid before any of them moved, goes to `withheld_account`. Returns
+    (contributor ledger account, amount, penalty) for what moved."""
+    paid_before = dict(zip(payees, amounts, strict=True))
+    moved_out = []
+    for pen, rppm, cppm in named:
+        ledger = contributors.get(pen.contributor_id)
+        if ledger is None:
+            continue
+        part = record_part(paid_before.get(ledger, 0), rppm, cppm)
+        moved = withhold_from_split(payees, amounts, ledger, withheld_account, part)
+        if moved:
+            moved_out.append((ledger, moved, pen))
+    return moved_out
 
 
 def withhold_from_split(
@@ -148,24 +181,17 @@ async def withhold_in_batch(
         return []
     by_id = {str(r[0]): r for r in rows if r[5]}  # events with an adapter
     items: list[tuple[dt.date, int, int, str]] = []
-    for pen in penalties:
-        ledger = contributors.get(pen.contributor_id)
-        if ledger is None:
-            continue
-        for event_id, (rppm, cppm) in (await record_shares(conn, list(by_id), pen)).items():
-            row = by_id[event_id]
-            payees, amounts = row[9], row[10]
-            assert isinstance(payees, list) and isinstance(amounts, list)
-            paid = amounts[payees.index(ledger)] if ledger in payees else 0
-            moved = withhold_from_split(
-                payees, amounts, ledger, withheld_account, record_part(paid, rppm, cppm)
-            )
-            if moved:
-                month = row[2]
-                assert isinstance(month, dt.date)
-                sums[(ledger, month)] = sums.get((ledger, month), 0) - moved
-                sums[(withheld_account, month)] = sums.get((withheld_account, month), 0) + moved
-                items.append((month, ledger, moved, pen.label()))
+    for event_id, named in (await record_shares(conn, list(by_id), penalties)).items():
+        row = by_id[event_id]
+        payees, amounts, month = row[9], row[10], row[2]
+        assert isinstance(payees, list) and isinstance(amounts, list)
+        assert isinstance(month, dt.date)
+        for ledger, moved, pen in withhold_records(
+            payees, amounts, named, contributors, withheld_account
+        ):
+            sums[(ledger, month)] = sums.get((ledger, month), 0) - moved
+            sums[(withheld_account, month)] = sums.get((withheld_account, month), 0) + moved
+            items.append((month, ledger, moved, pen.label()))
     return items
 
 
@@ -179,17 +205,11 @@ async def withhold_in_split(
     """An influence adjustment's part: the re-split of `event_id` withholds penalised records'
     parts too (by the record's fraction of its contributor in the stored attribution), so
     re-attribution never hands them back."""
-    for pen in await active(conn):
-        ledger = contributors.get(pen.contributor_id)
-        share = (await record_shares(conn, [event_id], pen)).get(event_id)
-        if ledger is None or share is None or ledger not in split.payees:
-            continue
-        paid = split.amounts[split.payees.index(ledger)]
-        moved = withhold_from_split(
-            split.payees, split.amounts, ledger, withheld_account, record_part(paid, *share)
-        )
-        if moved:
-            split.withheld.append((ledger, moved, pen.label()))
+    named = (await record_shares(conn, [event_id], await active(conn))).get(event_id, [])
+    for ledger, moved, pen in withhold_records(
+        split.payees, split.amounts, named, contributors, withheld_account
+    ):
+        split.withheld.append((ledger, moved, pen.label()))
 
 
 async def penalize_record(
@@ -213,9 +233,9 @@ async def penalize_record(
         ledger = (await ensure_accounts(conn, "contributor", [contributor_id]))[contributor_id]
         per_month: dict[dt.date, int] = {}
         credits = await conn.fetch(OPEN_RECORD_CREDITS, record_id, ledger)
-        shares = await record_shares(conn, [r["event_id"] for r in credits], pen)
+        shares = await record_shares(conn, [r["event_id"] for r in credits], [pen])
         for r in credits:
-            rppm, cppm = shares.get(r["event_id"], (0, 0))
+            _, rppm, cppm = (shares.get(r["event_id"]) or [(pen, 0, 0)])[0]
             part = record_part(int(r["paid"]), rppm, cppm)
             if part:
                 per_month[r["month"]] = per_month.get(r["month"], 0) + part

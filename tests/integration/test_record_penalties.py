@@ -161,3 +161,40 @@ async def test_the_cli_penalises_a_record_or_a_contributor(database_url: str) ->
     assert (await asyncio.to_thread(royalty, "payouts", "penalize", "--reason", "r"))[0] == 2
     code, out = await asyncio.to_thread(royalty, "payouts", "penalize", "--record", "999999", "--reason", "r")  # fmt: skip
     assert code == 1 and "no record 999999" in out
+
+
+async def test_two_penalised_records_in_one_response_each_lose_their_part(
+    engine: AsyncEngine,
+) -> None:
+    """Each record's part is taken from what its contributor was paid before either moved."""
+    async with driver(engine) as conn:
+        rows = await conn.fetch(
+            "INSERT INTO accounts (name) SELECT unnest($1::text[]) RETURNING name, id",
+            ["own", "carol", "dave", "payer"],
+        )
+    ids = {r["name"]: r["id"] for r in rows}
+    carol, dave = ids["carol"], ids["dave"]
+    await PostgresCatalog(engine).set_price("tiny", "", 1_000_000, 3_000_000, SEP)
+    directory = InMemoryAdapterDirectory({"a": AdapterInfo(ids["own"], {carol: 2, dave: 1})})
+    await penalize_record(engine, BAD, carol, "copied")
+    await penalize_record(engine, 102, carol, "copied too")
+    evs = [event(f"two-{i}", ids["payer"], OCT + i * dt.timedelta(hours=1), attribution(carol, dave, True)) for i in range(12)]  # fmt: skip
+    await PostgresUsageStore(engine).insert_batch(evs)
+    await PostingWorker(engine, directory, UsageEventAttribution(engine)).drain()
+    async with driver(engine) as conn:
+        withheld_id = await conn.fetchval("SELECT id FROM ledger_accounts WHERE kind = 'withheld'")
+        carol_id = await conn.fetchval(
+            "SELECT id FROM ledger_accounts WHERE kind = 'contributor' AND owner_id = $1", carol
+        )
+        postings = await conn.fetch("SELECT payees, amounts FROM usage_postings")
+    for p in postings:
+        split = dict(zip(p["payees"], p["amounts"], strict=True))
+        held, kept = split[withheld_id], split[carol_id]
+        full = held + kept
+        assert held == full * 300_000 // 600_000 + full * 200_000 // 600_000, (full, held)
+    reasons = {w.reason for w in (await MeteringService(engine).earnings(carol)).withheld}
+    assert reasons == {
+        f"penalty (record {BAD}): copied",
+        "penalty (record 102): copied too",
+    }
+    assert await violations(engine) == []
