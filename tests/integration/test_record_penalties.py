@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -151,7 +152,9 @@ async def test_a_penalised_record_loses_exactly_its_part(engine: AsyncEngine) ->
     assert await violations(engine) == []
 
 
-async def test_the_cli_penalises_a_record_or_a_contributor(database_url: str) -> None:
+async def test_the_cli_penalises_a_record_or_a_contributor(
+    engine: AsyncEngine, database_url: str, tmp_path: Path
+) -> None:
     def royalty(*args: str) -> tuple[int, str]:
         r = CliRunner().invoke(app, [*args, "--database-url", database_url])
         return r.exit_code, r.stdout + (r.stderr if r.stderr_bytes else "")
@@ -161,6 +164,28 @@ async def test_the_cli_penalises_a_record_or_a_contributor(database_url: str) ->
     assert (await asyncio.to_thread(royalty, "payouts", "penalize", "--reason", "r"))[0] == 2
     code, out = await asyncio.to_thread(royalty, "payouts", "penalize", "--record", "999999", "--reason", "r")  # fmt: skip
     assert code == 1 and "no record 999999" in out
+    # a real record (imported through the CLI): penalised once, with its contributor
+    code, out = await asyncio.to_thread(royalty, "datanet", "create", "--name", "n", "--owner", "o")  # fmt: skip
+    assert code == 0, out
+    text = (
+        "Braised leeks with thyme need a slow oven, a splash of white wine and patience; "
+        "serve them warm beside crusty bread, a sharp mustard dressing and boiled eggs."
+    )
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps({"text": text}) + "\n")
+    code, out = await asyncio.to_thread(royalty, "datanet", "import", str(f), "--datanet", "n", "--contributor", "carol")  # fmt: skip
+    assert code == 0 and "accepted=1" in out, out
+    async with driver(engine) as conn:
+        record, carol = await conn.fetchrow(
+            "SELECT c.id, c.contributor_account_id FROM contributions c"
+        )
+    code, out = await asyncio.to_thread(royalty, "payouts", "penalize", "--record", str(record), "--reason", "plagiarised")  # fmt: skip
+    assert code == 0 and out.startswith("record penalty 1: reversed 0.000000 credits"), out
+    async with driver(engine) as conn:
+        row = await conn.fetchrow("SELECT record_id, contributor_id, reason FROM record_penalties")
+    assert tuple(row) == (record, carol, "plagiarised")
+    code, out = await asyncio.to_thread(royalty, "payouts", "penalize", "--record", str(record), "--reason", "again")  # fmt: skip
+    assert code == 1 and "already penalised" in out
 
 
 async def test_two_penalised_records_in_one_response_each_lose_their_part(
