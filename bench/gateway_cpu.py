@@ -11,7 +11,8 @@ alternating rounds, and reports per configuration:
 - idle CPU: what the process and its children burn per second with no traffic;
 - the top functions of a cProfile of the event loop thread during one extra round per
   scenario (bench/_profiled_gateway.py; profiling inflates the times, and a coroutine's
-  "calls" count its resumptions: compare them with each other).
+  "calls" count its resumptions: compare them with each other; inclusive times of code that
+  goes through SQLAlchemy's async engine are wrong, its greenlet switches confuse cProfile).
 
     .venv/bin/python bench/gateway_overhead.py --cpu-profile --concurrency 16 --rounds 3
 
