@@ -174,8 +174,28 @@ WHERE a.id = e.account_id
 """
 
 
+# The usage events behind synthetic postings (--synthetic-events): what the close's
+# wash-traffic checks join with (a distinct prompt per event: the checks' worst case for
+# grouping). The queue rows their insert adds are removed: they are posted already.
+SYNTH_EVENTS = """
+INSERT INTO usage_events (request_id, account_id, key_id, endpoint, model, base_model, adapter,
+                          status, http_status, prompt_tokens, completion_tokens, started_at,
+                          total_ms, prompt_digest)
+SELECT 'syn-' || g, ($2::bigint[])[1 + g % cardinality($2::bigint[])], 1, 'completions',
+       'recipes', 'tiny', 'recipes', 'ok', 200, 100, 10,
+       $1::date + make_interval(secs => g % (27 * 86400)), 1.0, left(md5(g::text), 32)
+FROM generate_series($3::bigint, $4::bigint - 1) AS g
+"""
+SYNTH_DEQUEUE = "DELETE FROM usage_unposted WHERE event_id >= 'syn-' AND event_id < 'syn.'"
+
+
 async def synthesize_month(
-    engine, n: int, payers: list[int], contributors: list[int], owner: int
+    engine,
+    n: int,
+    payers: list[int],
+    contributors: list[int],
+    owner: int,
+    with_events: bool = False,
 ) -> None:  # type: ignore[no-untyped-def]
     """`n` posted events in SYNTH_MONTH written by SQL (not through the poster), in balanced
     batches of 100,000, so that the close can be timed at sizes the shared machine cannot post
@@ -195,9 +215,14 @@ async def synthesize_month(
                 )  # fmt: skip
                 await conn.execute(SYNTH_ENTRIES, txn, SYNTH_MONTH)
                 await conn.execute(SYNTH_BALANCES, txn)
+                if with_events:
+                    await conn.execute(SYNTH_EVENTS, SYNTH_MONTH, payers, lo, min(lo + step, n))
+                    await conn.execute(SYNTH_DEQUEUE)
             print(f"  synthesized {min(lo + step, n):,}/{n:,}", file=sys.stderr, end="\r")
         print(file=sys.stderr)
         await conn.execute("VACUUM ANALYZE usage_postings")
+        if with_events:
+            await conn.execute("VACUUM ANALYZE usage_events")
 
 
 async def setup(
@@ -340,6 +365,10 @@ async def main() -> None:
     ap.add_argument("--batch-size", type=int, default=20_000)
     ap.add_argument("--concurrency", type=int, default=2, help="batches in flight")
     ap.add_argument(
+        "--synthetic-events", action="store_true",
+        help="write the synthetic month's usage events too (what the wash-traffic checks read)",
+    )  # fmt: skip
+    ap.add_argument(
         "--synthetic-close", type=int, default=0,
         help="also close a month of N events written by SQL (times the close alone)",
     )  # fmt: skip
@@ -434,7 +463,9 @@ async def main() -> None:
                     )
                 ]
                 owner = await conn.fetchval("SELECT id FROM accounts WHERE name = 'owner-0'")
-            await synthesize_month(engine, a.synthetic_close, payers, contributors, owner)
+            await synthesize_month(
+                engine, a.synthetic_close, payers, contributors, owner, a.synthetic_events
+            )
             t = time.perf_counter()
             synth_close = await PostgresPayouts(engine).close(SYNTH_MONTH)
             synth_s = time.perf_counter() - t
