@@ -98,13 +98,13 @@ async def test_complete_stores_the_result_and_deletes_the_text(make_queue: MakeQ
 
 
 async def test_a_configured_retention_keeps_text_until_the_sweep(make_queue: MakeQueue) -> None:
-    q = make_queue(QueuePolicy(retention_s=0.3))
+    q = make_queue(QueuePolicy(retention_s=1.0))
     await q.enqueue([job(1)])
     (j,) = await q.claim("w1")
     assert await q.complete("w1", j.request_id, RESULT)
     assert await q.sweep() == 0
     assert (await q.view(j.request_id)).has_text  # type: ignore[union-attr]
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.1)
     assert await q.sweep() == 1
     view = await q.view(j.request_id)
     assert view is not None and not view.has_text and view.state == "done"

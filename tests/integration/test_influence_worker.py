@@ -101,13 +101,13 @@ async def test_the_adjustment_moves_money_to_the_influential_contributor(
 async def test_an_event_not_posted_yet_is_waited_for_then_adjusted(engine: AsyncEngine) -> None:
     w = await make_world(engine)
     (rid,) = await add_events(w, 1, post=False)
-    worker = w.worker(name="w", not_posted_delay_s=0.3)
+    worker = w.worker(name="w", not_posted_delay_s=1.0)
     assert await worker.run_once() == "postponed"
     (job,) = await fetch(engine, "SELECT * FROM influence_jobs WHERE request_id = $1", rid)
     assert job["state"] == "queued" and job["attempts"] == 0 and job["output"] is not None
     assert await worker.run_once() is None  # not due before the delay
     await post_all(w)
-    await asyncio.sleep(0.35)
+    await asyncio.sleep(1.05)
     assert await worker.run_once() == "done"
     assert len(worker.scorer.calls) == 1, "scored once: the retry reused the score"  # type: ignore[attr-defined]
     assert len(await fetch(engine, "SELECT 1 FROM usage_adjustments WHERE event_id = $1", rid)) == 1
@@ -143,13 +143,13 @@ async def test_no_index_scoring_failures_and_the_retention_sweep(engine: AsyncEn
     assert view is not None and view.state == "done" and view.note == "no influence index"
     assert view.result is None and not view.has_text
 
-    policy = QueuePolicy(max_attempts=2, backoff_base_s=0.1, retention_s=0.3, **POLICY)
+    policy = QueuePolicy(max_attempts=2, backoff_base_s=1.0, retention_s=0.3, **POLICY)
     scorer = w.scorer(fail_outputs=[w.output(1)])  # b's scoring always fails
     worker = w.worker(name="w", policy=policy, scorer=scorer)
     assert await worker.run_once() == "retry"  # b, first attempt
     assert await worker.run_once() == "done"  # c, while b backs off
     assert await worker.run_once() is None
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(1.05)
     assert await worker.run_once() == "failed"  # b, second and last attempt
     jobs = {
         r["request_id"]: r
