@@ -58,7 +58,9 @@ from gateway_overhead import (
     chat_body,
     console,
     free_port,
+    http_post,
     md_table,
+    pct,
     rich_table,
     run_round,
     wait_http,
@@ -90,6 +92,8 @@ class Target:
     idle_pct: tuple[float, float] | None = None
     config: str = ""
     profile: dict[str, dict[str, Any]] = field(default_factory=dict)
+    paced: dict[str, Any] = field(default_factory=dict)
+    """Latencies, tokens and CPU of the paced-streams phase."""
 
 
 def _cpu(pid: int) -> tuple[float, float]:
@@ -207,6 +211,53 @@ async def measure(t: Target, scenario: str, stream: bool, level: int, seconds: f
     return rr.completed_total
 
 
+async def paced_phase(targets: list[Target], direct: Endpoint, fport: int, rounds: int,
+                      level: int, seconds: float, tokens: int, delay_ms: float) -> None:  # fmt: skip
+    """`level` streams paced at `delay_ms` per token, direct and through each gateway in
+    alternating rounds: the latency the gateway adds (the README's 64-stream scenario)."""
+    await http_post("127.0.0.1", fport, "/fake/config",
+                    json.dumps({"token_delay_ms": delay_ms}).encode())  # fmt: skip
+    try:
+        names = ["direct", *(t.name for t in targets)]
+        acc: dict[str, dict[str, Any]] = {
+            n: {"lat": [], "ttft": [], "tokens": 0, "window": 0.0, "cpu": 0.0, "done": 0}
+            for n in names
+        }
+        for r in range(rounds):
+            order = [None, *targets] if r % 2 == 0 else [*reversed(targets), None]
+            for t in order:
+                ep = direct if t is None else _endpoint(t, True, tokens)
+                own0 = _cpu(t.proc.pid)[0] if t is not None else 0.0
+                rr = await run_round(ep, level, seconds, 1.0, stream=True)
+                a = acc["direct" if t is None else t.name]
+                if t is not None:
+                    a["cpu"] += _cpu(t.proc.pid)[0] - own0
+                a["lat"] += rr.latencies_ms
+                a["ttft"] += rr.ttft_ms
+                a["tokens"] += rr.tokens
+                a["window"] += rr.window_s
+                a["done"] += rr.completed_total
+                console.print(f"  paced round {r + 1}/{rounds} {ep.name:<17} "
+                              f"p50 {pct(rr.latencies_ms, 50) or 0:7.1f} ms  "
+                              f"p99 {pct(rr.latencies_ms, 99) or 0:7.1f} ms")  # fmt: skip
+        d = acc["direct"]
+        for t in targets:
+            a = acc[t.name]
+            t.paced = {
+                "p50_ms": pct(a["lat"], 50), "p99_ms": pct(a["lat"], 99),
+                "ttft_p50_ms": pct(a["ttft"], 50), "ttft_p99_ms": pct(a["ttft"], 99),
+                "d_p50_ms": (pct(a["lat"], 50) or 0) - (pct(d["lat"], 50) or 0),
+                "d_p99_ms": (pct(a["lat"], 99) or 0) - (pct(d["lat"], 99) or 0),
+                "tokens_ratio": (a["tokens"] / a["window"]) / (d["tokens"] / d["window"])
+                if d["tokens"] and a["window"] and d["window"] else None,
+                "cpu_us_per_req": a["cpu"] * 1e6 / max(a["done"], 1),
+                "direct_p50_ms": pct(d["lat"], 50), "direct_p99_ms": pct(d["lat"], 99),
+            }  # fmt: skip
+    finally:
+        await http_post("127.0.0.1", fport, "/fake/config",
+                        json.dumps({"token_delay_ms": 0}).encode())  # fmt: skip
+
+
 async def idle_cpu(t: Target, seconds: float = 3.0) -> tuple[float, float]:
     own0, kids0 = _cpu(t.proc.pid)
     w0 = time.perf_counter()
@@ -265,7 +316,8 @@ def summarise(stats_file: Path, requests: int, top: int) -> dict[str, Any]:
 async def run_cpu_profile(
     *, layout: Layout, work: Path, db_url: str, configs: list[str], rounds: int,
     seconds: float, level: int, tokens: int, top: int, out: Path, stamp: str,
-    meta: dict[str, Any], base_rev: str | None = None,
+    meta: dict[str, Any], base_rev: str | None = None, paced_level: int = 64,
+    paced_ms: float = 10.0,
 ) -> int:  # fmt: skip
     stack = Stack(work, layout, db_url)
     targets: list[Target] = []
@@ -299,6 +351,11 @@ async def run_cpu_profile(
                     n = await measure(t, scenario, stream, level, seconds, tokens)
                     console.print(f"  round {r + 1}/{rounds} {scenario:<13} {t.name:<17} "
                                   f"{n / seconds:8.0f} req/s")  # fmt: skip
+        if paced_level:
+            direct = Endpoint("direct", "127.0.0.1", fport, "/v1/chat/completions",
+                              chat_body(MODEL, tokens, True), pid=fake.pid)  # fmt: skip
+            await paced_phase(targets, direct, fport, rounds, paced_level, seconds, tokens,
+                              paced_ms)  # fmt: skip
         if top:
             for t in targets:
                 for scenario, stream in scenarios:
@@ -308,12 +365,12 @@ async def run_cpu_profile(
         stack.stop_all()
         for t in targets:
             await _drop_database(db_url, t.db_url.rsplit("/", 1)[1])
-    report(targets, [s for s, _ in scenarios], level, out, stamp, meta)
+    report(targets, [s for s, _ in scenarios], level, out, stamp, meta, paced_level, paced_ms)
     return 0
 
 
 def report(targets: list[Target], scenarios: list[str], level: int, out: Path, stamp: str,
-           meta: dict[str, Any]) -> None:  # fmt: skip
+           meta: dict[str, Any], paced_level: int = 0, paced_ms: float = 0.0) -> None:  # fmt: skip
     cols = ["configuration"]
     for s in scenarios:
         cols += [f"{s}: gateway CPU µs/req", f"{s}: worker CPU µs/req", f"{s}: requests"]
@@ -323,7 +380,7 @@ def report(targets: list[Target], scenarios: list[str], level: int, out: Path, s
     for t in targets:
         row = [t.name]
         d: dict[str, Any] = {"env": CONFIGS[t.config], "idle_pct": t.idle_pct,
-                             "profile": t.profile}  # fmt: skip
+                             "profile": t.profile, "paced": t.paced}  # fmt: skip
         for s in scenarios:
             n = max(t.done.get(s, 0), 1)
             own = t.cpu_self_s.get(s, 0.0) * 1e6 / n
@@ -337,6 +394,19 @@ def report(targets: list[Target], scenarios: list[str], level: int, out: Path, s
     title = f"Gateway CPU per request by configuration (c={level}, chat, fake backend)"
     console.print(rich_table(title, cols, rows))
     parts = [f"# {title}", "", f"- {meta.get('describe', '')}", "", md_table(cols, rows)]
+    paced = [t for t in targets if t.paced]
+    if paced:
+        ptitle = (f"{paced_level} streams paced at {paced_ms:g} ms/token, gateway − direct "
+                  f"(direct p50 {paced[0].paced['direct_p50_ms']:.1f} ms, p99 "
+                  f"{paced[0].paced['direct_p99_ms']:.1f} ms)")  # fmt: skip
+        pcols = ["configuration", "Δp50 ms", "Δp99 ms", "TTFT p50 ms", "TTFT p99 ms",
+                 "tokens/s gateway ÷ direct", "gateway CPU µs/req"]  # fmt: skip
+        prows = [[t.name, f"{t.paced['d_p50_ms']:+.2f}", f"{t.paced['d_p99_ms']:+.2f}",
+                  f"{t.paced['ttft_p50_ms'] or 0:.2f}", f"{t.paced['ttft_p99_ms'] or 0:.2f}",
+                  f"{t.paced['tokens_ratio'] or 0:.3f}", f"{t.paced['cpu_us_per_req']:.0f}"]
+                 for t in paced]  # fmt: skip
+        console.print(rich_table(ptitle, pcols, prows))
+        parts += ["", f"## {ptitle}", "", md_table(pcols, prows)]
     for t in targets:
         for scenario, p in t.profile.items():
             head = (f"cProfile of `{t.name}`, {scenario}, {p['requests']} requests "

@@ -1407,6 +1407,7 @@ async def cpu_profile_main(o: Options, layout: Layout, stamp: str) -> int:
         layout=layout, work=work, db_url=o.database_url, configs=configs, rounds=o.rounds,
         seconds=o.duration, level=level, tokens=o.tokens, top=o.cpu_top, out=o.out,
         stamp=stamp, meta={"machine": m, "describe": describe}, base_rev=o.cpu_base,
+        paced_level=o.cpu_paced, paced_ms=o.token_delay_ms,
     )  # fmt: skip
     if not o.keep_workdir:
         shutil.rmtree(work, ignore_errors=True)
@@ -1443,6 +1444,7 @@ class Options:
     cpu_configs: list[str] = field(default_factory=list)
     cpu_top: int = 15
     cpu_base: str | None = None
+    cpu_paced: int = 64
 
 
 app = typer.Typer(add_completion=False)
@@ -1529,6 +1531,13 @@ def main(
             "(e.g. HEAD~3), alternating with this checkout: before/after in one run."
         ),
     ] = None,
+    cpu_paced: Annotated[
+        int,
+        typer.Option(
+            help="--cpu-profile: also this many streams paced at --token-delay-ms, direct and "
+            "through each gateway: latency added (0: skip)."
+        ),
+    ] = 64,
 ) -> None:
     o = Options(
         quick=quick,
@@ -1559,6 +1568,7 @@ def main(
         cpu_configs=cpu_config or [],
         cpu_top=cpu_top,
         cpu_base=cpu_base,
+        cpu_paced=cpu_paced,
     )
     (BENCH / ".work").mkdir(exist_ok=True)
     try:
