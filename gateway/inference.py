@@ -491,7 +491,7 @@ class InferenceService:
             raise
         if self.observers and status == "ok" and rec.adapter and out.texts:
             self._observe(rec, req, out)
-        if self.budget is not None:
+        if self.budget is not None and self.budget.holds(rec.request_id):
             # Off the response path: until it lands the (larger) estimate stays held.
             self._spawn(
                 self.budget.settle(

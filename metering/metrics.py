@@ -92,7 +92,8 @@ ATTRIBUTION_SECONDS = Histogram(
 ATTRIBUTION_QUEUE_DEPTH = Gauge(
     "royalty_attribution_queue_depth",
     "Responses waiting for asynchronous attribution (influence).",
-    multiprocess_mode="livesum",
+    # Every worker reports the whole queue's depth: the max, not the sum, is the depth.
+    multiprocess_mode="livemax",
 )
 
 

@@ -126,44 +126,59 @@ def test_compose_wiring() -> None:
     )
 
 
-def _worker_options() -> set[str]:
-    """The options `royalty ledger worker` really has."""
+def _worker_options(group_name: str) -> set[str]:
+    """The options `royalty <group> worker` really has."""
     import click
     import typer.main
 
     from gateway.cli import app
 
     group = typer.main.get_command(app)
-    ledger = group.commands["ledger"]  # type: ignore[attr-defined]
-    worker: click.Command = ledger.commands["worker"]
+    sub = group.commands[group_name]  # type: ignore[attr-defined]
+    worker: click.Command = sub.commands["worker"]
     return {opt for p in worker.params for opt in p.opts}
 
 
-def test_the_worker_runs_the_continuous_poster_and_is_scraped() -> None:
-    """Compose and Kubernetes run `royalty ledger worker` (not a shell loop of one-shot
-    commands) with options it has, serving metrics on the port Prometheus scrapes."""
-    options = _worker_options()
-    assert {"--metrics-port", "--check-every"} <= options
-    worker = load_compose()["services"]["worker"]
+@pytest.mark.parametrize(
+    ("group", "service", "job", "port"),
+    [
+        ("ledger", "worker", "royalty-worker", "9101"),
+        ("influence", "influence-worker", "royalty-influence-worker", "9102"),
+    ],
+)
+def test_the_workers_run_continuously_and_are_scraped(
+    group: str, service: str, job: str, port: str
+) -> None:
+    """Compose and Kubernetes run `royalty ledger worker` and `royalty influence worker` (not
+    shell loops of one-shot commands) with options they have, serving metrics on the port
+    Prometheus scrapes; gateways start no worker children of their own."""
+    options = _worker_options(group)
+    assert "--metrics-port" in options
+    compose = load_compose()
+    worker = compose["services"][service]
     argv = [*worker["entrypoint"], *worker["command"]]
-    assert argv[:3] == ["royalty", "ledger", "worker"], argv
+    assert argv[:3] == ["royalty", group, "worker"], argv
     assert {a.split("=")[0] for a in argv[3:]} <= options
-    assert "--metrics-port=9101" in argv and not any("while" in a for a in argv)
+    assert f"--metrics-port={port}" in argv and not any("while" in a for a in argv)
+    env = compose["x-royalty"]["environment"]
+    assert env["ROYALTY_POST_USAGE"] == "0" and env["ROYALTY_INFLUENCE_WORKER"] == "0"
     prom = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     jobs = {j["job_name"]: j for j in prom["scrape_configs"]}
-    assert jobs["royalty-worker"]["static_configs"][0]["targets"] == ["worker:9101"]
-    [dep] = [d for _, d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == "worker"]  # fmt: skip
+    assert jobs[job]["static_configs"][0]["targets"] == [f"{service}:{port}"]
+    [dep] = [d for _, d in k8s_docs() if d["kind"] == "Deployment" and d["metadata"]["name"] == service]  # fmt: skip
     pod = dep["spec"]["template"]
     [c] = pod["spec"]["containers"]
     k8s_argv = [*c["command"], *c["args"]]
-    assert k8s_argv[:3] == ["royalty", "ledger", "worker"], k8s_argv
+    assert k8s_argv[:3] == ["royalty", group, "worker"], k8s_argv
     assert {a.split("=")[0] for a in k8s_argv[3:]} <= options
-    port = next(a.split("=")[1] for a in k8s_argv if a.startswith("--metrics-port="))
-    assert pod["metadata"]["annotations"]["prometheus.io/port"] == port
+    k8s_port = next(a.split("=")[1] for a in k8s_argv if a.startswith("--metrics-port="))
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == k8s_port == port
     assert [p["containerPort"] for p in c["ports"]] == [int(port)]
     policies = [d for _, d in k8s_docs() if d["kind"] == "NetworkPolicy"]
-    [worker_policy] = [p for p in policies if p["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "worker"}]  # fmt: skip
-    assert worker_policy["spec"]["ingress"][0]["ports"] == [{"port": int(port)}]
+    [policy] = [p for p in policies if p["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": service}]  # fmt: skip
+    assert policy["spec"]["ingress"][0]["ports"] == [{"port": int(port)}]
+    [cm] = [d for _, d in k8s_docs() if d["kind"] == "ConfigMap"]
+    assert cm["data"]["ROYALTY_POST_USAGE"] == "0" and cm["data"]["ROYALTY_INFLUENCE_WORKER"] == "0"
 
 
 # --- Kubernetes ----------------------------------------------------------------------------------
