@@ -1,23 +1,32 @@
-"""Attribution quality on planted canaries: does the span method name the contributor who
-planted a string the model reproduces? Compared in the same run with a BM25 baseline (the
-record most similar to the output, `rank_bm25`).
+"""Attribution quality: planted canaries (spans, gradient influence and BM25 in one run) and,
+with `--counterfactual`, a linear datamodeling score (LDS) check of influence against BM25.
 
-Setup: a datanet of generated tenancy clauses (the demo base model's `legal` domain) from
+Canaries. A datanet of generated tenancy clauses (the demo base model's `legal` domain) from
 several contributors; unique canary sentences (made-up words, so the base cannot know them)
-are planted in a few records of one contributor each. An adapter is trained on it through
-the model factory (`build_adapter`, the path every adapter takes), its span index is built
-(`build_adapter_index`), and the adapter is prompted with each canary's opening words
-(greedy, transformers + PEFT on the CPU). A canary counts as reproduced when the output
-continues it verbatim for at least `--reproduce-tokens` tokens. For each reproduced canary:
+open `--copies` records of one contributor each. An adapter is trained on it through the model
+factory (`build_adapter`, the path every adapter takes), its span index
+(`build_adapter_index`) and influence index (`build_influence_index`) are built, and the
+adapter is prompted with each canary's first `--prefix-words` words (greedy, transformers +
+PEFT on the CPU). A canary counts as reproduced when the output continues it verbatim for at
+least `--reproduce-tokens` tokens. For each canary:
 
-- span method: the contributor with the largest weight in the response's `attribution`
+- spans: the contributor with the largest weight in the response's `attribution`
   (royalty-weights/1), and whether a planted record is among `top_records[:3]`;
-- BM25: the contributor of the best-scoring record for the output, and whether a planted
-  record is in BM25's top 3.
+- influence (`GradientInfluence`, royalty-influence/1): whether a planted record is among the
+  top 3 records for (prompt, output); also on the canary's true continuation as the output
+  ("oracle output": the index's own quality, whatever the model generated);
+- influence without whitening (the same gradients, plain inner products): an ablation;
+- BM25: the contributor of the best-scoring record for the output, and the top 3.
 
-Gradient influence is not built yet, so it has no row. Run:
+Counterfactual (`--counterfactual`, on the tiny factory base): a datanet of `--cf-records`
+records, `--cf-models` adapters each trained (same recipe and seed) on a random half of it,
+and `--cf-tests` held-out records as test outputs. For each test output t and each subset
+model m: the actual loss L_m(t), and each method's prediction, the sum of its scores of t
+against the records in m's subset (influence from the index of the adapter trained on all
+records). LDS = Spearman correlation over the models of -L_m(t) with the prediction, averaged
+over the test outputs (Park et al. 2023). BM25 and random scores are predicted the same way.
 
-    .venv/bin/python bench/attribution_quality.py [--canaries 30] [--steps 240]
+    .venv/bin/python bench/attribution_quality.py [--canaries 150] [--counterfactual]
 
 Results go to bench/results/attribution_quality-<stamp>.{json,md}.
 """
@@ -25,7 +34,9 @@ Results go to bench/results/attribution_quality-<stamp>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import platform
 import random
 import sys
@@ -37,8 +48,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from attribution.influence.gradients import InfluenceParams, build_influence_index  # noqa: E402
+from attribution.influence.scorer import GradientInfluence  # noqa: E402
 from attribution.responses import ResponseAttributor, build_adapter_index  # noqa: E402
-from serving.factory import build_demo_models  # noqa: E402
+from serving.factory import FactoryConfig, build_demo_models  # noqa: E402
 from serving.factory.adapters import (  # noqa: E402
     AdapterRecipe,
     SnapshotRef,
@@ -46,10 +59,14 @@ from serving.factory.adapters import (  # noqa: E402
     build_adapter,
 )
 from serving.factory.corpus import domain_records  # noqa: E402
+from serving.factory.lora import LoraShape  # noqa: E402
 from serving.factory.training import TrainParams  # noqa: E402
 
 SYLLABLES = ["zor", "blax", "quin", "vel", "morb", "thex", "ulun", "grib", "dravo", "kesh",
              "plon", "yute", "fasq", "orrin", "twel", "nubo"]  # fmt: skip
+NO_WHITENING = 1e6
+"""Damping so large that (F + lambda I)^-1 ~ I / lambda: scores become plain gradient inner
+products (up to a constant), the ablation of TRAK's whitening."""
 
 
 def word(rng: random.Random) -> str:
@@ -63,38 +80,49 @@ def canary(rng: random.Random) -> str:
     )
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--records", type=int, default=600)
-    ap.add_argument("--contributors", type=int, default=8)
-    ap.add_argument("--canaries", type=int, default=30)
-    ap.add_argument("--copies", type=int, default=3, help="records each canary is planted in")
-    ap.add_argument("--steps", type=int, default=240)
-    ap.add_argument("--reproduce-tokens", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=2026)
-    args = ap.parse_args()
-    rng = random.Random(args.seed)
-    t_start = time.perf_counter()
+def _load(sys_args: argparse.Namespace) -> None:
+    sys_args.load.append(round(os.getloadavg()[0], 2))
 
+
+def _pct(hits: int, total: int) -> float | None:
+    return round(100 * hits / total, 1) if total else None
+
+
+def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from peft import PeftModel
+    from rank_bm25 import BM25Okapi
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    rng = random.Random(args.seed)
     base = build_demo_models(REPO / ".royalty" / "models", progress=False)
     texts = domain_records("legal", args.seed, args.records)
     owners = [1 + rng.randrange(args.contributors) for _ in texts]
     planted: dict[str, tuple[int, list[int]]] = {}  # canary -> (contributor, record ids)
     docs = list(texts)
+    free = set(range(len(docs)))
     for _ in range(args.canaries):
         c = canary(rng)
         who = 1 + rng.randrange(args.contributors)
-        mine = [i for i, o in enumerate(owners) if o == who]
+        if not any(sum(1 for i in free if owners[i] == c) >= args.copies for c in set(owners)):
+            raise SystemExit("not enough unplanted records: lower --canaries or --copies")
+        while sum(1 for i in free if owners[i] == who) < args.copies:  # this one is full
+            who = 1 + rng.randrange(args.contributors)
+        mine = sorted(i for i in free if owners[i] == who)
         rids = rng.sample(mine, min(args.copies, len(mine)))
         for i in rids:
-            docs[i] = f"{docs[i]} {c}"
+            docs[i] = f"{c} {docs[i]}"  # the canary opens the record, as the prompt does
+            free.discard(i)
         planted[c] = (who, [i + 1 for i in rids])
     examples = [TrainingExample(i + 1, text=d) for i, d in enumerate(docs)]
     snap = SnapshotRef("canary-snapshot", "00" * 32, 1, "canaries", len(examples), 0)
 
     work = Path(tempfile.mkdtemp(prefix="royalty-canary-"))
     recipe = AdapterRecipe(
-        train=TrainParams(steps=args.steps, batch_size=16, seq_len=128, lr=5e-3, warmup_steps=10)
+        lora=LoraShape(rank=args.lora_rank, alpha=2 * args.lora_rank),
+        train=TrainParams(
+            steps=args.steps, batch_size=16, seq_len=128, lr=args.lr, warmup_steps=10
+        ),
     )
     t0 = time.perf_counter()
     built = build_adapter(base, "canaries", snap, examples, work, recipe=recipe, progress=True)
@@ -102,16 +130,26 @@ def main() -> None:
     index = build_adapter_index(
         work, [(i + 1, owners[i], d) for i, d in enumerate(docs)], base.base_path / "tokenizer.json"
     )
+    t0 = time.perf_counter()
+    build_influence_index(base.base_path, built.path, examples)
+    influence_build_s = time.perf_counter() - t0
+    scorer = GradientInfluence(base.base_path)
+    scorer.register("canaries", built.path)
+    raw_dir = work / "raw"
+    raw_dir.mkdir()
+    for f in built.path.iterdir():
+        if f.is_file():
+            (raw_dir / f.name).symlink_to(f)
+    build_influence_index(
+        base.base_path, raw_dir, examples, params=InfluenceParams(damping=NO_WHITENING)
+    )
+    raw_scorer = GradientInfluence(base.base_path)
+    raw_scorer.register("canaries", raw_dir)
     attributor = ResponseAttributor(base.base_path / "tokenizer.json")
     baseline: dict[int, int] = {}
     for o in owners:
         baseline[o] = baseline.get(o, 0) + 1
     attributor.register("canaries", snap.id, baseline, index)
-
-    import torch
-    from peft import PeftModel
-    from rank_bm25 import BM25Okapi
-    from transformers import AutoTokenizer, LlamaForCausalLM
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(str(base.base_path))
@@ -121,72 +159,283 @@ def main() -> None:
     bm25 = BM25Okapi([d.lower().split() for d in docs])
 
     rows: list[dict[str, Any]] = []
+    score_s: list[float] = []
     t0 = time.perf_counter()
     for c, (who, rids) in planted.items():
         words = c.split()
-        prompt = " ".join(words[:5])  # "The tenant shall <made-up verb> the"
-        rest = " " + " ".join(words[5:])
+        prompt = " ".join(words[: args.prefix_words])
+        rest = " " + " ".join(words[args.prefix_words :])
         ids = tok(prompt, return_tensors="pt").input_ids
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=40, do_sample=False)
+            out = model.generate(ids, max_new_tokens=32, do_sample=False)
         generated = tok.decode(out[0][ids.shape[1] :], skip_special_tokens=True)
         want = tok(rest, add_special_tokens=False).input_ids[: args.reproduce_tokens]
         got = tok(generated, add_special_tokens=False).input_ids[: len(want)]
-        reproduced = got == want
         att = attributor.attribute("canaries", generated) or {}
         contributors = sorted(att.get("contributors", []), key=lambda x: -x["weight_ppm"])
-        span_first = contributors[0]["id"] if contributors and att.get("spans") else None
-        span_top3 = [t["id"] for t in att.get("top_records", [])[:3]]
         scores = bm25.get_scores(generated.lower().split())
         order = sorted(range(len(docs)), key=lambda i: -scores[i])
+        inf = scorer.score("canaries", prompt, generated, top_k=3)
+        score_s.append(inf.seconds)
         rows.append({
-            "canary": c, "planter": who, "planted_records": rids, "reproduced": reproduced,
+            "canary": c, "planter": who, "planted_records": rids, "reproduced": got == want,
             "generated": generated, "method": att.get("method"),
-            "span_first_contributor": span_first, "span_top3": span_top3,
+            "span_first_contributor": contributors[0]["id"] if contributors and att.get("spans") else None,
+            "span_top3": [t["id"] for t in att.get("top_records", [])[:3]],
+            "influence_top3": [r.record_id for r in inf.records],
+            "influence_oracle_top3": [
+                r.record_id for r in scorer.score("canaries", prompt, rest, top_k=3).records],
+            "raw_gradient_top3": [
+                r.record_id for r in raw_scorer.score("canaries", prompt, generated, top_k=3).records],
             "bm25_first_contributor": owners[order[0]], "bm25_top3": [i + 1 for i in order[:3]],
         })  # fmt: skip
     gen_s = time.perf_counter() - t0
 
+    def share(pred: Any, among: list[dict[str, Any]]) -> float | None:
+        return _pct(sum(1 for r in among if pred(r)), len(among))
+
+    def top3(key: str) -> Any:
+        return lambda r: bool(set(r[key]) & set(r["planted_records"]))
+
     rep = [r for r in rows if r["reproduced"]]
+    score_s.sort()
+    return {
+        "summary": {
+            "records": args.records,
+            "contributors": args.contributors,
+            "canaries": args.canaries,
+            "copies": args.copies,
+            "prefix_words": args.prefix_words,
+            "train_steps": args.steps,
+            "lora_rank": args.lora_rank,
+            "lr": args.lr,
+            "train_seconds": round(train_s, 1),
+            "influence_build_seconds": round(influence_build_s, 1),
+            "influence_score_cpu_seconds_p50": round(score_s[len(score_s) // 2], 3),
+            "generate_and_attribute_seconds": round(gen_s, 1),
+            "reproduced": len(rep),
+            "span_first_is_planter_pct": share(
+                lambda r: r["span_first_contributor"] == r["planter"], rep
+            ),
+            "span_top3_pct": share(top3("span_top3"), rep),
+            "influence_top3_pct": share(top3("influence_top3"), rep),
+            "influence_top3_all_pct": share(top3("influence_top3"), rows),
+            "influence_oracle_top3_all_pct": share(top3("influence_oracle_top3"), rows),
+            "raw_gradient_top3_pct": share(top3("raw_gradient_top3"), rep),
+            "raw_gradient_top3_all_pct": share(top3("raw_gradient_top3"), rows),
+            "bm25_first_is_planter_pct": share(
+                lambda r: r["bm25_first_contributor"] == r["planter"], rep
+            ),
+            "bm25_top3_pct": share(top3("bm25_top3"), rep),
+            "bm25_top3_all_pct": share(top3("bm25_top3"), rows),
+        },  # fmt: skip
+        "rows": rows,
+    }
 
-    def share(pred: Any) -> float | None:
-        return round(100 * sum(1 for r in rep if pred(r)) / len(rep), 1) if rep else None
 
-    summary = {
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.python_version()}",
-        "records": args.records, "contributors": args.contributors, "canaries": args.canaries,
-        "copies": args.copies, "train_steps": args.steps, "train_seconds": round(train_s, 1),
-        "generate_seconds": round(gen_s, 1), "reproduced": len(rep),
-        "span_first_is_planter_pct": share(lambda r: r["span_first_contributor"] == r["planter"]),
-        "span_top3_has_planted_record_pct": share(
-            lambda r: bool(set(r["span_top3"]) & set(r["planted_records"]))),
-        "bm25_first_is_planter_pct": share(lambda r: r["bm25_first_contributor"] == r["planter"]),
-        "bm25_top3_has_planted_record_pct": share(
-            lambda r: bool(set(r["bm25_top3"]) & set(r["planted_records"]))),
-        "total_seconds": round(time.perf_counter() - t_start, 1),
-    }  # fmt: skip
-    results = REPO / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    (results / f"attribution_quality-{stamp}.json").write_text(
-        json.dumps({"summary": summary, "rows": rows}, indent=2) + "\n"
+def _ranks(x: Any) -> Any:
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    for v in np.unique(x):  # ties share their average rank
+        tied = x == v
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: Any, b: Any) -> float:
+    import numpy as np
+
+    ra, rb = _ranks(a), _ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return 0.0
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def run_counterfactual(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from peft import PeftModel
+    from rank_bm25 import BM25Okapi
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from attribution.influence.gradients import pad_batch, sequence_losses
+
+    t_start = time.perf_counter()
+    base = build_demo_models(
+        REPO / ".royalty" / "bench-tiny-models", config=FactoryConfig.tiny(), progress=False
     )
-    table = [
-        "| method | named the planter first | planted record in top 3 |",
-        "|---|---|---|",
-        f"| spans (royalty-weights/1) | {summary['span_first_is_planter_pct']} % "
-        f"| {summary['span_top3_has_planted_record_pct']} % |",
-        f"| BM25 (rank_bm25) | {summary['bm25_first_is_planter_pct']} % "
-        f"| {summary['bm25_top3_has_planted_record_pct']} % |",
-        "| gradient influence | not built yet | not built yet |",
+    texts = domain_records("legal", args.seed + 1, args.cf_records + args.cf_tests)
+    train, tests = texts[: args.cf_records], texts[args.cf_records :]
+    examples = [TrainingExample(i + 1, text=d) for i, d in enumerate(train)]
+    recipe = dataclasses.replace(
+        AdapterRecipe.tiny(),
+        train=TrainParams(steps=args.cf_steps, batch_size=8, seq_len=64, lr=1e-2, warmup_steps=3),
+    )
+    work = Path(tempfile.mkdtemp(prefix="royalty-lds-"))
+
+    def train_on(name: str, subset: list[int]) -> Path:
+        ex = [examples[i] for i in subset]
+        snap = SnapshotRef(f"lds-{name}", "00" * 32, 1, "lds", len(ex), 0)
+        return build_adapter(base, name, snap, ex, work, recipe=recipe, progress=False).path
+
+    full = train_on("full", list(range(len(examples))))
+    predictors: dict[str, Any] = {}
+    for label, damping in (
+        ("influence", InfluenceParams().damping),
+        ("raw_gradient", NO_WHITENING),
+    ):
+        adapter_dir = work / f"full-{label}"
+        adapter_dir.mkdir()
+        for f in full.iterdir():
+            if f.is_file():
+                (adapter_dir / f.name).symlink_to(f)
+        params = InfluenceParams(damping=damping)
+        build_influence_index(base.base_path, adapter_dir, examples, params=params, progress=False)
+        scorer = GradientInfluence(base.base_path)
+        scorer.register("full", adapter_dir)
+        predictors[label] = np.stack([scorer.all_scores("full", "", t) for t in tests])
+    bm25 = BM25Okapi([d.lower().split() for d in train])
+    predictors["bm25"] = np.stack([bm25.get_scores(t.lower().split()) for t in tests])
+    predictors["random"] = np.random.default_rng(args.seed).standard_normal(
+        predictors["bm25"].shape
+    )
+
+    tok = AutoTokenizer.from_pretrained(str(base.base_path))
+    test_seqs = [
+        (ids, [0] + [1] * (len(ids) - 1))
+        for ids in tok(list(tests), add_special_tokens=True)["input_ids"]
     ]
-    md = (
-        f"{summary['reproduced']} of {args.canaries} canaries reproduced "
-        f"({args.reproduce_tokens}+ tokens verbatim) after {args.steps} steps; "
-        f"{summary['machine']}\n\n" + "\n".join(table) + "\n"
-    )
-    (results / f"attribution_quality-{stamp}.md").write_text(md)
-    print(json.dumps(summary, indent=2))
+    ids, mask = pad_batch(test_seqs, tok.pad_token_id)
+    n_tokens = (mask > 0).sum(dim=1).clamp(min=1)
+    rng = np.random.default_rng(args.seed)
+    subsets: list[np.ndarray] = []
+    losses: list[np.ndarray] = []
+    base_model = LlamaForCausalLM.from_pretrained(str(base.base_path))
+    t0 = time.perf_counter()
+    for m in range(args.cf_models):
+        subset = np.sort(rng.choice(len(examples), size=len(examples) // 2, replace=False))
+        path = train_on(f"half{m}", [int(i) for i in subset])
+        model = PeftModel.from_pretrained(base_model, str(path)).eval()
+        with torch.no_grad():
+            loss = sequence_losses(model, ids, mask) / n_tokens
+        base_model = model.unload()  # the bare base again, for the next adapter
+        subsets.append(subset)
+        losses.append(loss.numpy())
+        print(f"subset model {m + 1}/{args.cf_models}", file=sys.stderr, flush=True)
+    train_s = time.perf_counter() - t0
+    actual = np.stack(losses)  # (models, tests)
+    member = np.zeros((args.cf_models, len(examples)))
+    for m, subset in enumerate(subsets):
+        member[m, subset] = 1.0
+    lds: dict[str, dict[str, float]] = {}
+    for label, scores in predictors.items():
+        predicted = member @ scores.T  # (models, tests)
+        per_test = [spearman(-actual[:, t], predicted[:, t]) for t in range(len(tests))]
+        lds[label] = {
+            "mean": round(float(np.mean(per_test)), 3),
+            "stderr": round(float(np.std(per_test) / np.sqrt(len(per_test))), 3),
+            "tests_positive": int(sum(1 for v in per_test if v > 0)),
+        }
+    spread = actual.std(axis=0).mean()
+    return {
+        "records": args.cf_records, "tests": args.cf_tests, "models": args.cf_models,
+        "steps": args.cf_steps, "subset_train_seconds": round(train_s, 1),
+        "loss_std_across_models": round(float(spread), 4), "lds": lds,
+        "seconds": round(time.perf_counter() - t_start, 1),
+    }  # fmt: skip
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"Machine: {results['machine']}; load average during the run: {results['load']}", ""]
+    if "canaries" in results:
+        s = results["canaries"]["summary"]
+        lines += [
+            f"Canaries: {s['reproduced']} of {s['canaries']} reproduced (first "
+            f"{s['prefix_words']} words as the prompt, 8+ tokens verbatim) after "
+            f"{s['train_steps']} steps on {s['records']} records; influence index built in "
+            f"{s['influence_build_seconds']} s, {s['influence_score_cpu_seconds_p50']} s CPU "
+            "per response (p50).",
+            "",
+            "| method | planter first (reproduced) | planted record in top 3 (reproduced) "
+            "| top 3, all canaries |",
+            "|---|---|---|---|",
+            f"| spans (royalty-weights/1) | {s['span_first_is_planter_pct']} % "
+            f"| {s['span_top3_pct']} % | |",
+            f"| gradient influence (royalty-influence/1) | | {s['influence_top3_pct']} % "
+            f"| {s['influence_top3_all_pct']} % (oracle output: "
+            f"{s['influence_oracle_top3_all_pct']} %) |",
+            f"| gradient inner product, no whitening | | {s['raw_gradient_top3_pct']} % "
+            f"| {s['raw_gradient_top3_all_pct']} % |",
+            f"| BM25 (rank_bm25) | {s['bm25_first_is_planter_pct']} % | {s['bm25_top3_pct']} % "
+            f"| {s['bm25_top3_all_pct']} % |",
+            "",
+        ]
+    if "counterfactual" in results:
+        cf = results["counterfactual"]
+        lines += [
+            f"Counterfactual (LDS): {cf['models']} adapters on random halves of {cf['records']} "
+            f"records (tiny base, {cf['steps']} steps), {cf['tests']} held-out test outputs; "
+            f"loss std across models {cf['loss_std_across_models']}.",
+            "",
+            "| scores | LDS (mean Spearman) | stderr | tests with LDS > 0 |",
+            "|---|---|---|---|",
+        ]
+        for label, v in cf["lds"].items():
+            lines.append(
+                f"| {label} | {v['mean']} | {v['stderr']} | {v['tests_positive']}/{cf['tests']} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--records", type=int, default=320)
+    ap.add_argument("--contributors", type=int, default=8)
+    ap.add_argument("--canaries", type=int, default=150)
+    ap.add_argument("--copies", type=int, default=2, help="records each canary is planted in")
+    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--lora-rank", type=int, default=16)
+    ap.add_argument("--prefix-words", type=int, default=5)
+    ap.add_argument("--reproduce-tokens", type=int, default=8)
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--skip-canaries", action="store_true")
+    ap.add_argument("--counterfactual", action="store_true")
+    ap.add_argument("--cf-records", type=int, default=96)
+    ap.add_argument("--cf-tests", type=int, default=24)
+    ap.add_argument("--cf-models", type=int, default=20)
+    ap.add_argument("--cf-steps", type=int, default=40)
+    args = ap.parse_args()
+    if args.canaries * args.copies > args.records:
+        ap.error("--canaries x --copies must not exceed --records (one canary per record)")
+    args.load = []
+    t_start = time.perf_counter()
+    _load(args)
+    results: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
+    }
+    if not args.skip_canaries:
+        results["canaries"] = run_canaries(args)
+        _load(args)
+    if args.counterfactual:
+        results["counterfactual"] = run_counterfactual(args)
+        _load(args)
+    results["load"] = args.load
+    results["total_seconds"] = round(time.perf_counter() - t_start, 1)
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"attribution_quality-{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    md = markdown(results) + f"\nTotal {results['total_seconds']} s.\n"
+    (out / f"attribution_quality-{stamp}.md").write_text(md)
+    if "canaries" in results:
+        print(json.dumps(results["canaries"]["summary"], indent=2))
     print(md)
 
 

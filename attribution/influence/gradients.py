@@ -60,9 +60,11 @@ class InfluenceParams:
     dim: int = 2048
     """Projection dimension: scores' relative error ~ 1/sqrt(dim); index = records x dim x 4 B."""
     seed: int = 20240917
-    damping: float = 0.1
+    damping: float = 1.0
     """lambda as a multiple of F's mean eigenvalue: keeps the inverse stable where few records
-    span a direction (dim may exceed the number of records)."""
+    span a direction (dim may exceed the number of records). 1.0 rather than LoGra's 0.1: on
+    the planted canaries 0.1 put a planting record in the top 3 for 20 of 35 reproduced
+    canaries, 1.0 to 30.0 for 25 (bench/attribution_quality.py, docs/attribution.md)."""
     max_tokens: int = 256
     """A record longer than this is scored on its first max_tokens tokens."""
     batch_tokens: int = 4096
