@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.integration
 
 MakeQueue = Callable[[QueuePolicy], InfluenceQueue]
-NOW = dt.datetime.now(dt.UTC)
 OCT = dt.datetime(2026, 10, 20, tzinfo=dt.UTC)
 NOV = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)
 RESULT = JobResult(
@@ -47,7 +46,10 @@ RESULT = JobResult(
 )  # fmt: skip
 
 
-def job(i: int, created: dt.datetime = NOW) -> NewJob:
+def job(i: int, created: dt.datetime | None = None) -> NewJob:
+    # "Now" when the job is made, not when the module was imported: a long suite would age
+    # module-level times past the text retention the sweep tests use.
+    created = created or dt.datetime.now(dt.UTC)
     return NewJob(
         request_id=f"r{i:04d}", adapter="recipes", account_id=1,
         prompt=[{"role": "user", "content": f"secret prompt {i}"}], output=f"secret output {i}",
@@ -73,7 +75,7 @@ async def test_enqueue_is_idempotent_and_claims_are_exclusive(make_queue: MakeQu
     assert {j.request_id for j in first}.isdisjoint({j.request_id for j in second})
     assert await q.claim("w3", limit=10) == []
     got = first[0]
-    assert got.attempts == 1 and got.month == NOW.date().replace(day=1)
+    assert got.attempts == 1 and got.month == dt.datetime.now(dt.UTC).date().replace(day=1)
     assert got.prompt == [{"role": "user", "content": f"secret prompt {int(got.request_id[1:])}"}]
     assert got.attribution == {"snapshot_id": "s1"}
     counts = await q.counts()
@@ -112,7 +114,7 @@ async def test_a_configured_retention_keeps_text_until_the_sweep(make_queue: Mak
 
 async def test_the_sweep_deletes_old_text_in_any_state(make_queue: MakeQueue) -> None:
     q = make_queue(QueuePolicy(max_text_age_s=60, max_attempts=1))
-    old = NOW - dt.timedelta(minutes=5)
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
     await q.enqueue([job(1, old), job(2, old), job(3)])
     (failed,) = await q.claim("w1", limit=1)
     # A last failed attempt finishes the job: its text goes then too (retention 0).
