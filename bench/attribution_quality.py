@@ -181,6 +181,14 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
             "canary": c, "planter": who, "planted_records": rids, "reproduced": got == want,
             "generated": generated, "method": att.get("method"),
             "span_first_contributor": contributors[0]["id"] if contributors and att.get("spans") else None,
+            # Every contributor sharing the top weight: the per-response cap (1/2) makes the
+            # planter tie with the one other contributor named when its evidence exceeds it.
+            "span_tied_first": [c["id"] for c in contributors
+                                if c["weight_ppm"] >= contributors[0]["weight_ppm"] - 1]
+            if contributors and att.get("spans") else [],
+            # The contributor of the record with the largest weight (the evidence, before the cap).
+            "span_top_record_contributor": att["top_records"][0]["contributor"]
+            if att.get("spans") and att.get("top_records") else None,
             "span_top3": [t["id"] for t in att.get("top_records", [])[:3]],
             "influence_top3": [r.record_id for r in inf.records],
             "influence_oracle_top3": [
@@ -216,6 +224,10 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
             "reproduced": len(rep),
             "span_first_is_planter_pct": share(
                 lambda r: r["span_first_contributor"] == r["planter"], rep
+            ),
+            "span_first_or_tied_pct": share(lambda r: r["planter"] in r["span_tied_first"], rep),
+            "span_top_record_is_planter_pct": share(
+                lambda r: r["span_top_record_contributor"] == r["planter"], rep
             ),
             "span_top3_pct": share(top3("span_top3"), rep),
             "influence_top3_pct": share(top3("influence_top3"), rep),
@@ -366,6 +378,9 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---|---|---|",
             f"| spans (royalty-weights/1) | {s['span_first_is_planter_pct']} % "
             f"| {s['span_top3_pct']} % | |",
+            f"| spans, planter tied first (at the 1/2 cap) | {s['span_first_or_tied_pct']} % | | |",
+            f"| spans, the top record's contributor | {s['span_top_record_is_planter_pct']} % "
+            "| | |",
             f"| gradient influence (royalty-influence/1) | | {s['influence_top3_pct']} % "
             f"| {s['influence_top3_all_pct']} % (oracle output: "
             f"{s['influence_oracle_top3_all_pct']} %) |",
