@@ -223,6 +223,9 @@ async def test_dashboard_in_headless_chromium_shows_the_metrics(tmp_path: Path) 
                 await api.post("/v1/chat/completions", json=chat(model), headers=hdr)
         metering_metrics.credits_minted("contributor", 1500)
         metering_metrics.credits_minted("platform", 300)
+        # Gauges are process-wide: an influence worker tested earlier in this process may have
+        # left a queue depth; this gateway has no queue.
+        metering_metrics.attribution_queue(0)
 
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
