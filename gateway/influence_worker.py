@@ -298,12 +298,16 @@ class InfluenceWorker:
                 log.warning("adapter %s: %s", name, e)
                 indexed = False
         contributors: dict[int, int] = {}
-        if indexed:
-            after = 0
-            while page := await self.lineage.records(name, after=after, limit=10_000):
-                contributors.update({r.record_id: r.contributor_account_id for r in page})
-                after = page[-1].position + 1
-        baseline = await self.lineage.contributor_shares(name) if indexed else {}
+        try:
+            if indexed:
+                after = 0
+                while page := await self.lineage.records(name, after=after, limit=10_000):
+                    contributors.update({r.record_id: r.contributor_account_id for r in page})
+                    after = page[-1].position + 1
+            baseline = await self.lineage.contributor_shares(name) if indexed else {}
+        except NotFound:  # retired while we read it
+            self._adapters.pop(name, None)
+            return None
         loaded = _Adapter(reg.weights_sha256, reg.snapshot_id, indexed, contributors, baseline)
         self._adapters[name] = loaded
         return loaded
