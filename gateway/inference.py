@@ -70,6 +70,8 @@ class CompletedResponse:
     """The completions prompt, or the chat messages as dicts (role, content, ...)."""
     output: str
     attribution: dict[str, Any] | None
+    started_at: dt.datetime | None = None
+    """When the request started: its usage event's time, so the month it is billed in."""
 
 
 ResponseObserver = Callable[[CompletedResponse], None]
@@ -440,6 +442,7 @@ class InferenceService:
             prompt=request_prompt(req),
             output=out.text(),
             attribution=out.attribution,
+            started_at=rec.started_at,
         )
         for observe in self.observers:
             try:

@@ -113,6 +113,7 @@ class InfluenceEnqueuer:
                 output=done.output,
                 attribution=done.attribution,
                 created_at=dt.datetime.now(dt.UTC),
+                started_at=done.started_at,
             )
         )
         JOBS_BUFFERED.set(len(self._buffer))

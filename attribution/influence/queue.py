@@ -69,6 +69,14 @@ class NewJob:
     attribution: dict[str, Any] | None
     """The inline (span) attribution the response carried: what influence refines."""
     created_at: dt.datetime
+    started_at: dt.datetime | None = None
+    """When the response started (its usage event's time): the job belongs to that month, the
+    month its credits post to, so that month's close waits for it even when the job is queued
+    after midnight. None: the month of `created_at`."""
+
+    @property
+    def month(self) -> dt.date:
+        return month_of(self.started_at or self.created_at)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,14 +197,14 @@ ENQUEUE = text(
         text_expires_at
     )
     SELECT j.request_id, j.adapter, j.account_id,
-           date_trunc('month', j.created_at AT TIME ZONE 'UTC')::date, j.created_at,
+           j.month, j.created_at,
            CAST(j.attribution AS jsonb), CAST(j.prompt AS jsonb), j.output,
            j.created_at + make_interval(secs => CAST(:max_text_age_s AS double precision))
     FROM unnest(
         CAST(:request_ids AS text[]), CAST(:adapters AS text[]), CAST(:accounts AS bigint[]),
-        CAST(:created AS timestamptz[]), CAST(:attributions AS text[]),
+        CAST(:months AS date[]), CAST(:created AS timestamptz[]), CAST(:attributions AS text[]),
         CAST(:prompts AS text[]), CAST(:outputs AS text[])
-    ) AS j (request_id, adapter, account_id, created_at, attribution, prompt, output)
+    ) AS j (request_id, adapter, account_id, month, created_at, attribution, prompt, output)
     ON CONFLICT (request_id) DO NOTHING
     """
 )
@@ -375,6 +383,7 @@ class PostgresInfluenceQueue:
             "request_ids": [j.request_id for j in jobs],
             "adapters": [j.adapter for j in jobs],
             "accounts": [j.account_id for j in jobs],
+            "months": [j.month for j in jobs],
             "created": [j.created_at for j in jobs],
             "attributions": [_json(j.attribution) for j in jobs],
             "prompts": [_json(j.prompt) for j in jobs],

@@ -22,7 +22,6 @@ from attribution.influence.queue import (
     NewJob,
     QueueCounts,
     QueuePolicy,
-    month_of,
 )
 
 
@@ -102,7 +101,7 @@ class MemoryInfluenceQueue:
                 (r.state == "queued" and r.run_after <= now)
                 or (r.state == "running" and r.locked_until is not None and r.locked_until < now)
             )
-            and (month is None or month_of(r.job.created_at) <= month)
+            and (month is None or r.job.month <= month)
         ]
         due.sort(key=lambda r: (r.run_after, r.job.request_id))
         out = []
@@ -116,7 +115,7 @@ class MemoryInfluenceQueue:
                     j.request_id,
                     j.adapter,
                     j.account_id,
-                    month_of(j.created_at),
+                    j.month,
                     j.created_at,
                     r.attempts,
                     j.attribution,
@@ -189,7 +188,7 @@ class MemoryInfluenceQueue:
         now, n = self.clock(), 0
         for r in self.rows.values():
             leased = r.state == "running" and r.locked_until is not None and r.locked_until >= now
-            if month_of(r.job.created_at) <= month and r.state in ("queued", "running"):
+            if r.job.month <= month and r.state in ("queued", "running"):
                 if leased:
                     continue
                 r.state, r.locked_by, r.locked_until, r.last_error = "expired", None, None, reason
@@ -211,9 +210,7 @@ class MemoryInfluenceQueue:
 
     async def counts(self, *, month: dt.date | None = None) -> QueueCounts:
         self._check()
-        rows = [
-            r for r in self.rows.values() if month is None or month_of(r.job.created_at) <= month
-        ]
+        rows = [r for r in self.rows.values() if month is None or r.job.month <= month]
         by_state: dict[str, int] = {s: 0 for s in STATES}
         for r in rows:
             by_state[r.state] += 1

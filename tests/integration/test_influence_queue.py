@@ -8,6 +8,7 @@ enqueuer across a real PostgreSQL outage."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 from collections.abc import Callable
@@ -185,6 +186,20 @@ async def test_expiring_a_month_leaves_later_months_and_live_leases(
     assert oct_counts.depth == 1 and oct_counts.by_state["expired"] == 1
     all_counts = await q.counts()
     assert all_counts.depth == 2 and all_counts.oldest_queued_s is not None
+
+
+async def test_a_job_belongs_to_the_month_its_response_started_in(make_queue: MakeQueue) -> None:
+    # Started 23:59:59 on Oct 31, queued just after midnight: its credits post to October, so
+    # October's close must run it, and it must not wait for November's.
+    q = make_queue(QueuePolicy(lease_s=30, max_text_age_s=365 * 86400))
+    late = dt.datetime(2026, 10, 31, 23, 59, 59, tzinfo=dt.UTC)
+    queued = dt.datetime(2026, 11, 1, 0, 0, 1, tzinfo=dt.UTC)
+    await q.enqueue([dataclasses.replace(job(1, queued), started_at=late), job(2, queued)])
+    october = dt.date(2026, 10, 1)
+    assert (await q.counts(month=october)).depth == 1
+    (claimed,) = await q.claim("w1", month=october)
+    assert claimed.request_id == "r0001" and claimed.month == october
+    assert await q.claim("w1", month=october) == []  # r0002 is November's
 
 
 def response(i: int) -> CompletedResponse:

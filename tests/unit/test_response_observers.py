@@ -62,6 +62,7 @@ async def test_adapter_response_is_observed_with_prompt_and_output(gw) -> None:
     assert done.output == r.json()["choices"][0]["message"]["content"]
     [rec] = gw.h.records
     assert rec.prompt_digest == prompt_digest(done.prompt)
+    assert done.started_at == rec.started_at  # the influence job's month is the event's
 
 
 async def test_streamed_completion_is_observed_once(gw) -> None:
