@@ -33,6 +33,8 @@ bench/results/span_trace-<stamp>.{json,md}.
 from __future__ import annotations
 
 import argparse
+import functools
+import gc
 import json
 import os
 import platform
@@ -50,11 +52,12 @@ from numba import njit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from attribution.spans import SpanIndex, TraceParams, build_index  # noqa: E402
+from attribution.spans import SpanIndex, TraceParams, build_index, warm_up  # noqa: E402
+from attribution.spans._load import LOAD_MODES  # noqa: E402
 from attribution.spans._search import _narrow  # noqa: E402
 from attribution.spans.trace import as_query, spans_from_matches  # noqa: E402
 
-WORK = ROOT / "bench" / ".work" / "span_trace"
+CACHE = ROOT / ".royalty" / "bench-cache" / "span_trace"
 RESULTS = ROOT / "bench" / "results"
 
 
@@ -203,29 +206,118 @@ def build_infini_gram(corpus: dict[str, Any], save: Path) -> float | str:
     return time.perf_counter() - t0
 
 
-# ---------------------------------------------------------------- run
+# ---------------------------------------------------------------- measuring
+
+
+_gc_runs = [0]
+gc.callbacks.append(lambda phase, info: _gc_runs.__setitem__(0, _gc_runs[0] + (phase == "start")))
+
+
+def measure(fn: Any, q: np.ndarray) -> tuple[float, float, int, int, int, int]:
+    """One call: wall s, this thread's CPU s, minor and major page faults, involuntary context
+    switches (preempted by another process) and collector runs while it ran. The probes cost
+    about 2 us; they sit outside the timed interval."""
+    gc0 = _gc_runs[0]
+    r0 = resource.getrusage(resource.RUSAGE_THREAD)
+    c = time.thread_time()
+    t = time.perf_counter()
+    fn(q)
+    dt = time.perf_counter() - t
+    dc = time.thread_time() - c
+    r1 = resource.getrusage(resource.RUSAGE_THREAD)
+    return (
+        dt,
+        dc,
+        r1.ru_minflt - r0.ru_minflt,
+        r1.ru_majflt - r0.ru_majflt,
+        r1.ru_nivcsw - r0.ru_nivcsw,
+        _gc_runs[0] - gc0,
+    )
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
     arr = np.asarray(samples) * 1e3
+    if arr.size == 0:
+        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan"), "n": 0}
     return {
         "p50_ms": float(np.percentile(arr, 50)),
         "p99_ms": float(np.percentile(arr, 99)),
         "mean_ms": float(arr.mean()),
-        "n": len(samples),
+        "n": int(arr.size),
     }
 
 
-def run_size(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dict[str, Any]:
-    out: dict[str, Any] = {"tokens": n_tokens}
-    t0 = time.perf_counter()
-    corpus = make_corpus(n_tokens, model, seed=args.seed + n_tokens)
-    out["generate_s"] = time.perf_counter() - t0
-    out["records"] = int(corpus["starts"].size)
-    work = WORK / f"{n_tokens}"
+def summarize(calls: list[tuple[float, float, int, int, int, int]]) -> dict[str, Any]:
+    """Wall and CPU percentiles, faults per call, and what the slowest 1 % of calls had in
+    common: preemption (an involuntary context switch), page faults, a collector run."""
+    a = np.asarray(calls, np.float64).reshape(-1, 6)
+    wall, cpu, minf, majf, ivcs, gcs = a.T
+    slow = wall >= np.percentile(wall, 99) if wall.size else wall.astype(bool)
+    return {
+        "wall": percentiles(wall.tolist()),
+        "cpu": percentiles(cpu.tolist()),
+        # the tail of the calls no other process interrupted: what the code itself costs
+        "wall_not_preempted": percentiles(wall[ivcs == 0].tolist()),
+        "minor_faults_per_call": {"mean": float(minf.mean()), "max": int(minf.max())},
+        "major_faults": int(majf.sum()),
+        "preempted_share": float((ivcs > 0).mean()),
+        "gc_runs": int(gcs.sum()),
+        "slowest_1pct": {
+            "n": int(slow.sum()),
+            "preempted": int((ivcs[slow] > 0).sum()),
+            "with_faults": int((minf[slow] + majf[slow] > 0).sum()),
+            "with_gc": int((gcs[slow] > 0).sum()),
+            "mean_wall_minus_cpu_ms": float((wall[slow] - cpu[slow]).mean() * 1e3),
+        },
+    }
+
+
+def memory_kib() -> dict[str, int]:
+    """This process's resident memory by kind (/proc/self/smaps_rollup, KiB)."""
+    out = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        if key in ("Rss", "Anonymous", "AnonHugePages", "Shared_Clean", "Private_Clean"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def evict(directory: Path) -> None:
+    """Drop the index files' clean, unmapped pages from the page cache (only ours: other
+    processes' files stay cached), so the next open starts as after a reboot or reclaim."""
+    for f in directory.iterdir():
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------- run
+
+
+def cached_build(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dict[str, Any]:
+    """Corpus and both indexes of one size, reused from the cache directory when an earlier run
+    built them from the same parameters (build times are then the ones measured back then)."""
+    work = args.cache / f"{n_tokens}-seed{args.seed}-vocab{args.vocab}"
+    meta_path = work / "build.json"
+    if meta_path.exists() and not args.fresh:
+        meta = json.loads(meta_path.read_text())
+        with np.load(work / "corpus.npz") as z:
+            corpus = {k: z[k] for k in z.files}
+        if not args.no_infini_gram and "infini_gram_build_s" not in meta:
+            ig = build_infini_gram(corpus, work / "infini-gram")
+            meta["infini_gram_build_s" if isinstance(ig, float) else "infini_gram"] = ig
+            meta_path.write_text(json.dumps(meta, indent=1))
+        meta["cached"] = True
+        return {"work": work, "corpus": corpus, "meta": meta}
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-
+    meta: dict[str, Any] = {"tokens": n_tokens, "loadavg_build_start": os.getloadavg()}
+    t0 = time.perf_counter()
+    corpus = make_corpus(n_tokens, model, seed=args.seed + n_tokens)
+    meta["generate_s"] = time.perf_counter() - t0
+    meta["records"] = int(corpus["starts"].size)
     records = (
         (i, int(c), corpus["tokens"][s:e])
         for i, (s, e, c) in enumerate(
@@ -234,16 +326,58 @@ def run_size(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dic
     )
     t0 = time.perf_counter()
     build_index(records, work / "royalty")
-    out["royalty_build_s"] = time.perf_counter() - t0
-    index = SpanIndex.open(work / "royalty")
-    out["royalty_bytes_per_token"] = index.nbytes() / n_tokens
-
-    engine = None
+    meta["royalty_build_s"] = time.perf_counter() - t0
     ig = None if args.no_infini_gram else build_infini_gram(corpus, work / "infini-gram")
-    if isinstance(ig, float):
+    if ig is not None:
+        meta["infini_gram_build_s" if isinstance(ig, float) else "infini_gram"] = ig
+    meta["loadavg_build_end"] = os.getloadavg()
+    np.savez(work / "corpus.npz", **corpus)
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return {"work": work, "corpus": corpus, "meta": meta}
+
+
+def cold_start(work: Path, mode: str, queries: list[np.ndarray], params: TraceParams) -> dict:
+    """Evict the index from the page cache, open it as `mode`, trace fresh outputs once: what
+    the first responses after a gateway loads an adapter see."""
+    evict(work / "royalty")
+    mem0 = memory_kib()
+    t0 = time.perf_counter()
+    index = SpanIndex.open(work / "royalty", load=mode)
+    open_s = time.perf_counter() - t0
+    warm_up(index)
+    mem1 = memory_kib()
+    fn = functools.partial(index.trace, params=params)
+    calls = [measure(fn, q) for q in queries]
+    mem2 = memory_kib()
+    delta = {k: {"after_open": mem1[k] - mem0[k], "after_queries": mem2[k] - mem0[k]} for k in mem0}
+    del fn, index
+    gc.collect()
+    return {"open_s": open_s, "rss_kib": delta, "first_pass": summarize(calls)}
+
+
+def run_size(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dict[str, Any]:
+    built = cached_build(n_tokens, args, model)
+    work, corpus = built["work"], built["corpus"]
+    out: dict[str, Any] = {"tokens": n_tokens, **built["meta"], "loadavg": os.getloadavg()}
+    params = TraceParams(min_tokens=args.min_tokens, max_records=args.max_records)
+    queries = {
+        length: make_queries(corpus, model, length, args.queries, seed=args.seed + length)
+        for length in (64, 256)
+    }
+    out["cold_start"] = {}
+    for mode in args.load:
+        # fresh outputs (another seed): their pages were never touched by this process
+        fresh = make_queries(corpus, model, 256, args.cold_queries, seed=args.seed + 99991)
+        out["cold_start"][mode] = cold_start(work, mode, [as_query(q) for _, q in fresh], params)
+        print(json.dumps({f"{n_tokens}/cold/{mode}": out["cold_start"][mode]}), flush=True)
+
+    indexes = {mode: SpanIndex.open(work / "royalty", load=mode) for mode in args.load}
+    index = indexes[args.load[-1]]
+    out["royalty_bytes_per_token"] = index.nbytes() / n_tokens
+    engine = None
+    if isinstance(out.get("infini_gram_build_s"), float):
         from infini_gram.engine import InfiniGramEngine
 
-        out["infini_gram_build_s"] = ig
         size = sum(f.stat().st_size for f in (work / "infini-gram").iterdir())
         out["infini_gram_bytes_per_token"] = size / n_tokens
         engine = InfiniGramEngine(
@@ -254,15 +388,17 @@ def run_size(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dic
             load_to_ram=True,  # its faster mode (about 2.5x on 1M tokens)
         )
     else:
-        out["infini_gram"] = ig or "skipped (--no-infini-gram)"
-
-    params = TraceParams(min_tokens=args.min_tokens, max_records=args.max_records)
+        out.setdefault("infini_gram", "skipped (--no-infini-gram)")
 
     def naive_trace(q: np.ndarray) -> list[Any]:
         ends, los, his = longest_matches_naive(index.tokens, index.sa, index.first_bounds, q)
         return spans_from_matches(index, q, ends, los, his, params)
 
-    targets: dict[str, Any] = {"royalty": lambda q: index.trace(q, params), "naive": naive_trace}
+    targets: dict[str, Any] = {
+        f"royalty:{mode}": functools.partial(ix.trace, params=params)
+        for mode, ix in indexes.items()
+    }
+    targets["naive"] = naive_trace
     if engine is not None:
         targets["infini-gram"] = lambda q: engine.attribute(
             input_ids=q.tolist(),
@@ -271,64 +407,61 @@ def run_size(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dic
             max_cnt=params.max_occurrences,
             enforce_bow=False,
         )
-    for length in (64, 256):
-        queries = make_queries(corpus, model, length, args.queries, seed=args.seed + length)
-        agree = {"naive": 0, "infini-gram": 0}
+    for length, qs in queries.items():
+        qs = [(kind, as_query(q)) for kind, q in qs]
+        agree = {"naive": 0, "infini-gram": 0, "modes": 0}
         spans_found = 0
-        for k, (_, q) in enumerate(queries):  # warm-up (page cache, numba) and agreement
-            q = as_query(q)
+        for k, (_, q) in enumerate(qs):  # warm-up (page cache, numba) and agreement
             ends, los, his = index.longest_matches(q, params.min_tokens)
             ref = maximal_spans(ends, los, his, params)
             ends, los, his = longest_matches_naive(index.tokens, index.sa, index.first_bounds, q)
-            naive = maximal_spans(ends, los, his, params)
-            agree["naive"] += naive == ref
-            spans_found += len(targets["royalty"](q))
+            agree["naive"] += maximal_spans(ends, los, his, params) == ref
+            traces = [ix.trace(q, params) for ix in indexes.values()]
+            agree["modes"] += all(t == traces[0] for t in traces)
+            spans_found += len(traces[0])
             if engine is not None and k < args.ig_queries:
                 got = targets["infini-gram"](q)
                 agree["infini-gram"] += {(s["l"], s["r"]) for s in got["spans"]} == ref
-        samples: dict[str, list[float]] = {name: [] for name in targets}
-        cpu: dict[str, list[float]] = {name: [] for name in targets}
+        calls: dict[str, list[Any]] = {name: [] for name in targets}
         best: dict[str, dict[int, float]] = {name: {} for name in targets}
         by_kind: dict[str, list[float]] = {}
         names = list(targets)
+        load0 = os.getloadavg()
         for round_no in range(args.rounds):
-            for k, (kind, q) in enumerate(queries):
+            for k, (kind, q) in enumerate(qs):
                 # rotate who goes first: a target that runs right after infini-gram finds
                 # the caches cold, one that runs after another on the same query warm
                 for name in names[k % len(names) :] + names[: k % len(names)]:
                     if name == "infini-gram" and (round_no > 0 or k >= args.ig_queries):
                         continue
-                    fn = targets[name]
-                    c = time.thread_time()
-                    t = time.perf_counter()
-                    fn(q)
-                    dt = time.perf_counter() - t
-                    cpu[name].append(time.thread_time() - c)
-                    samples[name].append(dt)
-                    best[name][k] = min(dt, best[name].get(k, dt))
-                    if name == "royalty":
-                        by_kind.setdefault(kind, []).append(dt)
+                    call = measure(targets[name], q)
+                    calls[name].append(call)
+                    best[name][k] = min(call[0], best[name].get(k, call[0]))
+                    if name == f"royalty:{args.load[-1]}":
+                        by_kind.setdefault(kind, []).append(call[0])
+        n = len(qs)
         out[f"len{length}"] = {
-            "queries": len(queries),
-            "kept_spans_per_query": spans_found / len(queries),
+            "queries": n,
+            "loadavg_before": load0,
+            "loadavg_after": os.getloadavg(),
+            "kept_spans_per_query": spans_found / n,
             "agreement_with_royalty": {
-                "naive": f"{agree['naive']}/{len(queries)}",
-                "infini-gram": f"{agree['infini-gram']}/{min(len(queries), args.ig_queries)}"
+                "naive": f"{agree['naive']}/{n}",
+                "load modes": f"{agree['modes']}/{n}",
+                "infini-gram": f"{agree['infini-gram']}/{min(n, args.ig_queries)}"
                 if engine is not None
                 else "-",
             },
-            # wall clock; the calling thread's CPU time (blind to time spent preempted by
-            # other processes, not to their cache pollution); and per query the best of the
-            # rounds (a query that is slow every time still counts)
-            "latency": {name: percentiles(s) for name, s in samples.items()},
-            "cpu_time": {name: percentiles(s) for name, s in cpu.items()},
+            # CPU time is the calling thread's (infini-gram also works in threads of its own,
+            # so only its wall clock compares); best_of_rounds: per query its fastest round
+            "targets": {name: summarize(c) for name, c in calls.items()},
             "best_of_rounds": {name: percentiles(list(b.values())) for name, b in best.items()},
             "royalty_by_kind": {k: percentiles(v) for k, v in by_kind.items()},
         }
-        print(json.dumps({f"{n_tokens}/len{length}": out[f"len{length}"]}, indent=1), flush=True)
-    targets.clear()  # drop the engines (and their maps) before removing the files
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps({f"{n_tokens}/len{length}": out[f"len{length}"]}), flush=True)
+    out["rss_all_open_kib"] = memory_kib()
+    targets.clear()  # drop the engines (and their maps) before any files go
+    indexes.clear()
     return out
 
 
@@ -337,34 +470,63 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {results['machine']}; load average at start {results['loadavg_start']}, "
         f"at end {results['loadavg_end']}; peak RSS {results['peak_rss_mib']} MiB.",
         "",
-        "Latency in ms, p50 / p99: wall clock over all rounds; in brackets the p99 of the "
-        "calling thread's CPU time and the p99 over queries of each query's best round.",
+        "Steady state, ms: `p50 / p99` wall clock over all rounds, then `[p99 CPU time, "
+        "p99 wall of the calls not preempted]`; preempted = share of calls with an involuntary "
+        "context switch; faults = minor page faults per call (mean).",
         "",
-        "| corpus | build (s) royalty / infini-gram | bytes/token royalty / infini-gram "
-        "| output | royalty | naive (no reuse) | infini-gram `attribute()` | same spans (naive, infini-gram) |",
+        "| corpus | output | load avg | target | wall p50 / p99 [cpu p99, unpreempted p99] "
+        "| preempted | faults | slowest 1 %: preempted / faulted / gc |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results["sizes"]:
         for length in (64, 256):
             res = r[f"len{length}"]
-            cell = {}
-            for name, v in res["latency"].items():
-                cell[name] = (
-                    f"{v['p50_ms']:.3f} / {v['p99_ms']:.3f} "
-                    f"[{res['cpu_time'][name]['p99_ms']:.3f}, "
-                    f"{res['best_of_rounds'][name]['p99_ms']:.3f}]"
+            load = f"{res['loadavg_before'][0]:.1f}-{res['loadavg_after'][0]:.1f}"
+            for name, s in res["targets"].items():
+                slow = s["slowest_1pct"]
+                lines.append(
+                    f"| {r['tokens'] / 1e6:g}M | {length} | {load} | {name} "
+                    f"| {s['wall']['p50_ms']:.3f} / {s['wall']['p99_ms']:.3f} "
+                    f"[{s['cpu']['p99_ms']:.3f}, {s['wall_not_preempted']['p99_ms']:.3f}] "
+                    f"| {s['preempted_share']:.1%} | {s['minor_faults_per_call']['mean']:.1f} "
+                    f"| {slow['preempted']}/{slow['n']} / {slow['with_faults']} / {slow['with_gc']} |"
                 )
-            agree = res["agreement_with_royalty"]
-            ig_build = r.get("infini_gram_build_s")
-            ig_bpt = r.get("infini_gram_bytes_per_token")
+    lines += [
+        "",
+        "Cold start (index evicted from the page cache, opened, fresh 256-token outputs traced "
+        "once): open time, first-pass wall p50 / p99 ms, minor / major faults per call, "
+        "RSS growth (MiB: anonymous, file-backed) after the first pass.",
+        "",
+        "| corpus | mode | open (s) | first pass p50 / p99 | faults minor / major per call | RSS anon / file |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["sizes"]:
+        for mode, c in r["cold_start"].items():
+            fp, rss = c["first_pass"], c["rss_kib"]
+            anon = rss["Anonymous"]["after_queries"] / 1024
+            file_ = (rss["Rss"]["after_queries"] - rss["Anonymous"]["after_queries"]) / 1024
             lines.append(
-                f"| {r['tokens'] / 1e6:g}M tokens, {r['records']} records "
-                f"| {r['royalty_build_s']:.1f} / {f'{ig_build:.1f}' if ig_build else '-'} "
-                f"| {r['royalty_bytes_per_token']:.2f} / {f'{ig_bpt:.2f}' if ig_bpt else '-'} "
-                f"| {length} | {cell['royalty']} | {cell['naive']} "
-                f"| {cell.get('infini-gram', r.get('infini_gram', '-'))} "
-                f"| {agree['naive']}, {agree['infini-gram']} |"
+                f"| {r['tokens'] / 1e6:g}M | {mode} | {c['open_s']:.2f} "
+                f"| {fp['wall']['p50_ms']:.3f} / {fp['wall']['p99_ms']:.3f} "
+                f"| {fp['minor_faults_per_call']['mean']:.0f} / "
+                f"{fp['major_faults'] / max(fp['wall']['n'], 1):.1f} | {anon:.0f} / {file_:.0f} |"
             )
+    lines += [
+        "",
+        "| corpus | build (s) royalty / infini-gram | bytes/token royalty / infini-gram "
+        "| same spans 64 / 256 (naive, load modes, infini-gram) |",
+        "|---|---|---|---|",
+    ]
+    for r in results["sizes"]:
+        ig_build, ig_bpt = r.get("infini_gram_build_s"), r.get("infini_gram_bytes_per_token")
+        agree = [", ".join(r[f"len{n}"]["agreement_with_royalty"].values()) for n in (64, 256)]
+        lines.append(
+            f"| {r['tokens'] / 1e6:g}M tokens, {r['records']} records "
+            f"| {r['royalty_build_s']:.1f} / {f'{ig_build:.1f}' if ig_build else '-'}"
+            f"{' (cached)' if r.get('cached') else ''} "
+            f"| {r['royalty_bytes_per_token']:.2f} / {f'{ig_bpt:.2f}' if ig_bpt else '-'} "
+            f"| {agree[0]} / {agree[1]} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -384,14 +546,22 @@ def main() -> None:
         default=60,
         help="infini-gram runs only the first N queries of each length, once (it is slow)",
     )
-    parser.add_argument("--keep", action="store_true", help="keep the corpora and indexes")
+    parser.add_argument(
+        "--load",
+        default=",".join(LOAD_MODES),
+        help="SpanIndex.open load modes to time side by side (the last one also serves naive)",
+    )
+    parser.add_argument("--cold-queries", type=int, default=30, help="per kind, cold start")
+    parser.add_argument("--cache", type=Path, default=CACHE, help="corpora and indexes")
+    parser.add_argument("--fresh", action="store_true", help="rebuild what the cache holds")
     args = parser.parse_args()
+    args.load = args.load.split(",")
     sizes = [int(float(s[:-1]) * 1e6) if s.endswith("M") else int(s) for s in args.sizes.split(",")]
 
     results: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-        "args": vars(args),
+        "args": {k: str(v) for k, v in vars(args).items()},
         "sizes": [],
     }
     model = PhraseModel(args.vocab, 200_000, seed=args.seed)
@@ -400,8 +570,6 @@ def main() -> None:
     results["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     # ru_maxrss is in KiB on Linux (the indexer subprocesses are not counted)
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-    if not args.keep:
-        shutil.rmtree(WORK, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (RESULTS / f"span_trace-{stamp}.json").write_text(json.dumps(results, indent=1))

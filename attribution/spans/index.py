@@ -1,6 +1,7 @@
 """Building and opening a span index: a suffix array over the token ids of a snapshot's records.
 
-Layout of an index directory (all arrays are `.npy`, opened with `mmap_mode="r"`):
+Layout of an index directory (all arrays are `.npy`, opened read-only as `SpanIndex.open`'s
+`load` says: a lazy memory map, a prefaulted one, or a private copy; see `_load`):
 
 - `tokens.npy`: the records' token ids in snapshot order, each record followed by the separator
   (the dtype's maximum value, never a real token), uint16 when every token fits, else uint32;
@@ -39,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from attribution.spans._load import LOAD_MODES, default_load, load_array
 from attribution.spans._search import build_gram_filter, longest_matches
 
 if TYPE_CHECKING:
@@ -272,9 +274,12 @@ def build_index(
 class SpanIndex:
     """An opened, memory-mapped span index. Thread-safe for reads; `trace` releases no state."""
 
-    def __init__(self, path: Path, header: IndexHeader, arrays: dict[str, NDArray[Any]]) -> None:
+    def __init__(
+        self, path: Path, header: IndexHeader, arrays: dict[str, NDArray[Any]], load: str = "map"
+    ) -> None:
         self.path = path
         self.header = header
+        self.load = load
         self.tokens = arrays["tokens"]
         self.sa = arrays["sa"]
         self.first_bounds = arrays["first_bounds"]
@@ -285,7 +290,14 @@ class SpanIndex:
         self._filter_mask = np.uint64((1 << header.filter_log2_bits) - 1)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str]) -> SpanIndex:
+    def open(cls, directory: str | os.PathLike[str], *, load: str | None = None) -> SpanIndex:
+        """Open the index at `directory`. `load` (default: `$ROYALTY_SPAN_INDEX_LOAD`, else
+        "populate"): "map" (lazy memory map: no memory until touched, page faults on first
+        touch), "populate" (memory map prefaulted at open: the index's size in shared,
+        reclaimable page cache, no faults in traces), "ram" (a private copy per process)."""
+        mode = default_load() if load is None else load
+        if mode not in LOAD_MODES:
+            raise ValueError(f"load mode {mode!r}: expected one of {LOAD_MODES}")
         path = Path(directory)
         try:
             with open(path / HEADER) as f:
@@ -299,8 +311,7 @@ class SpanIndex:
         arrays: dict[str, NDArray[Any]] = {}
         for name in _ARRAYS:
             try:
-                # np.asarray drops the memmap subclass (numba wants plain arrays); no copy.
-                arrays[name] = np.asarray(np.load(path / f"{name}.npy", mmap_mode="r"))
+                arrays[name] = load_array(path / f"{name}.npy", mode)
             except (OSError, ValueError) as exc:
                 raise SpanIndexError(f"{path}: cannot map {name}.npy: {exc}") from exc
         n_positions = header.token_count + header.record_count
@@ -317,7 +328,7 @@ class SpanIndex:
                 raise SpanIndexError(f"{path}: {name}.npy has shape {arrays[name].shape}")
         if arrays["tokens"].dtype.name != header.token_dtype:
             raise SpanIndexError(f"{path}: tokens.npy is {arrays['tokens'].dtype}")
-        return cls(path, header, arrays)
+        return cls(path, header, arrays, mode)
 
     def __len__(self) -> int:
         return self.header.token_count

@@ -21,6 +21,7 @@ from attribution.spans import (
     inputs_sha256,
 )
 from attribution.spans import index as index_module
+from attribution.spans._load import LOAD_MODES, SPAN_INDEX_LOAD_ENV
 
 Records = list[tuple[int, int, list[int]]]
 
@@ -292,3 +293,58 @@ def test_empty_snapshots_and_outputs(tmp_path):
         TraceParams(min_tokens=0)
     with pytest.raises(ValueError):
         TraceParams(max_records=5, max_occurrences=4)
+
+
+def _rss_anon_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+def test_load_modes_give_the_same_index_and_traces(tmp_path, monkeypatch):
+    rng = np.random.default_rng(7)
+    records: Records = [(k, k % 5, rng.integers(0, 50, 300).tolist()) for k in range(40)]
+    build_index(records, tmp_path / "idx")
+    output = [*records[3][2][10:40], *rng.integers(0, 50, 30).tolist(), *records[9][2][:25]]
+    params = TraceParams(min_tokens=3, spans_per_token=UNCAPPED_RATE)
+    indexes = {mode: SpanIndex.open(tmp_path / "idx", load=mode) for mode in LOAD_MODES}
+    want = indexes["map"].trace(output, params)
+    assert want, "the output copies records: some spans are expected"
+    for mode, index in indexes.items():
+        assert index.load == mode
+        assert index.trace(output, params) == want
+        for name in ("tokens", "sa", "first_bounds", "record_starts", "gram_filter"):
+            arr = getattr(index, name)
+            assert not arr.flags.writeable, (mode, name)
+            assert np.array_equal(arr, np.load(tmp_path / "idx" / f"{name}.npy")), (mode, name)
+    # the default comes from the environment; nonsense is refused
+    monkeypatch.setenv(SPAN_INDEX_LOAD_ENV, "ram")
+    assert SpanIndex.open(tmp_path / "idx").load == "ram"
+    monkeypatch.setenv(SPAN_INDEX_LOAD_ENV, "mlock-everything")
+    with pytest.raises(ValueError, match="ROYALTY_SPAN_INDEX_LOAD"):
+        SpanIndex.open(tmp_path / "idx")
+    with pytest.raises(ValueError, match="load mode"):
+        SpanIndex.open(tmp_path / "idx", load="eager")
+
+
+def test_ram_load_copies_and_map_load_does_not(tmp_path):
+    # 4M int32 suffix-array entries: 16 MiB, far above noise in RssAnon
+    tokens = np.random.default_rng(1).integers(0, 1000, 4_000_000).tolist()
+    build_index([(1, 1, tokens)], tmp_path / "idx", filter_m=0)
+    before = _rss_anon_kib()
+    mapped = SpanIndex.open(tmp_path / "idx", load="populate")
+    assert int(mapped.sa[::1024].sum()) >= 0  # touched, yet file-backed: no anonymous growth
+    assert _rss_anon_kib() - before < 8 * 1024
+    copied = SpanIndex.open(tmp_path / "idx", load="ram")
+    assert _rss_anon_kib() - before >= (copied.sa.nbytes + copied.tokens.nbytes) // 1024 * 0.9
+
+
+def test_truncated_array_is_refused(tmp_path):
+    target = tmp_path / "idx"
+    build_index([(1, 1, list(range(100)))], target)
+    sa = target / "sa.npy"
+    sa.write_bytes(sa.read_bytes()[:-8])
+    for mode in LOAD_MODES:
+        with pytest.raises(SpanIndexError, match="sa.npy"):
+            SpanIndex.open(target, load=mode)

@@ -1,0 +1,90 @@
+"""How an index's `.npy` arrays get into memory: the trade-off between RSS and tail latency.
+
+A trace touches a few hundred scattered pages of the suffix and token arrays (binary searches
+over hundreds of MB at 100M tokens). Where those pages are decides its tail:
+
+- `map`: a lazy, read-only shared mapping. Opening costs nothing and nothing is resident
+  until touched, but every page a query touches for the first time costs a page fault: a
+  minor one (page-table fill, about a microsecond) when the page is in the page cache, a
+  major one (a disk read) when it is not, e.g. after load or after the kernel reclaimed it.
+- `populate`: the same shared mapping with `MAP_POPULATE`: the kernel reads the whole file
+  into the page cache and fills the page table at open, so queries take no faults while the
+  pages stay cached. Memory is page cache, shared by every process that maps the same
+  index (gateway workers) and reclaimable under pressure (the pages then fault back in).
+- `ram`: a private anonymous copy (transparent huge pages where the kernel allows them,
+  which also cut TLB misses of the random probes). Never faults and never evicted (no swap
+  here), but each process holds its own copy of the index: RSS = index size per process.
+
+`LOAD_MODES` lists them; `SPAN_INDEX_LOAD_ENV` chooses the default of `SpanIndex.open`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+LOAD_MODES = ("map", "populate", "ram")
+SPAN_INDEX_LOAD_ENV = "ROYALTY_SPAN_INDEX_LOAD"
+DEFAULT_LOAD = "populate"
+_HUGE_PAGE = 2 << 20
+
+
+def default_load() -> str:
+    mode = os.environ.get(SPAN_INDEX_LOAD_ENV, DEFAULT_LOAD)
+    if mode not in LOAD_MODES:
+        raise ValueError(f"{SPAN_INDEX_LOAD_ENV}={mode!r}: expected one of {LOAD_MODES}")
+    return mode
+
+
+def _header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f"unsupported .npy format version {version}")
+
+
+def load_array(path: Path, mode: str) -> NDArray[Any]:
+    """The 1-D array in the `.npy` file at `path`, read-only, loaded as `mode` says."""
+    if mode not in LOAD_MODES:
+        raise ValueError(f"load mode {mode!r}: expected one of {LOAD_MODES}")
+    with open(path, "rb") as f:
+        shape, fortran_order, dtype = _header(f)
+        offset = f.tell()
+        if len(shape) != 1 or dtype.hasobject:
+            raise ValueError(f"expected a flat numeric array, got shape {shape} of {dtype}")
+        count = int(shape[0])
+        nbytes = count * dtype.itemsize
+        if os.fstat(f.fileno()).st_size < offset + nbytes:
+            raise ValueError(f"truncated: {nbytes} bytes of data expected after the header")
+        if count == 0:
+            arr: NDArray[Any] = np.empty(0, dtype)
+        elif mode == "ram":
+            # anonymous memory rounded up to whole huge pages, so THP can back all of it
+            size = -(-nbytes // _HUGE_PAGE) * _HUGE_PAGE if nbytes >= _HUGE_PAGE else nbytes
+            # private: shared anonymous memory would be shmem, which THP (madvise mode) skips
+            buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            if size >= _HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
+                buf.madvise(mmap.MADV_HUGEPAGE)
+            view = memoryview(buf)[:nbytes]
+            done = 0
+            while done < nbytes:
+                got = f.readinto(view[done:])
+                if not got:
+                    raise ValueError("truncated while reading")
+                done += got
+            view.release()
+            arr = np.frombuffer(buf, dtype, count)
+        else:
+            flags = mmap.MAP_SHARED | (mmap.MAP_POPULATE if mode == "populate" else 0)
+            buf = mmap.mmap(f.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+            arr = np.frombuffer(buf, dtype, count, offset)
+    # frombuffer keeps `buf` alive through arr.base; the mapping outlives the closed file
+    arr.flags.writeable = False
+    return arr
