@@ -1,4 +1,4 @@
-"""Per-response attribution weights: formula `royalty-weights/1`.
+"""Per-response attribution weights: formula `royalty-weights/2`.
 
 Inputs for one response:
 
@@ -17,21 +17,43 @@ Formula (exact rational arithmetic, so that the result is the same everywhere):
 3. Evidence share ``e_r = SPAN_MIX * s_r + (1 - SPAN_MIX) * i_r`` when both kinds of evidence
    exist, otherwise whichever exists. With no evidence at all (no span and no positive
    influence), every contributor gets the baseline share: their records / the snapshot's records.
-4. Contributor share: ``w_c = sum of e_r over c's records``.
+4. Contributor evidence: ``e_c = sum of e_r over c's records``; c is an *evidence holder* when
+   e_c > 0.
 5. Cap: no contributor gets more than ``cap`` (default 1/2; never below 1/number of
-   contributors in the snapshot, else the weights could not sum to 1). Excess above the cap is
-   handed to the other, uncapped contributors in proportion to their current share; when none
-   of them has a share, in proportion to their baseline share. This repeats until nobody is
-   over the cap (water-filling).
+   contributors in the snapshot, else the weights could not sum to 1). A holder above the cap
+   is cut to it, and the excess goes, in this order:
+
+   a. to the snapshot's contributors *without* evidence, in proportion to their records in
+      the snapshot (what they would get if the response had no evidence), none above the cap
+      (water-filling: whoever would pass the cap gets the cap, the rest share what is left);
+   b. only if all of those are at the cap (or there are none), to the uncapped holders in
+      proportion to their evidence, water-filled the same way.
+
+   Holders below the cap therefore keep exactly their evidence share unless (b) is needed,
+   and (b) scales them all by the same factor: among holders, more evidence never ends with
+   less weight, and the only ties the cap makes are between contributors it holds at the cap.
+   Why not (b) first, as `royalty-weights/1` did: with evidence 0.9 and 0.1 for two holders,
+   scaling the minor holder up by the excess gave both 1/2: a tie that hides which record the
+   response copied, and a 5x reward for the minor holder's evidence. Why not hand the excess to
+   every uncapped contributor by records (holders included): a holder with less evidence but
+   more records in the snapshot could then overtake one with more evidence. Contributors
+   without evidence can end above a holder with little evidence (0.4 of the excess spread over
+   a few of them, say, against a holder's 0.1): that is the baseline share the cap exists to
+   pay out, not a ranking of evidence.
 6. Integers: contributor weights are apportioned in parts per `DENOMINATOR` (10**6) with the
-   largest-remainder method, ties going to the smaller contributor id, so they sum to exactly
-   `DENOMINATOR`. Each contributor's integer weight is then apportioned the same way over its
-   evidence records (in proportion to e_r) and, for the part that came from the baseline or
-   from redistribution, a `pooled` entry for that contributor (ties: smaller record id first,
-   the pooled entry last). Records plus pooled entries therefore also sum to exactly
-   `DENOMINATOR`, and per contributor they sum to its weight.
+   largest-remainder method, so they sum to exactly `DENOMINATOR`; equal remainders go to
+   the contributor with more evidence (step 4), then the smaller id, so that rounding never
+   gives a holder with less evidence more parts either. Each contributor's integer
+   weight is then apportioned the same way over its evidence records (in proportion to e_r)
+   and, for the part that came from the baseline or from (b), a `pooled` entry for that
+   contributor (ties: smaller record id first, the pooled entry last). Records plus pooled
+   entries therefore also sum to exactly `DENOMINATOR`, and per contributor they sum to its
+   weight.
 
 A weight never rises above the cap by more than the 1 ppm rounding of step 6.
+`royalty-weights/1` differed only in step 5: the excess went to the uncapped contributors in
+proportion to their current share (holders first), and to the baseline only when no uncapped
+contributor had a share. Stored weights keep the version they were computed with.
 """
 
 from __future__ import annotations
@@ -42,7 +64,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Protocol
 
-WEIGHTS_VERSION = "royalty-weights/1"
+WEIGHTS_VERSION = "royalty-weights/2"
 DENOMINATOR = 1_000_000
 SPAN_MIX = Fraction(1, 2)
 DEFAULT_CAP = Fraction(1, 2)
@@ -167,41 +189,59 @@ def _normalise(scores: Mapping[int, Fraction]) -> dict[int, Fraction]:
     return {k: v / total for k, v in scores.items() if v > 0} if total > 0 else {}
 
 
-def _apply_cap(
-    weights: dict[int, Fraction], baseline: Mapping[int, int], cap: Fraction
-) -> tuple[dict[int, Fraction], dict[int, Fraction]]:
-    """Water-filling; returns (capped weights, the part of each weight that was handed over)."""
-    w = dict(weights)
-    handed: dict[int, Fraction] = {}
-    capped: set[int] = set()
-    while True:
-        over = [c for c, v in w.items() if v > cap]
-        if not over:
-            return w, handed
-        excess = Fraction(0)
-        for c in over:
-            cut = w[c] - cap
-            excess += cut
-            w[c] = cap
-            capped.add(c)
-            # what c was handed earlier goes back first, so its own share stays >= 0
-            if c in handed:
-                handed[c] -= min(handed[c], cut)
-        receivers = {c: v for c, v in w.items() if c not in capped and v > 0}
-        if not receivers:
-            # the snapshot's pool, by records; integer shares keep this cheap on big snapshots
-            pool = {c: n for c, n in baseline.items() if c not in capped and n > 0}
-            pool_records = sum(pool.values())
-            for c, n in pool.items():
-                gift = Fraction(excess.numerator * n, excess.denominator * pool_records)
-                w[c] = w[c] + gift if c in w else gift
-                handed[c] = handed[c] + gift if c in handed else gift
-            continue
-        whole = sum(receivers.values(), Fraction(0))
-        for c, v in receivers.items():
-            gift = excess * v / whole
+def _fill(
+    w: dict[int, Fraction],
+    handed: dict[int, Fraction],
+    excess: Fraction,
+    receivers: Mapping[int, Fraction] | Mapping[int, int],
+    cap: Fraction,
+) -> Fraction:
+    """Water-fill `excess` over `receivers` (contributor -> positive weight of its share):
+    each gets excess in proportion to its weight, whoever passes the cap is cut back to it and
+    the cut goes round again among the rest. Updates `w` and `handed` in place (a receiver
+    starts from w.get(c, 0)); returns what nobody could take (receivers all at the cap)."""
+    open_ = {c: v for c, v in receivers.items() if v > 0 and w.get(c, 0) < cap}
+    while excess > 0 and open_:
+        whole = Fraction(sum(open_.values()))
+        # one Fraction per receiver from integer parts: thousands of pool contributors stay cheap
+        scale_num, scale_den = (
+            excess.numerator * whole.denominator,
+            excess.denominator * whole.numerator,
+        )
+        for c, v in open_.items():
+            share = Fraction(v)
+            gift = Fraction(scale_num * share.numerator, scale_den * share.denominator)
             w[c] = w.get(c, Fraction(0)) + gift
             handed[c] = handed.get(c, Fraction(0)) + gift
+        excess = Fraction(0)
+        for c in [c for c in open_ if w[c] >= cap]:
+            cut = w[c] - cap
+            w[c] = cap
+            handed[c] -= cut
+            excess += cut
+            del open_[c]
+    return excess
+
+
+def _apply_cap(
+    evidence: dict[int, Fraction], baseline: Mapping[int, int], cap: Fraction
+) -> tuple[dict[int, Fraction], dict[int, Fraction]]:
+    """Step 5 (see the module docstring); returns (capped weights, the part of each weight
+    that came from the excess rather than the contributor's own evidence)."""
+    w = {c: min(v, cap) for c, v in evidence.items()}
+    excess = sum((v - cap for v in evidence.values() if v > cap), Fraction(0))
+    handed: dict[int, Fraction] = {}
+    if excess <= 0:
+        return w, handed
+    # (a) contributors without evidence, by their records in the snapshot
+    pool = {c: n for c, n in baseline.items() if n > 0 and evidence.get(c, 0) <= 0}
+    excess = _fill(w, handed, excess, pool, cap)
+    # (b) everyone without evidence is at the cap: the uncapped holders, by evidence
+    holders = {c: v for c, v in evidence.items() if 0 < v < cap}
+    excess = _fill(w, handed, excess, holders, cap)
+    if excess > 0:  # cannot happen while cap >= 1/len(baseline); kept as a loud guard
+        raise WeightsError("the cap leaves weight nobody can take")
+    return w, handed
 
 
 def compute_weights(
@@ -274,10 +314,15 @@ def compute_weights(
     else:
         total_records = sum(snapshot.values())
         shares = {c: Fraction(n, total_records) for c, n in snapshot.items()}
+    own_evidence = dict(shares) if evidence else {}
     shares, handed = _apply_cap(shares, snapshot, effective_cap)
     shares = {c: v for c, v in shares.items() if v > 0}
 
-    contributor_parts = largest_remainder(shares, denominator)
+    # an exact tie in the rounding goes to more evidence first, then the smaller id, so that
+    # rounding cannot put a holder with less evidence ahead either
+    contributor_parts = largest_remainder(
+        shares, denominator, tie_order=sorted(shares, key=lambda c: (-own_evidence.get(c, 0), c))
+    )
     record_parts: list[tuple[int, int, int]] = []
     pooled: list[tuple[int, int]] = []
     records_of: dict[int, list[int]] = {}

@@ -1,4 +1,5 @@
-"""Weights formula royalty-weights/1: exact sums, the cap, determinism, and the documented cases."""
+"""Weights formula royalty-weights/2: exact sums, the cap (which never reorders evidence
+holders), determinism, and the documented cases."""
 
 from __future__ import annotations
 
@@ -97,6 +98,60 @@ def test_weights_sum_exactly_respect_the_cap_and_agree_per_contributor(scenario)
     assert again == w
 
 
+def _contributor_evidence(spans, record_contributors, influence) -> dict[int, Fraction]:
+    """Steps 1-4 written out independently of the module: each contributor's evidence share."""
+    span_scores: dict[int, Fraction] = {}
+    for span in spans:
+        rids = sorted(set(span.record_ids))
+        for r in rids:
+            span_scores[r] = span_scores.get(r, Fraction(0)) + Fraction(span.length, len(rids))
+    inf = {r: Fraction(v) for r, v in (influence or {}).items() if v > 0}
+
+    def normal(d: dict[int, Fraction]) -> dict[int, Fraction]:
+        total = sum(d.values(), Fraction(0))
+        return {k: v / total for k, v in d.items()} if total else {}
+
+    s, i = normal(span_scores), normal(inf)
+    mix = Fraction(1, 2) if s and i else Fraction(1)
+    per_record = {r: mix * s.get(r, 0) + (1 - mix if s else 1) * i.get(r, 0) for r in s.keys() | i}
+    out: dict[int, Fraction] = {}
+    for r, v in per_record.items():
+        if v > 0:
+            c = record_contributors[r]
+            out[c] = out.get(c, Fraction(0)) + v
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenarios())
+def test_the_cap_never_reorders_evidence_holders(scenario):
+    spans, record_contributors, baseline, influence, cap = scenario
+    w = compute_weights(
+        spans=spans,
+        record_contributors=record_contributors,
+        baseline=baseline,
+        influence=influence,
+        cap=cap,
+    )
+    parts = dict(w.contributors)
+    evidence = _contributor_evidence(spans, record_contributors, influence)
+    cap = max(cap, Fraction(1, len(baseline)))
+    holders = sorted(evidence, key=lambda c: evidence[c])
+    # more evidence never ends with fewer parts (ties allowed)
+    for low, high in zip(holders, holders[1:], strict=False):
+        if evidence[high] > evidence[low]:
+            assert parts.get(high, 0) >= parts.get(low, 0), (evidence, parts)
+    # when the contributors without evidence can absorb the excess, every holder keeps
+    # exactly min(evidence, cap), up to the 1 ppm rounding: nothing else moves them
+    excess = sum((v - cap for v in evidence.values() if v > cap), Fraction(0))
+    pool = [c for c in baseline if c not in evidence]
+    if evidence and excess <= cap * len(pool):
+        for c, v in evidence.items():
+            assert abs(parts.get(c, 0) - min(v, cap) * DENOMINATOR) < 1, (c, evidence, parts)
+        for c in pool:
+            assert parts.get(c, 0) <= math.floor(cap * DENOMINATOR) + 1
+
+
 def test_no_evidence_gives_the_baseline_share():
     w = compute_weights(
         spans=[], record_contributors={}, baseline={1: 1, 2: 1, 3: 1}, cap=Fraction(1)
@@ -132,7 +187,7 @@ def test_span_lengths_are_split_over_the_records_they_occur_in():
     assert w.records == ((10, 1, 800000), (20, 2, 200000)) and w.pooled == ()
 
 
-def test_cap_hands_the_excess_to_the_others():
+def test_cap_hands_the_excess_to_contributors_without_evidence():
     spans = [Evidence(90, (10,)), Evidence(10, (20,))]
     w = compute_weights(
         spans=spans,
@@ -140,9 +195,11 @@ def test_cap_hands_the_excess_to_the_others():
         baseline={1: 1, 2: 1, 3: 8},
         cap=Fraction(1, 2),
     )
-    assert w.contributors == ((1, 500000), (2, 500000))
+    # royalty-weights/1 gave 2 the excess (a tie at 1/2, 5x its evidence); now 3, who has no
+    # evidence, takes it as baseline and 2 keeps exactly its 0.1
+    assert w.contributors == ((1, 500000), (2, 100000), (3, 400000))
     assert w.records == ((10, 1, 500000), (20, 2, 100000))
-    assert w.pooled == ((2, 400000),)
+    assert w.pooled == ((3, 400000),)
     # a lone evidence contributor: the excess goes to the pool, by records in the snapshot
     w = compute_weights(
         spans=[Evidence(5, (10,))],
@@ -159,6 +216,42 @@ def test_cap_hands_the_excess_to_the_others():
         cap=Fraction(1, 10),
     )
     assert w.contributors == ((1, DENOMINATOR),)
+
+
+def test_the_pool_is_water_filled_under_the_cap():
+    # 3/4 of excess over 2, 3, 4, 5 by records: 2 would get 3/4 * 100/104 > 1/4, so it gets
+    # 1/4 and 3, 4, 5 share the other 1/2 by records (1:1:2)
+    w = compute_weights(
+        spans=[Evidence(5, (10,))],
+        record_contributors={10: 1},
+        baseline={1: 1, 2: 100, 3: 1, 4: 1, 5: 2},
+        cap=Fraction(1, 4),
+    )
+    assert w.contributors == ((1, 250000), (2, 250000), (3, 125000), (4, 125000), (5, 250000))
+    assert w.records == ((10, 1, 250000),)
+    assert w.pooled == ((2, 250000), (3, 125000), (4, 125000), (5, 250000))
+
+
+def test_holders_share_the_excess_by_evidence_only_when_the_pool_is_full():
+    # evidence 0.7 / 0.2 / 0.1, cap 1/3: 1 gives up 11/30, 4 (no evidence) can take 10/30, the
+    # last 1/30 goes to 2 and 3 in proportion 2:1, so they end at 2/9 and 1/9 (order kept)
+    spans = [Evidence(7, (10,)), Evidence(2, (20,)), Evidence(1, (30,))]
+    w = compute_weights(
+        spans=spans,
+        record_contributors={10: 1, 20: 2, 30: 3},
+        baseline={1: 1, 2: 1, 3: 1, 4: 1},
+        cap=Fraction(1, 3),
+    )
+    assert w.contributors == ((1, 333334), (2, 222222), (3, 111111), (4, 333333))
+    assert w.records == ((10, 1, 333334), (20, 2, 200000), (30, 3, 100000))
+    assert w.pooled == ((2, 22222), (3, 11111), (4, 333333))
+    # no one without evidence: two contributors, the cap is 1/2 and a tie cannot be avoided
+    w = compute_weights(
+        spans=[Evidence(9, (10,)), Evidence(1, (20,))],
+        record_contributors={10: 1, 20: 2},
+        baseline={1: 1, 2: 1},
+    )
+    assert w.contributors == ((1, 500000), (2, 500000))
 
 
 def test_spans_and_influence_mix_half_and_half():
@@ -210,11 +303,12 @@ def test_largest_remainder_is_exact_and_within_one_of_the_quota(shares, total):
 
 
 def test_any_integer_record_id_works_next_to_the_pooled_share():
-    # record ids -1 and 0 next to a capped contributor's pooled share
+    # record ids -1 and 0 next to a holder's pooled share (nobody without evidence: the
+    # excess above the cap goes to the other holder)
     w = compute_weights(
         spans=[Evidence(9, (-1,)), Evidence(1, (0,))],
         record_contributors={-1: 1, 0: 2},
-        baseline={1: 1, 2: 1, 3: 2},
+        baseline={1: 1, 2: 1},
         cap=Fraction(1, 2),
     )
     assert w.contributors == ((1, 500000), (2, 500000))
