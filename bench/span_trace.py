@@ -19,15 +19,22 @@ from the same phrase model, a third mixing copied passages and novel text) with
 - `infini-gram`: `InfiniGramEngine.attribute(ids, delim_ids=[], min_len, max_cnt,
   enforce_bow=False)` with the same minimum length and occurrence cap.
 
-Targets rotate query by query so that drift on the (shared) machine hits all alike. The run
-also checks that royalty, naive and infini-gram find the same maximal spans (length >=
+Royalty is timed once per `SpanIndex.open` load mode (`map`, `populate`, `ram`; see
+`attribution/spans/_load.py`), all open side by side. Targets rotate query by query so that
+drift on the (shared) machine hits all alike. Every call also records its thread's CPU time,
+minor/major page faults, involuntary context switches (preemption by another process) and
+collector runs, so that the wall-clock tail can be told apart from what the code costs. A cold
+start per mode (index evicted from the page cache with `posix_fadvise`, opened, fresh outputs
+traced once) shows what the first responses after loading an adapter see. The run checks that
+royalty (every mode), naive and infini-gram find the same maximal spans (length >=
 min_tokens, occurrences <= max_occurrences) for every query.
 
-    .venv/bin/python bench/span_trace.py                  # 1M, 10M, 100M (several minutes)
+    .venv/bin/python bench/span_trace.py                  # 1M, 10M, 100M (builds: ~10 min)
     .venv/bin/python bench/span_trace.py --sizes 1M --queries 30   # smoke run
 
-Data lives under bench/.work/span_trace (removed at the end unless --keep); results go to
-bench/results/span_trace-<stamp>.{json,md}.
+Corpora and indexes are kept under .royalty/bench-cache/span_trace (`--cache`; `--fresh`
+rebuilds), keyed by size, seed and vocabulary, and reused by later runs with their build times
+of back then; results go to bench/results/span_trace-<stamp>.{json,md}.
 """
 
 from __future__ import annotations
@@ -371,7 +378,10 @@ def run_size(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dic
         out["cold_start"][mode] = cold_start(work, mode, [as_query(q) for _, q in fresh], params)
         print(json.dumps({f"{n_tokens}/cold/{mode}": out["cold_start"][mode]}), flush=True)
 
+    evict(work / "royalty")  # as after a build (which drops what it wrote): see _load._prefault
     indexes = {mode: SpanIndex.open(work / "royalty", load=mode) for mode in args.load}
+    for ix in indexes.values():
+        warm_up(ix)
     index = indexes[args.load[-1]]
     out["royalty_bytes_per_token"] = index.nbytes() / n_tokens
     engine = None
