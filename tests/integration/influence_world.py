@@ -17,6 +17,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
+from usage_events import usage_event
 
 from attribution.errors import NotFound
 from attribution.influence.fake import FakeInfluence
@@ -28,7 +29,6 @@ from metering.catalog import PostgresCatalog
 from metering.pg import driver
 from metering.posting import PostingWorker
 from metering.sources import AdapterInfo, InMemoryAdapterDirectory, UsageEventAttribution
-from metering.usage import UsageRecord
 from metering.usage_store import PostgresUsageStore
 
 T0 = dt.datetime(2026, 10, 5, tzinfo=dt.UTC)
@@ -150,24 +150,14 @@ async def make_world(engine: AsyncEngine) -> World:
 async def add_events(w: World, n: int, *, post: bool = True, prefix: str = "e") -> list[str]:
     inline = inline_attribution(w.ids)
     events = [
-        UsageRecord(
-            request_id=f"{prefix}{i:04d}",
+        usage_event(
+            f"{prefix}{i:04d}",
             account_id=w.ids["payer"],
-            key_id=1,
-            endpoint="completions",
-            model="recipes",
-            base_model="tiny",
-            adapter="recipes",
-            status="ok",
-            http_status=200,
+            started_at=T0 + dt.timedelta(minutes=i),
             prompt_tokens=1000,
             completion_tokens=1000,
-            started_at=T0 + dt.timedelta(minutes=i),
-            total_ms=1.0,
-            ttft_ms=None,
-            output_sha256=None,
             attribution=json.dumps(inline),
-        )  # fmt: skip
+        )
         for i in range(n)
     ]
     await PostgresUsageStore(w.engine).insert_batch(events)
@@ -255,8 +245,10 @@ def child_main(config_json: str) -> None:
 
 
 def spawn_worker(config: str) -> subprocess.Popen[str]:
-    here = str(Path(__file__).parent)
-    code = f"import sys; sys.path.insert(0, {here!r}); import influence_world as t; " \
+    # this folder, and tests/ for the modules this one imports as the suite does (usage_events)
+    here = Path(__file__).parent
+    paths = [str(here), str(here.parent)]
+    code = f"import sys; sys.path[:0] = {paths!r}; import influence_world as t; " \
         "t.child_main(sys.argv[1])"  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-c", code, config], stdout=subprocess.PIPE, text=True,

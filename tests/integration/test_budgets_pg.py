@@ -9,6 +9,7 @@ import random
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from usage_events import usage_event
 
 from gateway.db import create_engine
 from metering.audit import violations
@@ -18,7 +19,6 @@ from metering.ledger import PostgresLedger
 from metering.pg import driver
 from metering.posting import PostingWorker
 from metering.sources import InMemoryAdapterDirectory
-from metering.usage import UsageRecord
 from metering.usage_store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
@@ -86,11 +86,9 @@ async def test_an_account_without_credit_is_refused_and_posting_releases_holds(
     await budgets.reserve(account, "req-2", 3_000)
     await budgets.settle("req-1", 2_500)
     assert await budgets.available(account) == 10_000 - 2_500 - 3_000
-    ev = UsageRecord(
-        request_id="req-1", account_id=account, key_id=1, endpoint="completions", model="tiny",
-        base_model="tiny", adapter=None, status="ok", http_status=200, prompt_tokens=2_000,
-        completion_tokens=500, started_at=t0 + dt.timedelta(hours=1), total_ms=1.0, ttft_ms=None,
-        output_sha256=None,
+    ev = usage_event(
+        "req-1", account_id=account, started_at=t0 + dt.timedelta(hours=1), adapter=None,
+        prompt_tokens=2_000, completion_tokens=500,
     )  # fmt: skip
     await PostgresUsageStore(engine).insert_batch([ev])
     await PostingWorker(engine, InMemoryAdapterDirectory()).drain()

@@ -7,6 +7,7 @@ import datetime as dt
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from usage_events import usage_event
 
 from metering.adjustments import AdjustmentError, reattribute
 from metering.audit import violations
@@ -16,7 +17,6 @@ from metering.pg import driver
 from metering.posting import PostingWorker
 from metering.service import MeteringService
 from metering.sources import AdapterInfo, InMemoryAdapterDirectory
-from metering.usage import UsageRecord
 from metering.usage_store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
@@ -39,23 +39,13 @@ async def test_reattribution_moves_the_data_share_before_the_close_only(
         {"recipes": AdapterInfo(ids["owner"], {ids["carol"]: 1, ids["dan"]: 1})}
     )
     evs = [
-        UsageRecord(
-            request_id=f"x{i}",
+        usage_event(
+            f"x{i}",
             account_id=ids["payer1" if i % 2 else "payer2"],
-            key_id=1,
-            endpoint="completions",
-            model="recipes",
-            base_model="tiny",
-            adapter="recipes",
-            status="ok",
-            http_status=200,
+            started_at=T0 + dt.timedelta(hours=i),
             prompt_tokens=1000,
             completion_tokens=1000,
-            started_at=T0 + dt.timedelta(hours=i),
-            total_ms=1.0,
-            ttft_ms=None,
-            output_sha256=None,
-        )  # fmt: skip
+        )
         for i in range(4)
     ]
     await PostgresUsageStore(engine).insert_batch(evs)

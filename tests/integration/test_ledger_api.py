@@ -12,6 +12,7 @@ from litestar.testing import AsyncTestClient
 from openai_schema import assert_conforms
 from sqlalchemy.ext.asyncio import AsyncEngine
 from unit.gateway_harness import make_harness
+from usage_events import usage_event
 
 from gateway.app import create_app
 from gateway.auth import Authenticator, PostgresKeyStore
@@ -22,7 +23,6 @@ from metering.payouts import PostgresPayouts
 from metering.posting import PostingWorker
 from metering.service import MeteringService
 from metering.sources import AdapterInfo, InMemoryAdapterDirectory
-from metering.usage import UsageRecord
 from metering.usage_store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
@@ -68,23 +68,13 @@ async def test_each_key_sees_only_its_own_earnings_and_statements(
         "tiny", "", 1_000_000, 3_000_000, T0 - dt.timedelta(days=30)
     )
     events = [
-        UsageRecord(
-            request_id=f"api-{i}",
+        usage_event(
+            f"api-{i}",
             account_id=ids["payer"],
-            key_id=1,
-            endpoint="completions",
-            model="recipes",
-            base_model="tiny",
-            adapter="recipes",
-            status="ok",
-            http_status=200,
+            started_at=T0 + dt.timedelta(hours=i),
             prompt_tokens=500,
             completion_tokens=200,
-            started_at=T0 + dt.timedelta(hours=i),
-            total_ms=1.0,
-            ttft_ms=None,
-            output_sha256=None,
-        )  # fmt: skip
+        )
         for i in range(20)
     ]
     await PostgresUsageStore(engine).insert_batch(events)

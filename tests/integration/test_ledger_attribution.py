@@ -8,6 +8,7 @@ import json
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from usage_events import usage_event
 
 from metering.audit import violations
 from metering.catalog import PostgresCatalog
@@ -40,11 +41,9 @@ async def test_response_weights_divide_the_data_share(engine: AsyncEngine) -> No
     ]}  # fmt: skip
 
     def ev(rid: str, attribution: str | None) -> UsageRecord:
-        return UsageRecord(
-            request_id=rid, account_id=ids["payer"], key_id=1, endpoint="completions",
-            model="recipes", base_model="tiny", adapter="recipes", status="ok", http_status=200,
-            prompt_tokens=1000, completion_tokens=1000, started_at=T0, total_ms=1.0,
-            ttft_ms=None, output_sha256=None, attribution=attribution,
+        return usage_event(
+            rid, account_id=ids["payer"], started_at=T0, prompt_tokens=1000,
+            completion_tokens=1000, attribution=attribution,
         )  # fmt: skip
 
     await PostgresUsageStore(engine).insert_batch(

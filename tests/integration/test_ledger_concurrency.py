@@ -10,6 +10,7 @@ import random
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from usage_events import usage_event
 
 from gateway.db import create_engine
 from metering.audit import violations
@@ -19,7 +20,6 @@ from metering.ledger import PostgresLedger
 from metering.pg import driver
 from metering.posting import PostingWorker
 from metering.sources import AdapterInfo, InMemoryAdapterDirectory
-from metering.usage import UsageRecord
 from metering.usage_store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
@@ -46,23 +46,15 @@ async def test_racing_posters_topups_and_reservations(
     )
     rng = random.Random(3)
     events = [
-        UsageRecord(
-            request_id=f"c{i:05d}",
+        usage_event(  # the draws in their old order: the same seeded events as before
+            f"c{i:05d}",
             account_id=rng.choice(ids[20:]),
-            key_id=1,
-            endpoint="completions",
             model="m",
-            base_model="tiny",
             adapter=rng.choice([f"a{k}" for k in range(8)] + [None]),
-            status="ok",
-            http_status=200,
             prompt_tokens=rng.randint(1, 500),
             completion_tokens=rng.randint(1, 99),
             started_at=T0 + dt.timedelta(seconds=i),
-            total_ms=1.0,
-            ttft_ms=None,
-            output_sha256=None,
-        )  # fmt: skip
+        )
         for i in range(6000)
     ]
     await PostgresUsageStore(engine).insert_batch(events)

@@ -11,6 +11,7 @@ import random
 
 import pytest
 from pg import PrivatePostgres
+from usage_events import usage_event
 
 from gateway.db import create_engine, migrate
 from metering.audit import violations
@@ -18,7 +19,6 @@ from metering.catalog import PostgresCatalog
 from metering.pg import driver
 from metering.posting import PostingWorker
 from metering.sources import AdapterInfo, InMemoryAdapterDirectory
-from metering.usage import UsageRecord
 from metering.usage_store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
@@ -43,23 +43,15 @@ async def test_postgres_crashes_mid_batch_change_nothing(private_postgres: Priva
         )
         rng = random.Random(5)
         events = [
-            UsageRecord(
-                request_id=f"e{i:06d}",
+            usage_event(  # the draws in their old order: the same seeded events as before
+                f"e{i:06d}",
                 account_id=rng.choice(ids[3:]),
-                key_id=1,
-                endpoint="completions",
                 model="m",
-                base_model="tiny",
                 adapter=rng.choice(["recipes", None]),
-                status="ok",
-                http_status=200,
                 prompt_tokens=rng.randint(1, 900),
                 completion_tokens=rng.randint(1, 300),
                 started_at=T0 + dt.timedelta(seconds=i),
-                total_ms=1.0,
-                ttft_ms=None,
-                output_sha256=None,
-            )  # fmt: skip
+            )
             for i in range(60_000)
         ]
         await PostgresUsageStore(engine, timeout_s=60).insert_batch(events)

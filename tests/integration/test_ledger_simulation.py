@@ -16,6 +16,7 @@ import random
 import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from usage_events import usage_event
 
 from metering.audit import violations
 from metering.catalog import PostgresCatalog
@@ -115,13 +116,12 @@ async def test_seeded_simulation_keeps_every_invariant(engine: AsyncEngine) -> N
                 ids["carol"]: rng.randint(1, 9),
                 ids["erin"]: rng.randint(1, 9),
             }
-        return UsageRecord(
-            request_id=rid, account_id=rng.choice(payers), key_id=1, endpoint="completions",
-            model=adapter or "tiny", base_model="tiny", adapter=adapter, status=status,
+        # the draws in their old order, so the seeded run is the one it always was
+        return usage_event(
+            rid, account_id=rng.choice(payers), adapter=adapter, status=status,
             http_status=200 if status != "error" else 500,
             prompt_tokens=rng.randint(0, 3000), completion_tokens=rng.randint(0, 700),
-            started_at=when, total_ms=1.0, ttft_ms=None, output_sha256=None,
-            prompt_digest=prompt_digest(
+            started_at=when, prompt_digest=prompt_digest(
                 "hot" if prompts.random() < 0.5 else f"prompt {prompts.randint(0, 99)}"
             ),
         )  # fmt: skip
@@ -282,23 +282,15 @@ async def test_event_ids_and_adapter_names_with_copy_metacharacters_post_intact(
     await PostgresCatalog(engine).set_price("tiny", "", 1_000_000, 1_000_000, T_OCT)
     weird = ["back\\slash", "tab\there", "new\nline", "cr\rret", "\\N", "ünïcode ✓"]
     events = [
-        UsageRecord(
-            request_id=rid,
+        usage_event(
+            rid,
             account_id=ids["odd"],
-            key_id=1,
-            endpoint="completions",
-            model="m",
-            base_model="tiny",
+            started_at=T_OCT,
             adapter=rid,
-            status="ok",
-            http_status=200,
+            model="m",
             prompt_tokens=1000,
             completion_tokens=1000,
-            started_at=T_OCT,
-            total_ms=1.0,
-            ttft_ms=None,
-            output_sha256=None,
-        )  # fmt: skip
+        )
         for rid in weird
     ]
     await PostgresUsageStore(engine).insert_batch(events)

@@ -16,10 +16,10 @@ import pytest
 from pg import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
+from usage_events import usage_event
 
 from metering.catalog import PostgresCatalog
 from metering.pg import driver
-from metering.usage import UsageRecord
 from metering.usage_store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
@@ -44,23 +44,14 @@ async def test_the_worker_posts_and_serves_its_metrics(
         payer = await conn.fetchval("INSERT INTO accounts (name) VALUES ('payer') RETURNING id")
     await PostgresUsageStore(engine).insert_batch(
         [
-            UsageRecord(
-                request_id=f"w-{i}",
+            usage_event(
+                f"w-{i}",
                 account_id=payer,
-                key_id=1,
-                endpoint="completions",
-                model="tiny",
-                base_model="tiny",
+                started_at=T0,
                 adapter=None,
-                status="ok",
-                http_status=200,
                 prompt_tokens=1000,
                 completion_tokens=100,
-                started_at=T0,
-                total_ms=1.0,
-                ttft_ms=None,
-                output_sha256=None,
-            )  # fmt: skip
+            )
             for i in range(50)
         ]
     )

@@ -13,6 +13,7 @@ from integration import test_ledger_api
 from litestar.testing import AsyncTestClient
 from openai_schema import assert_conforms
 from sqlalchemy.ext.asyncio import AsyncEngine
+from usage_events import usage_event
 
 from gateway.auth import PostgresKeyStore
 from metering.catalog import PostgresCatalog
@@ -31,11 +32,9 @@ client = test_ledger_api.client  # the gateway on this test's database
 
 
 def event(rid: str, payer: int, at: dt.datetime) -> UsageRecord:
-    return UsageRecord(
-        request_id=rid, account_id=payer, key_id=1, endpoint="completions", model="recipes",
-        base_model="tiny", adapter="recipes", status="ok", http_status=200, prompt_tokens=500,
-        completion_tokens=200, started_at=at, total_ms=1.0, ttft_ms=None, output_sha256=None,
-    )  # fmt: skip
+    return usage_event(
+        rid, account_id=payer, started_at=at, prompt_tokens=500, completion_tokens=200
+    )
 
 
 async def withheld_of(engine: AsyncEngine, owner: int) -> dict[str, int]:

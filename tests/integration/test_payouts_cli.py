@@ -11,10 +11,10 @@ import pypdfium2 as pdfium
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
+from usage_events import usage_event
 
 from gateway.cli import app
 from metering.pg import driver
-from metering.usage import UsageRecord
 from metering.usage_store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
@@ -45,23 +45,14 @@ async def test_scripted_use(engine: AsyncEngine, database_url: str, tmp_path: Pa
         acme = await conn.fetchval("SELECT id FROM accounts WHERE name = 'acme'")
     t0 = dt.datetime(2026, 10, 5, tzinfo=dt.UTC)
     events = [
-        UsageRecord(
-            request_id=f"cli-{i}",
+        usage_event(
+            f"cli-{i}",
             account_id=acme,
-            key_id=1,
-            endpoint="completions",
-            model="tiny",
-            base_model="tiny",
+            started_at=t0 + dt.timedelta(hours=i),
             adapter=None,
-            status="ok",
-            http_status=200,
             prompt_tokens=1000 + i,
             completion_tokens=100,
-            started_at=t0 + dt.timedelta(hours=i),
-            total_ms=1.0,
-            ttft_ms=None,
-            output_sha256=None,
-        )  # fmt: skip
+        )
         for i in range(50)
     ]
     await PostgresUsageStore(engine).insert_batch(events)

@@ -8,6 +8,7 @@ import datetime as dt
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from usage_events import usage_event
 
 from metering.audit import violations
 from metering.catalog import PostgresCatalog
@@ -25,11 +26,9 @@ OCT = dt.date(2026, 10, 1)
 
 
 def event(i: int, payer: int, adapter: str) -> UsageRecord:
-    return UsageRecord(
-        request_id=f"h-{i}", account_id=payer, key_id=1, endpoint="completions", model=adapter,
-        base_model="tiny", adapter=adapter, status="ok", http_status=200, prompt_tokens=800,
-        completion_tokens=300, started_at=T0 + dt.timedelta(minutes=i), total_ms=1.0,
-        ttft_ms=None, output_sha256=None,
+    return usage_event(
+        f"h-{i}", account_id=payer, started_at=T0 + dt.timedelta(minutes=i), adapter=adapter,
+        prompt_tokens=800, completion_tokens=300,
     )  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
+from usage_events import usage_event
 
 from gateway.db import create_engine, migrate
 from metering.shipper import UsageShipper
@@ -31,23 +32,11 @@ pytestmark = pytest.mark.integration
 
 
 def make_record(request_id: str) -> UsageRecord:
-    return UsageRecord(
-        request_id=request_id,
-        account_id=1,
-        key_id=1,
-        endpoint="chat.completions",
-        model="tiny-base",
-        base_model="tiny-base",
-        adapter=None,
-        status="ok",
-        http_status=200,
-        prompt_tokens=17,
-        completion_tokens=42,
-        started_at=dt.datetime.now(dt.UTC),
-        total_ms=5.0,
-        ttft_ms=1.0,
-        output_sha256="cd" * 32,
-    )
+    return usage_event(
+        request_id, account_id=1, started_at=dt.datetime.now(dt.UTC), adapter=None,
+        base_model="tiny-base", endpoint="chat.completions", prompt_tokens=17, completion_tokens=42,
+        total_ms=5.0, ttft_ms=1.0, output_sha256="cd" * 32,
+    )  # fmt: skip
 
 
 class Load:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
+from usage_events import usage_event
 
 from gateway.cli import app
 from metering.adjustments import reattribute
@@ -52,11 +53,9 @@ def attribution(carol: int, dave: int, names_bad: bool) -> str:
 
 
 def event(rid: str, payer: int, at: dt.datetime, attr: str | None) -> UsageRecord:
-    return UsageRecord(
-        request_id=rid, account_id=payer, key_id=1, endpoint="completions", model="a",
-        base_model="tiny", adapter="a", status="ok", http_status=200, prompt_tokens=777,
-        completion_tokens=333, started_at=at, total_ms=1.0, ttft_ms=None, output_sha256=None,
-        attribution=attr,
+    return usage_event(
+        rid, account_id=payer, started_at=at, adapter="a", prompt_tokens=777,
+        completion_tokens=333, attribution=attr,
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from usage_events import usage_event
 
 from gateway.db import create_engine
 from metering.shipper import UsageShipper
@@ -29,8 +30,8 @@ COUNTS = "SELECT count(*), count(DISTINCT request_id) FROM usage_events"
 
 
 def make_record(i: int, prefix: str = "req") -> UsageRecord:
-    return UsageRecord(
-        request_id=f"{prefix}-{i:08d}",
+    return usage_event(
+        f"{prefix}-{i:08d}",
         account_id=1 + i % 5,
         key_id=100 + i % 3,
         endpoint="chat.completions" if i % 2 else "completions",

@@ -11,6 +11,7 @@ import datetime as dt
 import msgspec
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from usage_events import usage_event
 
 from metering.audit import violations
 from metering.catalog import PostgresCatalog
@@ -29,11 +30,9 @@ POLICY = WashPolicy()  # the defaults are what is tested
 
 
 def event(rid: str, payer: int, at: dt.timedelta, prompt: str) -> UsageRecord:
-    return UsageRecord(
-        request_id=rid, account_id=payer, key_id=1, endpoint="completions", model="busy",
-        base_model="tiny", adapter="busy", status="ok", http_status=200, prompt_tokens=800,
-        completion_tokens=300, started_at=T0 + at, total_ms=1.0, ttft_ms=None,
-        output_sha256=None, prompt_digest=prompt_digest(prompt),
+    return usage_event(
+        rid, account_id=payer, started_at=T0 + at, adapter="busy", prompt_tokens=800,
+        completion_tokens=300, prompt_digest=prompt_digest(prompt),
     )  # fmt: skip
 
 

@@ -16,12 +16,14 @@ import sys
 import textwrap
 from collections import Counter as Multiset
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 from gateway_harness import make_harness
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
+from usage_events import usage_event
 
 from gateway.metrics import InferenceMetrics, MetricsSampler, parse_vllm_queue
 from metering import metrics as metering_metrics
@@ -367,15 +369,14 @@ def test_parse_vllm_queue_rejects_garbage() -> None:
         parse_vllm_queue("up 1\n")
 
 
-def record(i: int, **kw: object) -> UsageRecord:
-    fields: dict[str, object] = dict(
-        request_id=f"req_metrics_{os.getpid()}_{i}", account_id=1, key_id=1, endpoint="completions",
-        model="royalty-tiny", base_model="royalty-tiny", adapter=None, status="ok", http_status=200,
-        prompt_tokens=3, completion_tokens=5, started_at=dt.datetime.now(dt.UTC), total_ms=12.0,
-        ttft_ms=4.0, output_sha256=None,
+def record(i: int, **kw: Any) -> UsageRecord:
+    fields: dict[str, Any] = {
+        "adapter": None, "base_model": "royalty-tiny", "total_ms": 12.0, "ttft_ms": 4.0, **kw
+    }  # fmt: skip
+    return usage_event(
+        f"req_metrics_{os.getpid()}_{i}", account_id=1, started_at=dt.datetime.now(dt.UTC),
+        prompt_tokens=3, completion_tokens=5, **fields,
     )  # fmt: skip
-    fields.update(kw)
-    return UsageRecord(**fields)  # type: ignore[arg-type]
 
 
 async def test_usage_log_depth_and_oldest_age_then_shipped(tmp_path: Path) -> None:
@@ -405,15 +406,14 @@ MULTIPROC_WORKER = textwrap.dedent(
     """
     import datetime as dt, sys
     from gateway.metrics import InferenceMetrics
-    from metering.usage import UsageRecord
     from serving.registry import BaseModel, ModelRegistry
+    from tests.usage_events import usage_event
     reg = ModelRegistry(); reg.add_base(BaseModel("royalty-tiny", "/m"))
     m = InferenceMetrics(reg)
     for i in range(int(sys.argv[1])):
-        m.observe(UsageRecord(request_id=f"r{i}", account_id=1, key_id=1, endpoint="completions",
-            model="royalty-tiny", base_model="royalty-tiny", adapter=None, status="ok",
-            http_status=200, prompt_tokens=2, completion_tokens=3,
-            started_at=dt.datetime.now(dt.UTC), total_ms=5.0, ttft_ms=1.0, output_sha256=None))
+        m.observe(usage_event(f"r{i}", account_id=1, started_at=dt.datetime.now(dt.UTC),
+            adapter=None, base_model="royalty-tiny", prompt_tokens=2, completion_tokens=3,
+            total_ms=5.0, ttft_ms=1.0))
     """
 )
 

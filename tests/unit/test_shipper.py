@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from usage_events import usage_event
 
 from metering.shipper import UsageShipper
 from metering.usage import UsageRecord
@@ -19,23 +20,10 @@ T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
 
 def make_record(i: int, prefix: str = "req") -> UsageRecord:
-    return UsageRecord(
-        request_id=f"{prefix}-{i:08d}",
-        account_id=1,
-        key_id=1,
-        endpoint="completions",
-        model="tiny-base",
-        base_model="tiny-base",
-        adapter=None,
-        status="ok",
-        http_status=200,
-        prompt_tokens=i % 100,
-        completion_tokens=i % 50,
-        started_at=T0 + dt.timedelta(seconds=i),
-        total_ms=1.0,
-        ttft_ms=None,
-        output_sha256=None,
-    )
+    return usage_event(
+        f"{prefix}-{i:08d}", account_id=1, started_at=T0 + dt.timedelta(seconds=i), adapter=None,
+        base_model="tiny-base", prompt_tokens=i % 100, completion_tokens=i % 50,
+    )  # fmt: skip
 
 
 class RecordingStore(InMemoryUsageStore):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from usage_events import usage_event
 
 from metering import usage_log
 from metering.usage import UsageRecord
@@ -35,8 +36,8 @@ T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
 
 def make_record(i: int, prefix: str = "req") -> UsageRecord:
-    return UsageRecord(
-        request_id=f"{prefix}-{i:08d}",
+    return usage_event(
+        f"{prefix}-{i:08d}",
         account_id=1 + i % 7,
         key_id=10 + i % 3,
         endpoint="chat.completions" if i % 2 else "completions",
@@ -432,15 +433,13 @@ async def test_short_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.Mo
 
 CHILD = """
 import asyncio, datetime as dt, sys
-from metering.usage import UsageRecord
 from metering.usage_log import UsageLog
+from tests.usage_events import usage_event
 
 def rec(rid):
-    return UsageRecord(
-        request_id=rid, account_id=1, key_id=1, endpoint="completions", model="m",
-        base_model="m", adapter=None, status="ok", http_status=200, prompt_tokens=3,
-        completion_tokens=5, started_at=dt.datetime.now(dt.timezone.utc), total_ms=1.0,
-        ttft_ms=None, output_sha256="ab" * 32,
+    return usage_event(
+        rid, account_id=1, started_at=dt.datetime.now(dt.timezone.utc), adapter=None,
+        base_model="m", prompt_tokens=3, completion_tokens=5, output_sha256="ab" * 32,
     )
 
 async def main(directory, prefix):
