@@ -23,9 +23,11 @@ Royalty is timed once per `SpanIndex.open` load mode (`map`, `populate`, `ram`; 
 `attribution/spans/_load.py`), all open side by side. Targets rotate query by query so that
 drift on the (shared) machine hits all alike. Every call also records its thread's CPU time,
 minor/major page faults, involuntary context switches (preemption by another process) and
-collector runs, so that the wall-clock tail can be told apart from what the code costs. A cold
-start per mode (index evicted from the page cache with `posix_fadvise`, opened, fresh outputs
-traced once) shows what the first responses after loading an adapter see. The run checks that
+collector runs, so that the wall-clock tail can be told apart from what the code costs. A
+last, paced round sleeps `--pace-ms` before each call, as a server thread waits for requests
+(a thread that runs back to back exhausts its scheduler slice and is preempted more often). A cold
+start per mode (a fresh process: index evicted from the page cache with `posix_fadvise`,
+opened, fresh outputs traced once) shows what the first responses after loading an adapter see. The run checks that
 royalty (every mode), naive and infini-gram find the same maximal spans (length >=
 min_tokens, occurrences <= max_occurrences) for every query.
 
@@ -284,7 +286,7 @@ def memory_kib() -> dict[str, int]:
     out = {}
     for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
         key, value = line.split(":", 1)
-        if key in ("Rss", "Anonymous", "AnonHugePages", "Shared_Clean", "Private_Clean"):
+        if key in ("Rss", "Anonymous", "AnonHugePages", "FilePmdMapped", "Private_Clean"):
             out[key] = int(value.split()[0])
     return out
 
@@ -357,8 +359,6 @@ def cold_start(work: Path, mode: str, queries: list[np.ndarray], params: TracePa
     calls = [measure(fn, q) for q in queries]
     mem2 = memory_kib()
     delta = {k: {"after_open": mem1[k] - mem0[k], "after_queries": mem2[k] - mem0[k]} for k in mem0}
-    del fn, index
-    gc.collect()
     return {"open_s": open_s, "rss_kib": delta, "first_pass": summarize(calls)}
 
 
@@ -371,11 +371,16 @@ def run_size(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dic
         length: make_queries(corpus, model, length, args.queries, seed=args.seed + length)
         for length in (64, 256)
     }
+    # fresh outputs (another seed), each mode in a process of its own, as a gateway opens an
+    # index (in one process, a mode measured after another inherits its state: unreliable)
+    fresh = make_queries(corpus, model, 256, args.cold_queries, seed=args.seed + 99991)
+    np.save(work / "cold-queries.npy", np.stack([q for _, q in fresh]).astype(np.int64))
     out["cold_start"] = {}
     for mode in args.load:
-        # fresh outputs (another seed): their pages were never touched by this process
-        fresh = make_queries(corpus, model, 256, args.cold_queries, seed=args.seed + 99991)
-        out["cold_start"][mode] = cold_start(work, mode, [as_query(q) for _, q in fresh], params)
+        cmd = [sys.executable, __file__, "--cold-child", str(work), mode]
+        cmd += ["--min-tokens", str(args.min_tokens), "--max-records", str(args.max_records)]
+        child = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out["cold_start"][mode] = json.loads(child.stdout.strip().splitlines()[-1])
         print(json.dumps({f"{n_tokens}/cold/{mode}": out["cold_start"][mode]}), flush=True)
 
     evict(work / "royalty")  # as after a build (which drops what it wrote): see _load._prefault
@@ -449,6 +454,17 @@ def run_size(n_tokens: int, args: argparse.Namespace, model: PhraseModel) -> dic
                     best[name][k] = min(call[0], best[name].get(k, call[0]))
                     if name == f"royalty:{args.load[-1]}":
                         by_kind.setdefault(kind, []).append(call[0])
+        # Paced: a pause before each call, as a server thread waits for the next request.
+        # Back to back, the thread burns through its scheduler slice and gets preempted more
+        # often than one that wakes up for each request (which the scheduler favours).
+        paced: dict[str, list[Any]] = {f"{name} paced": [] for name in targets}
+        for k, (_, q) in enumerate(qs if args.pace_ms > 0 else []):
+            for name in names[k % len(names) :] + names[: k % len(names)]:
+                if name == "infini-gram" and k >= args.ig_queries:
+                    continue
+                time.sleep(args.pace_ms / 1e3)
+                paced[f"{name} paced"].append(measure(targets[name], q))
+        calls.update(paced if args.pace_ms > 0 else {})
         n = len(qs)
         out[f"len{length}"] = {
             "queries": n,
@@ -504,11 +520,12 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "Cold start (index evicted from the page cache, opened, fresh 256-token outputs traced "
-        "once): open time, first-pass wall p50 / p99 ms, minor / major faults per call, "
+        "once): open time, first-pass wall and CPU p50 / p99 ms, minor / major faults per call, "
         "RSS growth (MiB: anonymous, file-backed) after the first pass.",
         "",
-        "| corpus | mode | open (s) | first pass p50 / p99 | faults minor / major per call | RSS anon / file |",
-        "|---|---|---|---|---|---|",
+        "| corpus | mode | open (s) | first pass wall | first pass CPU "
+        "| faults minor / major per call | RSS anon / file |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results["sizes"]:
         for mode, c in r["cold_start"].items():
@@ -518,6 +535,7 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {r['tokens'] / 1e6:g}M | {mode} | {c['open_s']:.2f} "
                 f"| {fp['wall']['p50_ms']:.3f} / {fp['wall']['p99_ms']:.3f} "
+                f"| {fp['cpu']['p50_ms']:.3f} / {fp['cpu']['p99_ms']:.3f} "
                 f"| {fp['minor_faults_per_call']['mean']:.0f} / "
                 f"{fp['major_faults'] / max(fp['wall']['n'], 1):.1f} | {anon:.0f} / {file_:.0f} |"
             )
@@ -562,10 +580,20 @@ def main() -> None:
         help="SpanIndex.open load modes to time side by side (the last one also serves naive)",
     )
     parser.add_argument("--cold-queries", type=int, default=30, help="per kind, cold start")
+    parser.add_argument(
+        "--pace-ms", type=float, default=2.0, help="pause before each call of the paced round"
+    )
     parser.add_argument("--cache", type=Path, default=CACHE, help="corpora and indexes")
     parser.add_argument("--fresh", action="store_true", help="rebuild what the cache holds")
+    parser.add_argument("--cold-child", nargs=2, metavar=("WORK", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.load = args.load.split(",")
+    if args.cold_child:
+        work, mode = Path(args.cold_child[0]), args.cold_child[1]
+        queries = list(np.load(work / "cold-queries.npy"))
+        params = TraceParams(min_tokens=args.min_tokens, max_records=args.max_records)
+        print(json.dumps(cold_start(work, mode, queries, params)))
+        return
     sizes = [int(float(s[:-1]) * 1e6) if s.endswith("M") else int(s) for s in args.sizes.split(",")]
 
     results: dict[str, Any] = {

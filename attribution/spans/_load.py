@@ -7,13 +7,18 @@ over hundreds of MB at 100M tokens). Where those pages are decides its tail:
   until touched, but every page a query touches for the first time costs a page fault: a
   minor one (page-table fill, about a microsecond) when the page is in the page cache, a
   major one (a disk read) when it is not, e.g. after load or after the kernel reclaimed it.
-- `populate`: the same shared mapping with `MAP_POPULATE`: the kernel reads the whole file
-  into the page cache and fills the page table at open, so queries take no faults while the
-  pages stay cached. Memory is page cache, shared by every process that maps the same
-  index (gateway workers) and reclaimable under pressure (the pages then fault back in).
-- `ram`: a private anonymous copy (transparent huge pages where the kernel allows them,
-  which also cut TLB misses of the random probes). Never faults and never evicted (no swap
-  here), but each process holds its own copy of the index: RSS = index size per process.
+- `populate`: the same shared mapping, prefaulted at open (huge pages where the kernel gives
+  them, see `_prefault`): the kernel reads the whole file into the page cache and fills the
+  page table, so traces take no faults while the pages stay cached. Memory is page cache,
+  shared by every process that maps the same index (gateway workers) and reclaimable under
+  pressure (the pages then fault back in). The default.
+- `ram`: a private anonymous copy on transparent huge pages. Never faults and is never
+  evicted (no swap here), and the first traces after an open cost what later ones do; but
+  each process holds its own copy: RSS = index size per process, and opening reads it all.
+
+Measured at 100M tokens (bench/README.md, "Span trace"): lazy `map` after the index left the
+page cache takes ~110 faults per 256-token trace for the first hundred traces (wall p99 tens
+of ms: disk reads); `populate` and `ram` take none.
 
 `LOAD_MODES` lists them; `SPAN_INDEX_LOAD_ENV` chooses the default of `SpanIndex.open`.
 """
@@ -55,16 +60,22 @@ def _prefault(buf: mmap.mmap) -> None:
     """Read the whole mapping into the page cache and fill the page table now. Huge pages
     first: pages the kernel reads in for a VM_HUGEPAGE mapping come as 2 MiB folios, mapped by
     one page-table entry each, so the random probes of a trace walk far fewer page tables
-    (measured at 100M tokens: a first trace over freshly faulted 4 KiB pages costs about 4x
-    the CPU of the same trace a moment later, see bench/README.md). Pages already cached in
-    small folios (an index just written) stay small; correctness never depends on it."""
+    (100M tokens, first 90 traces after an open over 4 KiB pages: CPU p50 1.1-1.9 ms, against
+    0.25 ms once warm). Pages already cached in small folios stay small (hence a build drops
+    what it wrote from the cache); correctness never depends on it."""
     if len(buf) >= _HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
         buf.madvise(mmap.MADV_HUGEPAGE)
     try:
         buf.madvise(_MADV_POPULATE_READ)
-    except OSError:  # kernels before 5.14: touch one byte per page instead
-        view = np.frombuffer(buf, np.uint8)
-        int(view[:: mmap.PAGESIZE].sum())
+    except OSError:  # kernels before 5.14: the touch below faults the pages in instead
+        pass
+    # Then read one byte of every page from this CPU. After the populate the guest's page
+    # tables are full, yet on a virtual machine the first CPU access to a page the disk DMA'd
+    # into still cost something invisible to the fault counters (our guess: the hypervisor
+    # mapping it; charged to the thread as CPU time). 100M tokens, first 90 traces after an
+    # open, 4 runs each: CPU p50 0.27-1.24 ms (2 runs near 1 ms) without this, 0.26-0.30 ms
+    # with it; it costs at most a few hundred ms at open.
+    int(np.frombuffer(buf, np.uint8)[:: mmap.PAGESIZE].sum())
 
 
 def load_array(path: Path, mode: str) -> NDArray[Any]:
