@@ -37,7 +37,6 @@ LOAD_MODES = ("map", "populate", "ram")
 SPAN_INDEX_LOAD_ENV = "ROYALTY_SPAN_INDEX_LOAD"
 DEFAULT_LOAD = "populate"
 _HUGE_PAGE = 2 << 20
-_MADV_POPULATE_READ = 22  # Linux 5.14; the mmap module has no name for it
 
 
 def default_load() -> str:
@@ -57,24 +56,23 @@ def _header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype[Any]]:
 
 
 def _prefault(buf: mmap.mmap) -> None:
-    """Read the whole mapping into the page cache and fill the page table now. Huge pages
-    first: pages the kernel reads in for a VM_HUGEPAGE mapping come as 2 MiB folios, mapped by
-    one page-table entry each, so the random probes of a trace walk far fewer page tables
-    (100M tokens, first 90 traces after an open over 4 KiB pages: CPU p50 1.1-1.9 ms, against
-    0.25 ms once warm). Pages already cached in small folios stay small (hence a build drops
-    what it wrote from the cache); correctness never depends on it."""
+    """Read the whole mapping into the page cache and fill the page table now, by reading one
+    byte of every page from this CPU.
+
+    Huge pages first: pages the kernel reads in for a VM_HUGEPAGE mapping come as 2 MiB
+    folios, mapped by one page-table entry each, so the random probes of a trace walk far
+    fewer page tables (100M tokens, first 90 traces after an open over 4 KiB pages: CPU p50
+    1.1-1.9 ms, against 0.25 ms once warm). Pages already cached in small folios stay small
+    (hence a build drops what it wrote from the cache); correctness never depends on it.
+
+    Why touch rather than MAP_POPULATE / MADV_POPULATE_READ: those fill the guest's page
+    tables, yet on a virtual machine the first CPU access to each page still cost something
+    the fault counters do not see (our guess: the hypervisor mapping it), ~1 ms CPU p50 on the
+    first 90 traces in 2 of 4 runs against 0.26-0.30 ms after touching; and `mmap.madvise`
+    holds the GIL (a 235 ms stall of the gateway's event loop at 100M tokens) where numpy's
+    strided read releases it (20-30 ms), and takes 0.35 s instead of ~1 s."""
     if len(buf) >= _HUGE_PAGE and hasattr(mmap, "MADV_HUGEPAGE"):
         buf.madvise(mmap.MADV_HUGEPAGE)
-    try:
-        buf.madvise(_MADV_POPULATE_READ)
-    except OSError:  # kernels before 5.14: the touch below faults the pages in instead
-        pass
-    # Then read one byte of every page from this CPU. After the populate the guest's page
-    # tables are full, yet on a virtual machine the first CPU access to a page the disk DMA'd
-    # into still cost something invisible to the fault counters (our guess: the hypervisor
-    # mapping it; charged to the thread as CPU time). 100M tokens, first 90 traces after an
-    # open, 4 runs each: CPU p50 0.27-1.24 ms (2 runs near 1 ms) without this, 0.26-0.30 ms
-    # with it; it costs at most a few hundred ms at open.
     int(np.frombuffer(buf, np.uint8)[:: mmap.PAGESIZE].sum())
 
 
