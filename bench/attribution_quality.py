@@ -1,17 +1,26 @@
 """Attribution quality: planted canaries (spans, gradient influence and BM25 in one run) and,
 with `--counterfactual`, a linear datamodeling score (LDS) check of influence against BM25.
 
-Canaries. A datanet of generated tenancy clauses (the demo base model's `legal` domain) from
-several contributors; unique canary sentences (made-up words, so the base cannot know them)
-open `--copies` records of one contributor each. An adapter is trained on it through the model
-factory (`build_adapter`, the path every adapter takes), its span index
-(`build_adapter_index`) and influence index (`build_influence_index`) are built, and the
-adapter is prompted with each canary's first `--prefix-words` words (greedy, transformers +
-PEFT on the CPU). A canary counts as reproduced when the output continues it verbatim for at
-least `--reproduce-tokens` tokens. For each canary:
+Canaries. A datanet of `--records` generated tenancy clauses (the demo base model's `legal`
+domain) from `--contributors` contributors; `--canaries` unique canaries, each opening `--copies`
+records of one contributor (300 of 800 records by default). A canary is a passphrase
+(`--canary-style passphrase`): `--canary-words` distinct words drawn at random from ~380 real
+English words that are one token each and that no record of the datanet uses, so it shares no
+template with the others, cannot be known to the base model (120 bits), and costs the model
+one token a word to learn. Each canary's first `--prefix-words` words are unique to it. The
+bench checks uniqueness: the canary's rest, traced alone, must only match its planted records
+(`canaries_unique`). The first design (`--canary-style template`: one shared sentence with
+made-up words from 16 syllables, 46 tokens) stays for comparison. An adapter is trained on the
+datanet through the model factory (`build_adapter`, the path every adapter takes), its span
+index (`build_adapter_index`) and influence index (`build_influence_index`) are built, and the
+adapter is prompted with each canary's first `--prefix-words` words (greedy,
+`--max-new-tokens`, transformers + PEFT on the CPU). A canary counts as reproduced when the
+output continues it verbatim for at least `--reproduce-tokens` tokens, and as reproduced in
+full when the output holds the whole rest of it verbatim. Attribution sees only the generated
+text (and, for influence, the prompt), never who planted what. For each canary:
 
 - spans: the contributor with the largest weight in the response's `attribution`
-  (royalty-weights/1), and whether a planted record is among `top_records[:3]`;
+  (`attribution.weights`), and whether a planted record is among `top_records[:3]`;
 - influence (`GradientInfluence`, royalty-influence/1): whether a planted record is among the
   top 3 records for (prompt, output); also on the canary's true continuation as the output
   ("oracle output": the index's own quality, whatever the model generated);
@@ -38,9 +47,11 @@ import json
 import os
 import platform
 import random
+import re
 import sys
 import tempfile
 import time
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +68,7 @@ from serving.factory.adapters import (  # noqa: E402
     TrainingExample,
     build_adapter,
 )
-from serving.factory.corpus import domain_records  # noqa: E402
+from serving.factory.corpus import domain_records, general_corpus  # noqa: E402
 from serving.factory.lora import LoraShape  # noqa: E402
 from serving.factory.training import TrainParams  # noqa: E402
 
@@ -73,10 +84,30 @@ def word(rng: random.Random) -> str:
 
 
 def canary(rng: random.Random) -> str:
+    """The first design (`--canary-style template`): one shared template, made-up words."""
     return (
         f"The tenant shall {word(rng)} the {word(rng)} {word(rng)} kept at "
         f"{rng.randint(100, 9999)} {word(rng).title()} Lane every {word(rng)} morning."
     )
+
+
+def passphrase_inventory(vocab: Collection[str], datanet_texts: Sequence[str]) -> list[str]:
+    """The words a passphrase canary draws from: real English words (they occur in the base
+    model's general pretraining corpus) that are one token of the base tokenizer (after a
+    space), at least 3 letters, and that no record of the datanet uses. One token a word keeps
+    the canary short for the model to learn; absent from the datanet, no word of a canary
+    can start a span in an unplanted record."""
+    used = {w for t in datanet_texts for w in re.findall(r"[a-z]+", t.lower())}
+    english = {w for t in general_corpus(1, 5000) for w in re.findall(r"[a-z]+", t.lower())}
+    return sorted(w for w in english - used if len(w) >= 3 and "\u0120" + w in vocab)
+
+
+def passphrase(rng: random.Random, inventory: Sequence[str], words: int) -> str:
+    """`words` distinct words drawn uniformly from `inventory` (~380 words: 8.6 bits each,
+    120 bits for 14), in the random order drawn: no template, nothing shared with the other
+    canaries but the odd word."""
+    chosen = rng.sample(list(inventory), words)
+    return " ".join([chosen[0].title(), *chosen[1:]]) + "."
 
 
 def _load(sys_args: argparse.Namespace) -> None:
@@ -97,11 +128,24 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
     base = build_demo_models(REPO / ".royalty" / "models", progress=False)
     texts = domain_records("legal", args.seed, args.records)
     owners = [1 + rng.randrange(args.contributors) for _ in texts]
+    if args.canary_style == "passphrase":
+        from tokenizers import Tokenizer
+
+        vocab = Tokenizer.from_file(str(base.base_path / "tokenizer.json")).get_vocab()
+        inventory = passphrase_inventory(vocab, texts)
     planted: dict[str, tuple[int, list[int]]] = {}  # canary -> (contributor, record ids)
+    prompts: set[str] = set()
     docs = list(texts)
     free = set(range(len(docs)))
-    for _ in range(args.canaries):
-        c = canary(rng)
+    while len(planted) < args.canaries:
+        if args.canary_style == "passphrase":
+            c = passphrase(rng, inventory, args.canary_words)
+        else:
+            c = canary(rng)
+        prompt = " ".join(c.split()[: args.prefix_words])
+        if c in planted or (args.canary_style == "passphrase" and prompt in prompts):
+            continue  # every passphrase canary has its own prompt
+        prompts.add(prompt)
         who = 1 + rng.randrange(args.contributors)
         if not any(sum(1 for i in free if owners[i] == c) >= args.copies for c in set(owners)):
             raise SystemExit("not enough unplanted records: lower --canaries or --copies")
@@ -116,7 +160,12 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
     examples = [TrainingExample(i + 1, text=d) for i, d in enumerate(docs)]
     snap = SnapshotRef("canary-snapshot", "00" * 32, 1, "canaries", len(examples), 0)
 
-    work = Path(tempfile.mkdtemp(prefix="royalty-canary-"))
+    # --work-dir: builds are keyed by their inputs (the factory's cache), so a second run with
+    # the same arguments reuses the identical adapter and indexes instead of training again
+    work = (
+        Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="royalty-canary-"))
+    )
+    work.mkdir(parents=True, exist_ok=True)
     recipe = AdapterRecipe(
         lora=LoraShape(rank=args.lora_rank, alpha=2 * args.lora_rank),
         train=TrainParams(
@@ -135,9 +184,9 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
     scorer = GradientInfluence(base.base_path)
     scorer.register("canaries", built.path)
     raw_dir = work / "raw"
-    raw_dir.mkdir()
+    raw_dir.mkdir(exist_ok=True)
     for f in built.path.iterdir():
-        if f.is_file():
+        if f.is_file() and not (raw_dir / f.name).exists():
             (raw_dir / f.name).symlink_to(f)
     build_influence_index(
         base.base_path, raw_dir, examples, params=InfluenceParams(damping=NO_WHITENING)
@@ -166,10 +215,20 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
         rest = " " + " ".join(words[args.prefix_words :])
         ids = tok(prompt, return_tensors="pt").input_ids
         with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=32, do_sample=False)
+            out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
         generated = tok.decode(out[0][ids.shape[1] :], skip_special_tokens=True)
-        want = tok(rest, add_special_tokens=False).input_ids[: args.reproduce_tokens]
-        got = tok(generated, add_special_tokens=False).input_ids[: len(want)]
+        want = tok(rest, add_special_tokens=False).input_ids
+        got = tok(generated, add_special_tokens=False).input_ids
+        matched = next(
+            (k for k, (a, b) in enumerate(zip(want, got, strict=False)) if a != b),
+            min(len(want), len(got)),
+        )
+        # the canary's own text (the true continuation) traced alone: its spans must name
+        # only the planted records, else the canary is not unique in the datanet
+        truth = attributor.attribute("canaries", rest) or {}
+        unique = bool(truth.get("spans")) and all(
+            set(sp["record_ids"]) <= set(rids) for sp in truth["spans"]
+        )
         att = attributor.attribute("canaries", generated) or {}
         contributors = sorted(att.get("contributors", []), key=lambda x: -x["weight_ppm"])
         scores = bm25.get_scores(generated.lower().split())
@@ -177,7 +236,12 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
         inf = scorer.score("canaries", prompt, generated, top_k=3)
         score_s.append(inf.seconds)
         rows.append({
-            "canary": c, "planter": who, "planted_records": rids, "reproduced": got == want,
+            "canary": c, "planter": who, "planted_records": rids, "prompt": prompt,
+            # reproduced: the first --reproduce-tokens tokens of the rest verbatim;
+            # reproduced_full: the whole rest of the canary verbatim
+            "reproduced": matched >= min(args.reproduce_tokens, len(want)),
+            "reproduced_full": matched == len(want), "matched_tokens": matched,
+            "canary_tokens": len(want), "canary_unique": unique,
             "generated": generated, "method": att.get("method"),
             "span_first_contributor": contributors[0]["id"] if contributors and att.get("spans") else None,
             # Every contributor sharing the top weight: the per-response cap (1/2) makes the
@@ -205,22 +269,40 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
         return lambda r: bool(set(r[key]) & set(r["planted_records"]))
 
     rep = [r for r in rows if r["reproduced"]]
+    full = [r for r in rows if r["reproduced_full"]]
     score_s.sort()
     return {
         "summary": {
             "records": args.records,
             "contributors": args.contributors,
             "canaries": args.canaries,
+            "canary_style": args.canary_style,
+            "canary_words": args.canary_words if args.canary_style == "passphrase" else None,
+            "passphrase_inventory": len(inventory) if args.canary_style == "passphrase" else None,
+            "canary_tokens_median": sorted(r["canary_tokens"] for r in rows)[len(rows) // 2],
+            "canaries_unique": sum(1 for r in rows if r["canary_unique"]),
             "copies": args.copies,
             "prefix_words": args.prefix_words,
+            "reproduce_tokens": args.reproduce_tokens,
+            "max_new_tokens": args.max_new_tokens,
             "train_steps": args.steps,
             "lora_rank": args.lora_rank,
             "lr": args.lr,
             "train_seconds": round(train_s, 1),
+            "adapter_cached": built.cached,
             "influence_build_seconds": round(influence_build_s, 1),
             "influence_score_cpu_seconds_p50": round(score_s[len(score_s) // 2], 3),
             "generate_and_attribute_seconds": round(gen_s, 1),
             "reproduced": len(rep),
+            "reproduced_full": len(full),
+            "span_first_is_planter_full_pct": share(
+                lambda r: r["span_first_contributor"] == r["planter"], full
+            ),
+            "span_top3_full_pct": share(top3("span_top3"), full),
+            "influence_top3_full_pct": share(top3("influence_top3"), full),
+            "bm25_first_is_planter_full_pct": share(
+                lambda r: r["bm25_first_contributor"] == r["planter"], full
+            ),
             "span_first_is_planter_pct": share(
                 lambda r: r["span_first_contributor"] == r["planter"], rep
             ),
@@ -248,28 +330,38 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"Machine: {results['machine']}; load average during the run: {results['load']}", ""]
     if "canaries" in results:
         s = results["canaries"]["summary"]
+        from attribution.weights import WEIGHTS_VERSION
+
+        n, full = s["reproduced"], s.get("reproduced_full")
+        style = s.get("canary_style", "template")
         lines += [
-            f"Canaries: {s['reproduced']} of {s['canaries']} reproduced (first "
-            f"{s['prefix_words']} words as the prompt, 8+ tokens verbatim) after "
+            f"Canaries ({style}"
+            + (f", {s['canary_words']} words" if s.get("canary_words") else "")
+            + f"; {s.get('canaries_unique')} of {s['canaries']} verified unique in the datanet): "
+            f"{n} of {s['canaries']} reproduced (first {s['prefix_words']} words as the prompt, "
+            f"{s.get('reproduce_tokens', 8)}+ tokens of the rest verbatim), {full} in full "
+            f"(the whole rest, median {s.get('canary_tokens_median')} tokens), after "
             f"{s['train_steps']} steps on {s['records']} records; influence index built in "
             f"{s['influence_build_seconds']} s, {s['influence_score_cpu_seconds_p50']} s CPU "
             "per response (p50).",
             "",
-            "| method | planter first (reproduced) | planted record in top 3 (reproduced) "
+            f"| method | planter first ({n} reproduced) | planted record in top 3 ({n} "
+            f"reproduced) | planter first ({full} in full) | top 3 ({full} in full) "
             "| top 3, all canaries |",
-            "|---|---|---|---|",
-            f"| spans (royalty-weights/1) | {s['span_first_is_planter_pct']} % "
-            f"| {s['span_top3_pct']} % | |",
-            f"| spans, planter tied first (at the 1/2 cap) | {s['span_first_or_tied_pct']} % | | |",
+            "|---|---|---|---|---|---|",
+            f"| spans ({WEIGHTS_VERSION}) | {s['span_first_is_planter_pct']} % "
+            f"| {s['span_top3_pct']} % | {s.get('span_first_is_planter_full_pct')} % "
+            f"| {s.get('span_top3_full_pct')} % | |",
+            f"| spans, planter tied first (at the cap) | {s['span_first_or_tied_pct']} % | | | | |",
             f"| spans, the top record's contributor | {s['span_top_record_is_planter_pct']} % "
-            "| | |",
+            "| | | | |",
             f"| gradient influence (royalty-influence/1) | | {s['influence_top3_pct']} % "
-            f"| {s['influence_top3_all_pct']} % (oracle output: "
-            f"{s['influence_oracle_top3_all_pct']} %) |",
+            f"| | {s.get('influence_top3_full_pct')} % | {s['influence_top3_all_pct']} % "
+            f"(oracle output: {s['influence_oracle_top3_all_pct']} %) |",
             f"| gradient inner product, no whitening | | {s['raw_gradient_top3_pct']} % "
-            f"| {s['raw_gradient_top3_all_pct']} % |",
+            f"| | | {s['raw_gradient_top3_all_pct']} % |",
             f"| BM25 (rank_bm25) | {s['bm25_first_is_planter_pct']} % | {s['bm25_top3_pct']} % "
-            f"| {s['bm25_top3_all_pct']} % |",
+            f"| {s.get('bm25_first_is_planter_full_pct')} % | | {s['bm25_top3_all_pct']} % |",
             "",
         ]
     if "counterfactual" in results:
@@ -294,15 +386,29 @@ def main() -> None:
     from _attribution_lds import run_counterfactual
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--records", type=int, default=320)
+    ap.add_argument("--records", type=int, default=800)
     ap.add_argument("--contributors", type=int, default=8)
     ap.add_argument("--canaries", type=int, default=150)
     ap.add_argument("--copies", type=int, default=2, help="records each canary is planted in")
-    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--lora-rank", type=int, default=16)
-    ap.add_argument("--prefix-words", type=int, default=5)
+    ap.add_argument("--prefix-words", type=int, default=4, help="prompt: the canary's first words")
     ap.add_argument("--reproduce-tokens", type=int, default=8)
+    ap.add_argument(
+        "--canary-style",
+        choices=["passphrase", "template"],
+        default="passphrase",
+        help="passphrase: random real words, one token each (default); template: the first "
+        "design, one shared sentence with made-up words (use --records 320 --prefix-words 5)",
+    )
+    ap.add_argument("--canary-words", type=int, default=14, help="words of a passphrase canary")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument(
+        "--work-dir",
+        help="where the adapter and its indexes are built (default: a new temp directory); "
+        "an earlier run's directory with the same arguments is a cache hit (no training)",
+    )
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--skip-canaries", action="store_true")
     ap.add_argument("--counterfactual", action="store_true")
