@@ -27,6 +27,21 @@ NO_WHITENING = 1e6
 """Damping so large that (F + lambda I)^-1 ~ I / lambda: plain gradient inner products."""
 
 
+def influence_variants(records: int) -> dict[str, InfluenceParams]:
+    """The production parameters and the ablations, scored side by side from one run."""
+    prod = InfluenceParams()
+    return {
+        "influence": prod,
+        # royalty-influence/1 damped by trace / dim, i.e. min(records, dim) / dim of today's
+        # mean-nonzero-eigenvalue damping: the same whitening with /1's (smaller) lambda
+        "influence_v1_damping": dataclasses.replace(
+            prod, damping=prod.damping * min(records, prod.dim) / prod.dim
+        ),
+        "influence_no_unit_rows": dataclasses.replace(prod, unit_rows=False),
+        "raw_gradient": dataclasses.replace(prod, damping=NO_WHITENING, unit_rows=False),
+    }
+
+
 def _ranks(x: Any) -> Any:
     import numpy as np
 
@@ -79,16 +94,12 @@ def run_counterfactual(args: argparse.Namespace) -> dict[str, Any]:
 
     full = train_on("full", list(range(len(examples))))
     predictors: dict[str, Any] = {}
-    for label, damping in (
-        ("influence", InfluenceParams().damping),
-        ("raw_gradient", NO_WHITENING),
-    ):
+    for label, params in influence_variants(len(examples)).items():
         adapter_dir = work / f"full-{label}"
         adapter_dir.mkdir()
         for f in full.iterdir():
             if f.is_file():
                 (adapter_dir / f.name).symlink_to(f)
-        params = InfluenceParams(damping=damping)
         build_influence_index(base.base_path, adapter_dir, examples, params=params, progress=False)
         scorer = GradientInfluence(base.base_path)
         scorer.register("full", adapter_dir)

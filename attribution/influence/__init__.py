@@ -8,6 +8,7 @@ lazily by its users.
 
 from attribution.influence.api import (
     INFLUENCE_METHOD,
+    READABLE_METHODS,
     InfluenceError,
     InfluenceResult,
     InfluenceScorer,
@@ -22,6 +23,7 @@ __all__ = [
     "InfluenceResult",
     "InfluenceScorer",
     "NoInfluenceIndex",
+    "READABLE_METHODS",
     "RecordInfluence",
     "UnknownAdapter",
 ]

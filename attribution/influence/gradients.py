@@ -11,10 +11,18 @@ out, in) gradients without a backward per record. Each gradient is sketched to `
 coordinates (`projection.CountSketch`, seeded), giving the feature matrix Phi (records x dim).
 
 Whitening as in TRAK (Park et al. 2023): with F = Phi^T Phi (the projected Gauss-Newton /
-Fisher approximation of the loss curvature) and damping lambda = `damping` x mean eigenvalue
-of F, the index stores Psi = Phi (F + lambda I)^-1, so that a response's projected gradient
-phi scores record i as ``Psi_i . phi = phi_i^T (F + lambda I)^-1 phi``: the first-order change
-of the response's loss from up-weighting record i, positive when the record helped.
+Fisher approximation of the loss curvature) and damping lambda = `damping` x the mean of F's
+nonzero eigenvalues (trace / min(records, dim): F has rank at most the number of records), the
+index stores Psi = Phi (F + lambda I)^-1, so that a response's projected gradient phi scores
+record i as ``Psi_i . phi = phi_i^T (F + lambda I)^-1 phi``: the first-order change of the
+response's loss from up-weighting record i, positive when the record helped. Each row of
+Psi is then scaled to unit length (`unit_rows`), so a record's score is the cosine of its
+whitened gradient with the response's: what counts is the direction, not the record's length
+or loss.
+
+royalty-influence/1 divided the trace by `dim` whatever the number of records, so with fewer
+records than dimensions the damping was smaller than intended (0.16 of the mean eigenvalue for
+320 records at dim 2048, 0.05 for 96); with at least `dim` records /1 and /2 damp the same.
 
 Layout, next to the adapter's weights, in a directory named by the digest of everything the
 numbers depend on (the method, the parameters, the base and adapter weights, the records):
@@ -39,7 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attribution.influence.api import INFLUENCE_METHOD, NoInfluenceIndex
+from attribution.influence.api import INFLUENCE_METHOD, READABLE_METHODS, NoInfluenceIndex
 from attribution.influence.projection import CountSketch
 
 if TYPE_CHECKING:
@@ -61,10 +69,15 @@ class InfluenceParams:
     """Projection dimension: scores' relative error ~ 1/sqrt(dim); index = records x dim x 4 B."""
     seed: int = 20240917
     damping: float = 1.0
-    """lambda as a multiple of F's mean eigenvalue: keeps the inverse stable where few records
-    span a direction (dim may exceed the number of records). 1.0 rather than LoGra's 0.1: on
-    the planted canaries 0.1 put a planting record in the top 3 for 20 of 35 reproduced
-    canaries, 1.0 to 30.0 for 25 (bench/attribution_quality.py, docs/attribution.md)."""
+    """lambda as a multiple of the mean of F's nonzero eigenvalues: keeps the inverse stable
+    where few records span a direction. 1.0 rather than LoGra's 0.1: on the LDS check the best
+    of 0.01-10 (flat from 0.5 to 2); on the planted canaries 0.3-1 were best, within two
+    canaries of each other (docs/attribution.md, "Quality")."""
+    unit_rows: bool = True
+    """Scale each record's whitened row Psi_i to unit length (LESS, Xia et al. 2024, uses
+    unit gradients): otherwise a long record that contains a short one outscores it on the
+    short one's own text, and records with large gradients win every query. On the canaries
+    +0 to +4 of 63 in the top 3, on LDS 0.346 against 0.354 without (same stderr 0.05)."""
     max_tokens: int = 256
     """A record longer than this is scored on its first max_tokens tokens."""
     batch_tokens: int = 4096
@@ -253,7 +266,7 @@ def whiten(phi: np.ndarray, damping: float) -> tuple[np.ndarray, float]:
 
     phi64 = phi.astype(np.float64)
     fisher = phi64.T @ phi64
-    lam = damping * float(np.trace(fisher)) / fisher.shape[0]
+    lam = damping * float(np.trace(fisher)) / min(phi64.shape)  # mean nonzero eigenvalue
     if lam <= 0:
         lam = 1e-12
     fisher[np.diag_indices_from(fisher)] += lam
@@ -347,6 +360,9 @@ def _build_into(
                 tick(done, -1.0)
         gradient_s = time.perf_counter() - t0
         psi, lam = whiten(phi, params.damping)
+        if params.unit_rows:
+            norms = np.linalg.norm(psi.astype(np.float64), axis=1, keepdims=True)
+            psi = (psi / np.where(norms > 0, norms, 1.0)).astype(np.float32)
     psi.tofile(tmp / FEATURES)
     return {
         "format": INDEX_FORMAT,
@@ -376,7 +392,7 @@ class InfluenceIndex:
 
         try:
             header = json.loads((Path(path) / HEADER).read_text())
-            if header.get("format") != INDEX_FORMAT or header.get("method") != INFLUENCE_METHOD:
+            if header.get("format") != INDEX_FORMAT or header.get("method") not in READABLE_METHODS:
                 raise NoInfluenceIndex(f"{path}: unknown influence index format or method")
             ids = np.asarray(header["record_ids"], dtype=np.int64)
             features = np.memmap(
@@ -387,9 +403,16 @@ class InfluenceIndex:
         return cls(Path(path), header, ids, features)
 
     @property
+    def method(self) -> str:
+        """The method the index was built with (its results carry it)."""
+        return str(self.header["method"])
+
+    @property
     def params(self) -> InfluenceParams:
         fields = InfluenceParams.__dataclass_fields__
-        return InfluenceParams(**{k: self.header[k] for k in fields})
+        old: dict[str, Any] = {"unit_rows": False}  # royalty-influence/1 headers predate it
+        values: dict[str, Any] = {k: self.header.get(k, old.get(k)) for k in fields}
+        return InfluenceParams(**values)
 
 
 def find_index(adapter_dir: Path) -> Path:

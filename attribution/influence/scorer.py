@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from attribution.influence.api import (
-    INFLUENCE_METHOD,
     InfluenceError,
     InfluenceResult,
     NoInfluenceIndex,
@@ -180,7 +179,7 @@ class GradientInfluence:
                 raise UnknownAdapter(adapter)
             phi = self.response_features(adapter, prompt, output)
             if phi is None or top_k <= 0:
-                return InfluenceResult(INFLUENCE_METHOD, (), time.process_time() - started)
+                return InfluenceResult(loaded.index.method, (), time.process_time() - started)
             scores = np.asarray(loaded.index.features @ phi, dtype=np.float64)
             k = min(top_k, len(scores))
             top = np.argpartition(-scores, k - 1)[:k]
@@ -189,7 +188,7 @@ class GradientInfluence:
                 (RecordInfluence(int(ids[i]), float(scores[i])) for i in top if scores[i] > 0),
                 key=lambda r: (-r.score, r.record_id),
             )
-        return InfluenceResult(INFLUENCE_METHOD, tuple(picked), time.process_time() - started)
+        return InfluenceResult(loaded.index.method, tuple(picked), time.process_time() - started)
 
     def all_scores(self, adapter: str, prompt: str | list[Any], output: str) -> Any:
         """Every record's score, in the index's record order (benchmarks, tests)."""

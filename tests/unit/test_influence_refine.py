@@ -61,8 +61,10 @@ def test_influence_only_names_the_scored_contributors():
         snapshot_id="snap-1",
     )
     assert att["method"] == "influence"
-    # record 3 has 2/3 of the evidence, but the cap is 1/2: the excess goes to contributor 30
-    assert _ppm(att) == {20: 500_000, 30: 500_000}
+    # record 3 has 2/3 of the evidence, but the cap is 1/2: under royalty-weights/2 the excess
+    # (1/6) goes to the contributors without evidence by their records (10 has 2, 40 has 1),
+    # so contributor 30 keeps its own 1/3 and the order of the evidence holders stands
+    assert _ppm(att) == {10: 111_111, 20: 500_000, 30: 333_333, 40: 55_556}
     assert att["methods"]["influence"] == INFLUENCE_METHOD
     assert [r["id"] for r in att["influence"]["records"]] == [3, 4, 5]
     assert att["influence"]["records"][0]["contributor"] == 20

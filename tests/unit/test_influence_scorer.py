@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from attribution.influence import NoInfluenceIndex, UnknownAdapter  # noqa: E402
+from attribution.influence import INFLUENCE_METHOD, NoInfluenceIndex, UnknownAdapter  # noqa: E402
 from attribution.influence.gradients import (  # noqa: E402
     FEATURES,
     HEADER,
@@ -28,6 +28,7 @@ from attribution.influence.gradients import (  # noqa: E402
     projected_gradients,
     record_tokens,
     sketch_for,
+    whiten,
 )
 from attribution.influence.projection import CountSketch  # noqa: E402
 from attribution.influence.scorer import GradientInfluence  # noqa: E402
@@ -92,7 +93,10 @@ def test_index_is_deterministic_and_cached(
 ) -> None:
     header = json.loads((index / HEADER).read_text())
     assert header["record_ids"] == [ex.record_id for ex in examples]
-    assert header["dim"] == PARAMS.dim and header["method"] == "royalty-influence/1"
+    assert (
+        header["dim"] == PARAMS.dim
+        and header["method"] == INFLUENCE_METHOD == "royalty-influence/2"
+    )
     assert (index / FEATURES).stat().st_size == 4 * PARAMS.dim * len(examples)
     assert index.parent == adapter and index.name.startswith("influence-")
     # a second call is a cache hit: same directory, untouched
@@ -111,6 +115,24 @@ def test_index_is_deterministic_and_cached(
         tiny.base_path, copy, examples[:-1], params=PARAMS, progress=False
     )
     assert fewer != rebuilt
+    # other parameters, other index (the directory's digest covers them)
+    damped = dataclasses.replace(PARAMS, damping=2.0)
+    other = build_influence_index(tiny.base_path, copy, examples, params=damped, progress=False)
+    assert other.name != rebuilt.name and other.name.startswith("influence-")
+    assert json.loads((other / HEADER).read_text())["damping"] == 2.0
+
+
+def test_damping_is_relative_to_the_mean_nonzero_eigenvalue() -> None:
+    rng = np.random.default_rng(5)
+    for records, dim in ((40, 128), (300, 128)):  # fewer and more records than dimensions
+        phi = rng.standard_normal((records, dim)).astype(np.float32) * rng.uniform(0.1, 3, dim)
+        psi, lam = whiten(phi, 0.5)
+        eig = np.linalg.eigvalsh(phi.astype(np.float64).T @ phi.astype(np.float64))
+        nonzero = eig[eig > 1e-6 * eig.max()]
+        assert len(nonzero) == min(records, dim)
+        assert lam == pytest.approx(0.5 * nonzero.mean(), rel=1e-6)
+        want = phi @ np.linalg.inv(phi.T.astype(np.float64) @ phi + lam * np.eye(dim))
+        assert np.allclose(psi, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
 def test_batched_per_sample_gradients_equal_one_backward_per_record(
@@ -179,7 +201,7 @@ def test_scorer_finds_a_record_from_its_own_text(
     for ex in plain:
         result = scorer.score("legal", "", ex.text or "", top_k=5)
         assert result.records[0].record_id == ex.record_id, ex.record_id
-        assert result.method == "royalty-influence/1" and result.seconds > 0
+        assert result.method == INFLUENCE_METHOD and result.seconds > 0
     for ex in chats:
         messages = [{"role": "user", "content": ex.prompt}]
         result = scorer.score("legal", messages, ex.completion or "", top_k=5)
@@ -232,3 +254,21 @@ def test_register_refuses_what_it_cannot_use(
     with pytest.raises(UnknownAdapter):
         s.score("a", "p", "o")
     assert find_index(adapter) == index
+
+
+def test_a_v1_index_still_scores_and_says_so(
+    tiny: DemoModels, adapter: Path, index: Path, tmp_path: Path
+) -> None:
+    """An adapter built before royalty-influence/2 keeps its /1 index until its next build:
+    the scorer opens it and its results carry /1, the method their numbers come from."""
+    old = tmp_path / "old"
+    shutil.copytree(adapter, old, ignore=shutil.ignore_patterns("influence-*"))
+    shutil.copytree(index, old / index.name)
+    header = json.loads((old / index.name / HEADER).read_text())
+    (old / index.name / HEADER).write_text(json.dumps({**header, "method": "royalty-influence/1"}))
+    s = GradientInfluence(tiny.base_path)
+    s.register("old", old)
+    assert s.score("old", "", "The tenant shall pay").method == "royalty-influence/1"
+    (old / index.name / HEADER).write_text(json.dumps({**header, "method": "royalty-influence/0"}))
+    with pytest.raises(NoInfluenceIndex):
+        s.register("older", old)
