@@ -3,14 +3,15 @@ with `--counterfactual`, a linear datamodeling score (LDS) check of influence ag
 
 Canaries. A datanet of `--records` generated tenancy clauses (the demo base model's `legal`
 domain) from `--contributors` contributors; `--canaries` unique canaries, each opening `--copies`
-records of one contributor (300 of 800 records by default). A canary is a passphrase
+records of one contributor. A canary is a passphrase
 (`--canary-style passphrase`): `--canary-words` distinct words drawn at random from ~380 real
 English words that are one token each and that no record of the datanet uses, so it shares no
 template with the others, cannot be known to the base model (120 bits), and costs the model
 one token a word to learn. Each canary's first `--prefix-words` words are unique to it. The
 bench checks uniqueness: the canary's rest, traced alone, must only match its planted records
 (`canaries_unique`). The first design (`--canary-style template`: one shared sentence with
-made-up words from 16 syllables, 46 tokens) stays for comparison. An adapter is trained on the
+made-up words from 16 syllables, 46 tokens) is still the default: on the tiny demo base it is
+reproduced far more often within the time budget (63 of 150 against 8-18, docs/attribution.md). An adapter is trained on the
 datanet through the model factory (`build_adapter`, the path every adapter takes), its span
 index (`build_adapter_index`) and influence index (`build_influence_index`) are built, and the
 adapter is prompted with each canary's first `--prefix-words` words (greedy,
@@ -386,21 +387,22 @@ def main() -> None:
     from _attribution_lds import run_counterfactual
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--records", type=int, default=800)
+    ap.add_argument("--records", type=int, default=320)
     ap.add_argument("--contributors", type=int, default=8)
     ap.add_argument("--canaries", type=int, default=150)
     ap.add_argument("--copies", type=int, default=2, help="records each canary is planted in")
-    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--lora-rank", type=int, default=16)
-    ap.add_argument("--prefix-words", type=int, default=4, help="prompt: the canary's first words")
+    ap.add_argument("--prefix-words", type=int, default=5, help="prompt: the canary's first words")
     ap.add_argument("--reproduce-tokens", type=int, default=8)
     ap.add_argument(
         "--canary-style",
         choices=["passphrase", "template"],
-        default="passphrase",
-        help="passphrase: random real words, one token each (default); template: the first "
-        "design, one shared sentence with made-up words (use --records 320 --prefix-words 5)",
+        default="template",
+        help="template (default): one shared sentence with made-up words; passphrase: random "
+        "real words, one token each (reproduced far less often by the tiny demo base within "
+        "this budget: see docs/attribution.md; try --records 800 --steps 800 --prefix-words 4)",
     )
     ap.add_argument("--canary-words", type=int, default=14, help="words of a passphrase canary")
     ap.add_argument("--max-new-tokens", type=int, default=32)
