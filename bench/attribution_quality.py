@@ -22,7 +22,7 @@ text (and, for influence, the prompt), never who planted what. For each canary:
 
 - spans: the contributor with the largest weight in the response's `attribution`
   (`attribution.weights`), and whether a planted record is among `top_records[:3]`;
-- influence (`GradientInfluence`, royalty-influence/1): whether a planted record is among the
+- influence (`GradientInfluence`, royalty-influence/2): whether a planted record is among the
   top 3 records for (prompt, output); also on the canary's true continuation as the output
   ("oracle output": the index's own quality, whatever the model generated);
 - influence without whitening (the same gradients, plain inner products): an ablation;
@@ -190,7 +190,10 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
         if f.is_file() and not (raw_dir / f.name).exists():
             (raw_dir / f.name).symlink_to(f)
     build_influence_index(
-        base.base_path, raw_dir, examples, params=InfluenceParams(damping=NO_WHITENING)
+        base.base_path,
+        raw_dir,
+        examples,
+        params=InfluenceParams(damping=NO_WHITENING, unit_rows=False),
     )
     raw_scorer = GradientInfluence(base.base_path)
     raw_scorer.register("canaries", raw_dir)
@@ -356,7 +359,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| spans, planter tied first (at the cap) | {s['span_first_or_tied_pct']} % | | | | |",
             f"| spans, the top record's contributor | {s['span_top_record_is_planter_pct']} % "
             "| | | | |",
-            f"| gradient influence (royalty-influence/1) | | {s['influence_top3_pct']} % "
+            f"| gradient influence (royalty-influence/2) | | {s['influence_top3_pct']} % "
             f"| | {s.get('influence_top3_full_pct')} % | {s['influence_top3_all_pct']} % "
             f"(oracle output: {s['influence_oracle_top3_all_pct']} %) |",
             f"| gradient inner product, no whitening | | {s['raw_gradient_top3_pct']} % "

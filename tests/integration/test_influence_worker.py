@@ -29,6 +29,7 @@ from integration.influence_world import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
+from attribution.influence.api import INFLUENCE_METHOD
 from attribution.influence.queue import NewJob, PostgresInfluenceQueue, QueuePolicy
 from gateway.cli import app
 from gateway.cli_influence import settle_month
@@ -90,7 +91,7 @@ async def test_the_adjustment_moves_money_to_the_influential_contributor(
     (res,) = await fetch(engine, "SELECT * FROM influence_results WHERE request_id = $1", rid)
     contributors = as_json(res["contributors"])
     assert sum(c["weight_ppm"] for c in contributors) == 1_000_000
-    assert res["adjustment_txn"] is not None and res["method"] == "royalty-influence/1"
+    assert res["adjustment_txn"] is not None and res["method"] == INFLUENCE_METHOD
     assert as_json(res["top_records"])[0]["id"] == w.record_for(0)
     (adj,) = await fetch(engine, "SELECT txn_id FROM usage_adjustments WHERE event_id = $1", rid)
     assert adj["txn_id"] == res["adjustment_txn"]
@@ -261,7 +262,7 @@ async def test_the_attribution_record_shows_the_influence_job(
         body = r.json()
         assert body["attribution"] == inline_attribution(w.ids)  # the inline one, as it was
         inf = body["influence"]
-        assert inf["state"] == "done" and inf["method"] == "royalty-influence/1"
+        assert inf["state"] == "done" and inf["method"] == INFLUENCE_METHOD
         assert inf["adjusted"] is True
         assert sum(c["weight_ppm"] for c in inf["contributors"]) == 1_000_000
         assert inf["top_records"][0]["id"] == w.record_for(0)
