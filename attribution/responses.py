@@ -4,7 +4,7 @@ At adapter build, `build_adapter_index` tokenises the snapshot's training docume
 base model's tokenizer and builds the span index (`attribution.spans`) next to the adapter.
 At the end of every response through an adapter, `ResponseAttributor.attribute` tokenises
 the output the same way, traces its maximal rare verbatim spans in that index, and turns the
-evidence into weights with formula `royalty-weights/1` (`attribution.weights`): per
+evidence into weights with formula `royalty-weights/2` (`attribution.weights`): per
 contributor and per record, integers in parts per million that sum to exactly 10**6, with the
 snapshot baseline when no span qualifies. Only records of the adapter's own snapshot can be
 named: the index holds nothing else.

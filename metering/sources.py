@@ -72,7 +72,7 @@ WHERE request_id = ANY($1::text[]) AND attribution IS NOT NULL
 class UsageEventAttribution:
     """Per-response weights from the usage events themselves: the `attribution` object the
     gateway stored with each adapter response (`contributors: [{id, weight_ppm}]`, integer
-    parts of royalty-weights/1). Events without one use the baseline."""
+    parts of royalty-weights/1 or /2). Events without one use the baseline."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine

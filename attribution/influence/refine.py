@@ -2,7 +2,7 @@
 
 The gateway attaches a span attribution to every adapter response (`attribution.responses`);
 later the influence worker scores the response and calls `refine_attribution`, which recomputes
-the weights with formula `royalty-weights/1` (`attribution.weights.compute_weights`) from both
+the weights with formula `royalty-weights/2` (`attribution.weights.compute_weights`) from both
 kinds of evidence and returns a new attribution object of the same shape, plus an `influence`
 section and `methods.influence`.
 
