@@ -58,17 +58,19 @@ def scenarios(draw):
     return spans, record_contributors, baseline, influence, cap
 
 
+def _weights(scenario):  # type: ignore[no-untyped-def]
+    spans, record_contributors, baseline, influence, cap = scenario
+    return compute_weights(
+        spans=spans, record_contributors=record_contributors, baseline=baseline,
+        influence=influence, cap=cap,
+    )  # fmt: skip
+
+
 @settings(max_examples=400, deadline=None)
 @given(scenarios())
 def test_weights_sum_exactly_respect_the_cap_and_agree_per_contributor(scenario):
     spans, record_contributors, baseline, influence, cap = scenario
-    w = compute_weights(
-        spans=spans,
-        record_contributors=record_contributors,
-        baseline=baseline,
-        influence=influence,
-        cap=cap,
-    )
+    w = _weights(scenario)
     assert w.version == WEIGHTS_VERSION
     parts = dict(w.contributors)
     assert sum(parts.values()) == DENOMINATOR
@@ -126,13 +128,7 @@ def _contributor_evidence(spans, record_contributors, influence) -> dict[int, Fr
 @given(scenarios())
 def test_the_cap_never_reorders_evidence_holders(scenario):
     spans, record_contributors, baseline, influence, cap = scenario
-    w = compute_weights(
-        spans=spans,
-        record_contributors=record_contributors,
-        baseline=baseline,
-        influence=influence,
-        cap=cap,
-    )
+    w = _weights(scenario)
     parts = dict(w.contributors)
     evidence = _contributor_evidence(spans, record_contributors, influence)
     cap = max(cap, Fraction(1, len(baseline)))
