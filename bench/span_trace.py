@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import json
 import os
 import platform
@@ -61,6 +60,9 @@ from numba import njit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _span_corpus import PhraseModel, make_corpus, make_queries  # noqa: E402
+from _span_probe import evict, measure, memory_kib, percentiles, summarize  # noqa: E402
+
 from attribution.spans import SpanIndex, TraceParams, build_index, warm_up  # noqa: E402
 from attribution.spans._load import LOAD_MODES  # noqa: E402
 from attribution.spans._search import _narrow  # noqa: E402
@@ -68,85 +70,6 @@ from attribution.spans.trace import as_query, spans_from_matches  # noqa: E402
 
 CACHE = ROOT / ".royalty" / "bench-cache" / "span_trace"
 RESULTS = ROOT / "bench" / "results"
-
-
-# ---------------------------------------------------------------- corpus
-
-
-class PhraseModel:
-    """Text-like token streams: phrases of 1-5 tokens (tokens Zipf over the vocabulary) drawn
-    with Zipf frequencies, so that common n-grams recur as they do in text."""
-
-    def __init__(self, vocab: int, n_phrases: int, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        token_p = 1.0 / np.arange(1, vocab + 1) ** 1.05
-        self.token_cdf = np.cumsum(token_p / token_p.sum())
-        self.lengths = rng.integers(1, 6, n_phrases)
-        self.starts = np.concatenate(([0], np.cumsum(self.lengths)[:-1]))
-        self.tokens = self._draw(rng, self.token_cdf, int(self.lengths.sum())).astype(np.uint16)
-        phrase_p = 1.0 / np.arange(1, n_phrases + 1) ** 1.0
-        self.phrase_cdf = np.cumsum(phrase_p / phrase_p.sum())
-
-    @staticmethod
-    def _draw(rng: np.random.Generator, cdf: np.ndarray, n: int) -> np.ndarray:
-        return np.minimum(np.searchsorted(cdf, rng.random(n)), cdf.size - 1)
-
-    def stream(self, n_tokens: int, rng: np.random.Generator) -> np.ndarray:
-        n_draw = int(n_tokens / self.lengths.mean() * 1.05) + 16
-        ids = self._draw(rng, self.phrase_cdf, n_draw)
-        lens = self.lengths[ids]
-        ends = np.cumsum(lens)
-        keep = int(np.searchsorted(ends, n_tokens)) + 1
-        ids, lens, ends = ids[:keep], lens[:keep], ends[:keep]
-        out_starts = ends - lens
-        gather = np.repeat(self.starts[ids] - out_starts, lens) + np.arange(int(ends[-1]))
-        return self.tokens[gather][:n_tokens]
-
-
-def make_corpus(n_tokens: int, model: PhraseModel, seed: int) -> dict[str, Any]:
-    rng = np.random.default_rng(seed)
-    tokens = model.stream(n_tokens, rng)
-    lengths = np.clip(rng.lognormal(np.log(400), 1.0, n_tokens // 100), 16, 8000).astype(np.int64)
-    ends = np.cumsum(lengths)
-    ends = np.append(ends[ends < n_tokens], n_tokens)
-    starts = np.concatenate(([0], ends[:-1]))
-    n_records = starts.size
-    # boilerplate: 20 passages of 40 tokens, each opening 2% of the records (at least 10)
-    boiler = [model.stream(40, rng) for _ in range(20)]
-    for passage in boiler:
-        targets = rng.choice(n_records, max(10, n_records // 50), replace=False)
-        targets = targets[ends[targets] - starts[targets] >= 40]
-        tokens[(starts[targets][:, None] + np.arange(40)).ravel()] = np.tile(passage, targets.size)
-    # quotes: passages of 30-100 tokens copied from one record into 1-3 others
-    for _ in range(max(10, n_records // 100)):
-        length = int(rng.integers(30, 101))
-        src = int(rng.integers(0, n_tokens - length))
-        for dst in rng.choice(n_records, int(rng.integers(1, 4)), replace=False):
-            if ends[dst] - starts[dst] >= length:
-                tokens[starts[dst] : starts[dst] + length] = tokens[src : src + length]
-    contributors = np.minimum(rng.zipf(1.5, n_records), 1000).astype(np.int64)
-    return {"tokens": tokens, "starts": starts, "ends": ends, "contributors": contributors}
-
-
-def make_queries(
-    corpus: dict[str, Any], model: PhraseModel, length: int, n_per_kind: int, seed: int
-) -> list[tuple[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    tokens, n = corpus["tokens"], corpus["tokens"].size
-    queries: list[tuple[str, np.ndarray]] = []
-    for _ in range(n_per_kind):
-        src = int(rng.integers(0, n - length))
-        queries.append(("copied", tokens[src : src + length].astype(np.int64)))
-        queries.append(("novel", model.stream(length, rng).astype(np.int64)))
-        parts: list[np.ndarray] = []
-        while sum(p.size for p in parts) < length:
-            k = int(rng.integers(16, 49))
-            src = int(rng.integers(0, n - k))
-            parts.append(tokens[src : src + k])
-            parts.append(model.stream(int(rng.integers(8, 33)), rng))
-        queries.append(("mixed", np.concatenate(parts)[:length].astype(np.int64)))
-    order = rng.permutation(len(queries))
-    return [queries[i] for i in order]
 
 
 # ---------------------------------------------------------------- engines
@@ -216,91 +139,6 @@ def build_infini_gram(corpus: dict[str, Any], save: Path) -> float | str:
 
 
 # ---------------------------------------------------------------- measuring
-
-
-_gc_runs = [0]
-gc.callbacks.append(lambda phase, info: _gc_runs.__setitem__(0, _gc_runs[0] + (phase == "start")))
-
-
-def measure(fn: Any, q: np.ndarray) -> tuple[float, float, int, int, int, int]:
-    """One call: wall s, this thread's CPU s, minor and major page faults, involuntary context
-    switches (preempted by another process) and collector runs while it ran. The probes cost
-    about 2 us; they sit outside the timed interval."""
-    gc0 = _gc_runs[0]
-    r0 = resource.getrusage(resource.RUSAGE_THREAD)
-    c = time.thread_time()
-    t = time.perf_counter()
-    fn(q)
-    dt = time.perf_counter() - t
-    dc = time.thread_time() - c
-    r1 = resource.getrusage(resource.RUSAGE_THREAD)
-    return (
-        dt,
-        dc,
-        r1.ru_minflt - r0.ru_minflt,
-        r1.ru_majflt - r0.ru_majflt,
-        r1.ru_nivcsw - r0.ru_nivcsw,
-        _gc_runs[0] - gc0,
-    )
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    arr = np.asarray(samples) * 1e3
-    if arr.size == 0:
-        return {"p50_ms": float("nan"), "p99_ms": float("nan"), "mean_ms": float("nan"), "n": 0}
-    return {
-        "p50_ms": float(np.percentile(arr, 50)),
-        "p99_ms": float(np.percentile(arr, 99)),
-        "mean_ms": float(arr.mean()),
-        "n": int(arr.size),
-    }
-
-
-def summarize(calls: list[tuple[float, float, int, int, int, int]]) -> dict[str, Any]:
-    """Wall and CPU percentiles, faults per call, and what the slowest 1 % of calls had in
-    common: preemption (an involuntary context switch), page faults, a collector run."""
-    a = np.asarray(calls, np.float64).reshape(-1, 6)
-    wall, cpu, minf, majf, ivcs, gcs = a.T
-    slow = wall >= np.percentile(wall, 99) if wall.size else wall.astype(bool)
-    return {
-        "wall": percentiles(wall.tolist()),
-        "cpu": percentiles(cpu.tolist()),
-        # the tail of the calls no other process interrupted: what the code itself costs
-        "wall_not_preempted": percentiles(wall[ivcs == 0].tolist()),
-        "minor_faults_per_call": {"mean": float(minf.mean()), "max": int(minf.max())},
-        "major_faults": int(majf.sum()),
-        "preempted_share": float((ivcs > 0).mean()),
-        "gc_runs": int(gcs.sum()),
-        "slowest_1pct": {
-            "n": int(slow.sum()),
-            "preempted": int((ivcs[slow] > 0).sum()),
-            "with_faults": int((minf[slow] + majf[slow] > 0).sum()),
-            "with_gc": int((gcs[slow] > 0).sum()),
-            "mean_wall_minus_cpu_ms": float((wall[slow] - cpu[slow]).mean() * 1e3),
-        },
-    }
-
-
-def memory_kib() -> dict[str, int]:
-    """This process's resident memory by kind (/proc/self/smaps_rollup, KiB)."""
-    out = {}
-    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
-        key, value = line.split(":", 1)
-        if key in ("Rss", "Anonymous", "AnonHugePages", "FilePmdMapped", "Private_Clean"):
-            out[key] = int(value.split()[0])
-    return out
-
-
-def evict(directory: Path) -> None:
-    """Drop the index files' clean, unmapped pages from the page cache (only ours: other
-    processes' files stay cached), so the next open starts as after a reboot or reclaim."""
-    for f in directory.iterdir():
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
 
 # ---------------------------------------------------------------- run
 
