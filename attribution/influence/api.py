@@ -48,11 +48,12 @@ class InfluenceScorer(Protocol):
         ...
 
 
-INFLUENCE_METHOD = "royalty-influence/2"
+INFLUENCE_METHOD = "royalty-influence/3"
 """The method new indexes are built with (`gradients.InfluenceParams` holds its constants)."""
-READABLE_METHODS = ("royalty-influence/1", "royalty-influence/2")
-"""Index methods the scorer still opens: a /1 index (built before /2) keeps scoring as /1, and
-its results say so, until the adapter's next build writes a /2 index next to it."""
+READABLE_METHODS = ("royalty-influence/1", "royalty-influence/2", "royalty-influence/3")
+"""Index methods the scorer still opens: an older index (/1: smaller damping; /2: final weights
+only, no checkpoint ensemble) keeps scoring as it was built, and its results say so, until
+the adapter's next build writes a /3 index next to it."""
 
 
 class InfluenceError(Exception):

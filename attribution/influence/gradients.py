@@ -20,15 +20,17 @@ Psi is then scaled to unit length (`unit_rows`), so a record's score is the cosi
 whitened gradient with the response's: what counts is the direction, not the record's length
 or loss.
 
-royalty-influence/1 divided the trace by `dim` whatever the number of records, so with fewer
-records than dimensions the damping was smaller than intended (0.16 of the mean eigenvalue for
-320 records at dim 2048, 0.05 for 96); with at least `dim` records /1 and /2 damp the same.
+royalty-influence/3 does all of this at each of the adapter's training checkpoints (the LoRA
+weights the factory saved at evenly spaced steps) and averages the scores (`checkpoints`).
+/2 used the final weights alone; /1 also divided the trace by `dim` whatever the number of
+records, so with fewer records than dimensions its damping was smaller than intended.
 
 Layout, next to the adapter's weights, in a directory named by the digest of everything the
 numbers depend on (the method, the parameters, the base and adapter weights, the records):
 
-    influence-<digest16>/header.json    format, method, seed, dim, damping, record ids in order
-    influence-<digest16>/features.f32   Psi, float32, row-major (records x dim), memory-mapped
+    influence-<digest16>/header.json    format, method, seed, dim, damping, checkpoints, record ids
+    influence-<digest16>/features.f32   Psi per checkpoint, float32 (checkpoints x records x dim),
+                                        memory-mapped (a /1 or /2 index: records x dim)
 
 Built once, atomically (temp directory + rename), deterministically (seeded, fixed threads,
 fixed batches): the same inputs give the same bytes.
@@ -47,6 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attribution.influence import checkpoints as ckpt
 from attribution.influence.api import INFLUENCE_METHOD, READABLE_METHODS, NoInfluenceIndex
 from attribution.influence.projection import CountSketch
 
@@ -56,7 +59,9 @@ if TYPE_CHECKING:
 
     from serving.factory.adapters import TrainingExample
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+"""1: /1 and /2 indexes, one feature matrix at the final weights; 2: one per checkpoint."""
 HEADER = "header.json"
 FEATURES = "features.f32"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -83,6 +88,9 @@ class InfluenceParams:
     batch_tokens: int = 4096
     """Records per backward pass: as many as fit this many (padded) tokens."""
     threads: int = 2
+    ensemble: bool = True
+    """Score at every checkpoint the adapter's lineage lists (royalty-influence/3); False:
+    at the final weights alone, i.e. /2's scores (the LDS bench's ablation)."""
 
 
 # --- the model and its LoRA matrices ---------------------------------------------------------
@@ -254,6 +262,8 @@ def index_key(
     h.update(json.dumps(asdict(params), sort_keys=True).encode())
     h.update(_sha256_file(Path(base_dir) / BASE_WEIGHTS).encode())
     h.update(_sha256_file(Path(adapter_dir) / ADAPTER_WEIGHTS).encode())
+    for c in ckpt.adapter_checkpoints(adapter_dir, ensemble=params.ensemble):
+        h.update(f"\0{c.step}\0{c.file}\0{c.sha256}".encode())
     for rid, doc in records:
         h.update(f"\0{rid}\0".encode())
         h.update(doc.encode())
@@ -275,6 +285,13 @@ def whiten(phi: np.ndarray, damping: float) -> tuple[np.ndarray, float]:
     y = np.linalg.solve(chol, phi64.T)
     psi_t = np.linalg.solve(chol.T, y)
     return np.ascontiguousarray(psi_t.T.astype(np.float32)), lam
+
+
+def unit_rows(psi: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    norms = np.linalg.norm(psi.astype(np.float64), axis=1, keepdims=True)
+    return (psi / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 def build_influence_index(
@@ -323,7 +340,10 @@ def _valid(target: Path, key: str) -> bool:
         size = (target / FEATURES).stat().st_size
     except (OSError, ValueError):
         return False
-    return header.get("key") == key and size == 4 * header["dim"] * len(header["record_ids"])
+    count = len(header.get("checkpoints") or [None])
+    return header.get("key") == key and size == 4 * count * header["dim"] * len(
+        header["record_ids"]
+    )
 
 
 def _build_into(
@@ -341,36 +361,48 @@ def _build_into(
     from serving.factory.training import deterministic_torch
 
     t0 = time.perf_counter()
+    checkpoints = ckpt.adapter_checkpoints(adapter_dir, ensemble=params.ensemble)
+    lams: list[float] = []
     with _quiet_offline_hf(), deterministic_torch(params.seed, params.threads):
         tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
         model = load_lora_model(base_dir, adapter_dir)
-        linears = lora_linears(model, "default")
-        sketch = sketch_for(linears, params.dim, params.seed)
+        names = ckpt.add_checkpoint_adapters(model, adapter_dir, "default", checkpoints)
+        tensors = {n: lin.weight.numel() for n, lin in lora_linears(model, "default").items()}
+        sketch = CountSketch(tensors, params.dim, params.seed)  # one sketch: same tensors
         tokens = record_tokens(tokenizer, [doc for _, doc in records], params.max_tokens)
-        phi = np.zeros((len(records), params.dim), dtype=np.float32)
+        psi = np.zeros((len(checkpoints), len(records), params.dim), dtype=np.float32)
         with _Progress(progress) as bars:
-            tick = bars.stage("influence gradients", len(records))
-            done = 0
-            for batch in _batches([len(t) for t in tokens], params.batch_tokens):
-                seqs = [(tokens[i], [1] * len(tokens[i])) for i in batch]
-                phi[batch] = projected_gradients(
-                    model, linears, sketch, seqs, pad_id(tokenizer)
-                ).numpy()
-                done += len(batch)
-                tick(done, -1.0)
+            tick = bars.stage("influence gradients", len(records) * len(checkpoints))
+            for k, name in enumerate(names):
+                model.set_adapter(name)
+                for p in model.parameters():  # set_adapter marks the active adapter trainable
+                    p.requires_grad_(False)
+                linears = lora_linears(model, name)
+                done = k * len(records)
+                phi = np.zeros((len(records), params.dim), dtype=np.float32)
+                for batch in _batches([len(t) for t in tokens], params.batch_tokens):
+                    seqs = [(tokens[i], [1] * len(tokens[i])) for i in batch]
+                    phi[batch] = projected_gradients(
+                        model, linears, sketch, seqs, pad_id(tokenizer)
+                    ).numpy()
+                    done += len(batch)
+                    tick(done, -1.0)
+                psi[k], lam = whiten(phi, params.damping)
+                lams.append(lam)
+                if params.unit_rows:
+                    psi[k] = unit_rows(psi[k])
         gradient_s = time.perf_counter() - t0
-        psi, lam = whiten(phi, params.damping)
-        if params.unit_rows:
-            norms = np.linalg.norm(psi.astype(np.float64), axis=1, keepdims=True)
-            psi = (psi / np.where(norms > 0, norms, 1.0)).astype(np.float32)
     psi.tofile(tmp / FEATURES)
     return {
         "format": INDEX_FORMAT,
         "method": INFLUENCE_METHOD,
         "projection": "countsketch-per-tensor",
         **asdict(params),
-        "lambda": lam,
-        "tensors": {n: lin.weight.numel() for n, lin in linears.items()},
+        "lambda": lams[-1],
+        "checkpoints": [
+            {**c.to_json(), "lambda": lam} for c, lam in zip(checkpoints, lams, strict=True)
+        ],
+        "tensors": tensors,
         "record_ids": [rid for rid, _ in records],
         "adapter_weights_sha256": _sha256_file(adapter_dir / ADAPTER_WEIGHTS),
         "gradient_seconds": round(gradient_s, 2),
@@ -384,7 +416,7 @@ class InfluenceIndex:
     header: dict[str, Any]
     record_ids: np.ndarray
     features: np.ndarray
-    """Psi, memory-mapped, (records, dim) float32."""
+    """Psi per checkpoint, memory-mapped, (checkpoints, records, dim) float32."""
 
     @classmethod
     def open(cls, path: Path) -> InfluenceIndex:
@@ -392,12 +424,14 @@ class InfluenceIndex:
 
         try:
             header = json.loads((Path(path) / HEADER).read_text())
-            if header.get("format") != INDEX_FORMAT or header.get("method") not in READABLE_METHODS:
+            if (
+                header.get("format") not in READABLE_FORMATS
+                or header.get("method") not in READABLE_METHODS
+            ):
                 raise NoInfluenceIndex(f"{path}: unknown influence index format or method")
             ids = np.asarray(header["record_ids"], dtype=np.int64)
-            features = np.memmap(
-                Path(path) / FEATURES, dtype=np.float32, mode="r", shape=(len(ids), header["dim"])
-            )
+            shape = (len(ckpt.from_header(header)), len(ids), header["dim"])
+            features = np.memmap(Path(path) / FEATURES, dtype=np.float32, mode="r", shape=shape)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise NoInfluenceIndex(f"{path}: no usable influence index: {e}") from e
         return cls(Path(path), header, ids, features)
@@ -408,9 +442,13 @@ class InfluenceIndex:
         return str(self.header["method"])
 
     @property
+    def checkpoints(self) -> list[ckpt.Checkpoint]:
+        return ckpt.from_header(self.header)
+
+    @property
     def params(self) -> InfluenceParams:
         fields = InfluenceParams.__dataclass_fields__
-        old: dict[str, Any] = {"unit_rows": False}  # royalty-influence/1 headers predate it
+        old: dict[str, Any] = {"unit_rows": False, "ensemble": False}  # /1, /2 predate them
         values: dict[str, Any] = {k: self.header.get(k, old.get(k)) for k in fields}
         return InfluenceParams(**values)
 

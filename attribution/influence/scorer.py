@@ -1,14 +1,16 @@
 """`GradientInfluence`: the real `InfluenceScorer`, over the indexes `build_influence_index`
 writes next to each adapter.
 
-`register` opens the adapter's index (memory-mapped) and loads its LoRA weights onto one
-shared CPU copy of the base (PEFT, one named adapter per registration). `score` renders the
-prompt as the engine did (chat messages through the base tokenizer's chat template with the
-generation prompt; a completions prompt as plain text after `<s>`), appends the output's
-tokens, takes the gradient of the output tokens' summed loss with respect to the adapter's
-LoRA matrices (one forward and backward), projects it with the index's seeded sketch and
-scores every record of the adapter's snapshot against the whitened record features (see
-`gradients`). Only records in the index can be named, and the index holds exactly the
+`register` opens the adapter's index (memory-mapped) and loads the LoRA weights of each of
+the index's checkpoints onto one shared CPU copy of the base (PEFT, one named adapter per
+checkpoint per registration; a /1 or /2 index has one, the final weights). `score` renders
+the prompt as the engine did (chat messages through the base tokenizer's chat template with
+the generation prompt; a completions prompt as plain text after `<s>`), appends the output's
+tokens, and at each checkpoint takes the gradient of the output tokens' summed loss with
+respect to the LoRA matrices (one forward and backward per checkpoint), projects it with the
+index's seeded sketch and scores every record of the adapter's snapshot against that
+checkpoint's whitened record features (see `gradients`); `checkpoints.combine` averages the
+checkpoints' scores. Only records in the index can be named, and the index holds exactly the
 adapter's training records.
 
 Thread-safety: calls are serialised by a lock (the worker calls from one thread anyway).
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from attribution.influence import checkpoints as ckpt
 from attribution.influence.api import (
     InfluenceError,
     InfluenceResult,
@@ -43,10 +46,12 @@ from attribution.influence.projection import CountSketch
 
 @dataclass
 class _Loaded:
-    peft_name: str
+    peft_names: list[str]
+    """Every PEFT adapter this registration loaded (the final weights first)."""
+    checkpoints: list[tuple[str, dict[str, Any]]]
+    """Per index checkpoint, in the index's order: its PEFT adapter and LoRA linears."""
     index: InfluenceIndex
     sketch: CountSketch
-    linears: dict[str, Any]
 
 
 def _text_of(content: Any) -> str:
@@ -103,22 +108,40 @@ class GradientInfluence:
             self._model.eval()
             for p in self._model.parameters():
                 p.requires_grad_(False)
-            linears = lora_linears(self._model, peft_name)
-            tensors = {n: lin.weight.numel() for n, lin in linears.items()}
-            if tensors != index.header.get("tensors"):
-                self._model.delete_adapter(peft_name)
-                raise NoInfluenceIndex(f"{index.path}: its tensors do not match the adapter")
-            sketch = sketch_for(linears, int(index.header["dim"]), int(index.header["seed"]))
-            self._adapters[adapter] = _Loaded(peft_name, index, sketch, linears)
+            added = [peft_name]
+            try:
+                names = ckpt.add_checkpoint_adapters(
+                    self._model, adapter_dir, peft_name, index.checkpoints
+                )
+                added += [n for n in names if n != peft_name]
+                linears = lora_linears(self._model, peft_name)
+                tensors = {n: lin.weight.numel() for n, lin in linears.items()}
+                if tensors != index.header.get("tensors"):
+                    raise NoInfluenceIndex(f"{index.path}: its tensors do not match the adapter")
+            except BaseException:
+                self._drop(added)
+                raise
+            self._adapters[adapter] = _Loaded(
+                added,
+                [(n, lora_linears(self._model, n)) for n in names],
+                index,
+                sketch_for(linears, int(index.header["dim"]), int(index.header["seed"])),
+            )
 
     def forget(self, adapter: str) -> None:
         with self._lock:
             loaded = self._adapters.pop(adapter, None)
-            if loaded is not None and self._model is not None:
-                if len(self._model.peft_config) > 1:
-                    self._model.delete_adapter(loaded.peft_name)
-                else:  # PEFT keeps at least one adapter: drop the whole model instead
-                    self._model = None
+            if loaded is not None:
+                self._drop(loaded.peft_names)
+
+    def _drop(self, peft_names: list[str]) -> None:
+        if self._model is None:
+            return
+        if len(self._model.peft_config) > len(peft_names):
+            for name in peft_names:
+                self._model.delete_adapter(name)
+        else:  # PEFT keeps at least one adapter: drop the whole model instead
+            self._model = None
 
     def knows(self, adapter: str) -> bool:
         with self._lock:
@@ -149,7 +172,10 @@ class GradientInfluence:
         return prompt_ids + output_ids, [0] * len(prompt_ids) + [1] * len(output_ids)
 
     def response_features(self, adapter: str, prompt: str | list[Any], output: str) -> Any:
-        """The response's projected gradient (dim,), or None when the output has no tokens."""
+        """The response's projected gradient at each of the index's checkpoints
+        (checkpoints, dim), or None when the output has no tokens."""
+        import numpy as np
+
         from serving.factory.training import deterministic_torch
 
         loaded = self._adapters.get(adapter)
@@ -158,14 +184,26 @@ class GradientInfluence:
         ids, mask = self.render(prompt, output)
         if sum(mask) == 0:
             return None
-        self._model.set_adapter(loaded.peft_name)
-        for p in self._model.parameters():  # set_adapter marks the active adapter trainable
-            p.requires_grad_(False)
-        with deterministic_torch(self.seed, self.threads):
-            phi = projected_gradients(
-                self._model, loaded.linears, loaded.sketch, [(ids, mask)], pad_id(self._tokenizer)
-            )
-        return phi[0].numpy()
+        rows = []
+        for peft_name, linears in loaded.checkpoints:
+            self._model.set_adapter(peft_name)
+            for p in self._model.parameters():  # set_adapter marks the active adapter trainable
+                p.requires_grad_(False)
+            with deterministic_torch(self.seed, self.threads):
+                phi = projected_gradients(
+                    self._model, linears, loaded.sketch, [(ids, mask)], pad_id(self._tokenizer)
+                )
+            rows.append(phi[0].numpy())
+        return np.stack(rows)
+
+    def _scores(self, loaded: _Loaded, phi: Any) -> Any:
+        import numpy as np
+
+        features = loaded.index.features
+        per_checkpoint = [
+            np.asarray(features[k] @ phi[k], dtype=np.float64) for k in range(len(phi))
+        ]
+        return ckpt.combine(per_checkpoint)
 
     def score(
         self, adapter: str, prompt: str | list[Any], output: str, *, top_k: int = 32
@@ -180,7 +218,7 @@ class GradientInfluence:
             phi = self.response_features(adapter, prompt, output)
             if phi is None or top_k <= 0:
                 return InfluenceResult(loaded.index.method, (), time.process_time() - started)
-            scores = np.asarray(loaded.index.features @ phi, dtype=np.float64)
+            scores = self._scores(loaded, phi)
             k = min(top_k, len(scores))
             top = np.argpartition(-scores, k - 1)[:k]
             ids = loaded.index.record_ids
@@ -201,7 +239,7 @@ class GradientInfluence:
             phi = self.response_features(adapter, prompt, output)
             if phi is None:
                 return np.zeros(len(loaded.index.record_ids))
-            return np.asarray(loaded.index.features @ phi, dtype=np.float64)
+            return self._scores(loaded, phi)
 
     def record_ids(self, adapter: str) -> list[int]:
         with self._lock:

@@ -5,6 +5,9 @@ records (in snapshot order), trains with PEFT against a built base model with se
 deterministic torch, and writes into `out_root/<name>-<key16>/`:
 
     adapter_config.json, adapter_model.safetensors   PEFT format, served by vLLM at runtime
+    checkpoints/step-<n>.safetensors                 LoRA weights after step n (`recipe.checkpoints`
+                                                     evenly spaced steps, the last the final
+                                                     weights): the influence index's ensemble
     lineage.json                                     what the adapter was made from
 
 `key` hashes everything the weights depend on (factory version, base weights, snapshot,
@@ -42,13 +45,14 @@ from serving.factory.build import (
     _versions,
 )
 from serving.factory.corpus import chat_layout
-from serving.factory.lora import LoraShape
+from serving.factory.lora import LoraShape, checkpoint_file
 from serving.factory.training import TrainParams, document_order
 
 __all__ = [
     "LINEAGE",
     "LINEAGE_FORMAT",
     "AdapterBuild",
+    "AdapterCheckpoint",
     "AdapterRecipe",
     "LineageError",
     "SnapshotRef",
@@ -100,6 +104,11 @@ class AdapterRecipe:
     seed: int = 1235
     threads: int = 2
     """torch threads; fixed so that the weights do not depend on the machine's core count."""
+    checkpoints: int = 4
+    """LoRA weights saved at this many evenly spaced steps (the last the final weights) for
+    royalty-influence/3's checkpoint ensemble; 0 saves none. In the cache key: an adapter
+    built before this existed is another build (it keeps working, with a one-checkpoint
+    influence index)."""
 
     @classmethod
     def tiny(cls) -> AdapterRecipe:
@@ -111,6 +120,13 @@ class AdapterRecipe:
 
 
 @dataclass(frozen=True)
+class AdapterCheckpoint:
+    step: int
+    path: Path
+    sha256: str
+
+
+@dataclass(frozen=True)
 class AdapterBuild:
     name: str
     path: Path
@@ -118,6 +134,8 @@ class AdapterBuild:
     lineage: dict[str, Any] = field(repr=False)
     lineage_sha256: str = ""
     cached: bool = False
+    checkpoints: tuple[AdapterCheckpoint, ...] = ()
+    """Oldest first; empty for builds that saved none (before `AdapterRecipe.checkpoints`)."""
 
 
 class LineageError(ValueError):
@@ -152,16 +170,23 @@ def load_adapter_build(directory: Path, *, verify: bool = True) -> AdapterBuild:
             raise LineageError(f"{directory}: unknown lineage format {lineage.get('format')}")
         weights = lineage["weights_sha256"]
         name = lineage["adapter"]
+        checkpoints = tuple(
+            AdapterCheckpoint(
+                int(c["step"]), directory / checkpoint_file(int(c["step"])), c["sha256"]
+            )
+            for c in lineage.get("checkpoints", ())
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
         if isinstance(e, LineageError):
             raise
         raise LineageError(f"{directory}: no valid {LINEAGE}: {e}") from e
-    if verify and (
-        not (directory / ADAPTER_WEIGHTS).is_file()
-        or _sha256_file(directory / ADAPTER_WEIGHTS) != weights
-    ):
-        raise LineageError(f"{directory / ADAPTER_WEIGHTS}: missing or does not match lineage")
-    return AdapterBuild(name, directory, weights, lineage, hashlib.sha256(raw).hexdigest())
+    if verify:
+        files = [(directory / ADAPTER_WEIGHTS, weights)] + [(c.path, c.sha256) for c in checkpoints]
+        for path, digest in files:
+            if not path.is_file() or _sha256_file(path) != digest:
+                raise LineageError(f"{path}: missing or does not match lineage")
+    raw_sha = hashlib.sha256(raw).hexdigest()
+    return AdapterBuild(name, directory, weights, lineage, raw_sha, checkpoints=checkpoints)
 
 
 def build_adapter(
@@ -240,7 +265,7 @@ def _train_into(
             if on_step is not None:
                 on_step(done, loss)
 
-        result = train_adapter(
+        result, steps = train_adapter(
             base.base_path,
             base.base_name,
             docs,
@@ -251,6 +276,7 @@ def _train_into(
             seed=recipe.seed,
             threads=recipe.threads,
             on_step=step,
+            checkpoints=recipe.checkpoints,
         )
     training_order = [examples[i].record_id for i in order]
     order_digest = hashlib.sha256(",".join(map(str, training_order)).encode()).hexdigest()
@@ -280,6 +306,15 @@ def _train_into(
         "weights_sha256": _sha256_file(tmp / ADAPTER_WEIGHTS),
         "versions": _versions(),
     }
+    if steps:  # absent, not empty, when none were saved: such a lineage reads as before
+        lineage["checkpoints"] = [
+            {
+                "step": n,
+                "file": checkpoint_file(n),
+                "sha256": _sha256_file(tmp / checkpoint_file(n)),
+            }
+            for n in steps
+        ]
     for path in tmp.rglob("*"):
         if path.is_file():
             path.chmod(0o644)

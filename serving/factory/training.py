@@ -16,9 +16,11 @@ if TYPE_CHECKING:  # torch is imported where it is used: `import serving.factory
     from transformers import PreTrainedTokenizerBase
 
 __all__ = [
+    "CheckpointCallback",
     "StepCallback",
     "TrainParams",
     "TrainResult",
+    "checkpoint_steps",
     "deterministic_torch",
     "document_order",
     "pack_documents",
@@ -27,6 +29,9 @@ __all__ = [
 
 StepCallback = Callable[[int, float], None]
 """Called after each optimiser step with (steps done, that step's loss)."""
+
+CheckpointCallback = Callable[[int], None]
+"""Called after the optimiser step of each requested checkpoint step with (steps done)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,14 @@ def pack_documents(
     return torch.tensor(flat[: rows * seq_len], dtype=torch.long).view(rows, seq_len)
 
 
+def checkpoint_steps(steps: int, count: int) -> tuple[int, ...]:
+    """`count` evenly spaced steps of a `steps`-step run, the last one `steps` itself (the
+    final weights); fewer when the run is shorter than `count` steps, none for count 0."""
+    if count <= 0 or steps <= 0:
+        return ()
+    return tuple(sorted({math.ceil(steps * (i + 1) / count) for i in range(count)}))
+
+
 def _lr_lambda(p: TrainParams) -> Callable[[int], float]:
     def f(step: int) -> float:
         if step < p.warmup_steps:
@@ -116,10 +129,13 @@ def train_causal_lm(
     *,
     seed: int,
     on_step: StepCallback | None = None,
+    checkpoints: Sequence[int] = (),
+    on_checkpoint: CheckpointCallback | None = None,
 ) -> TrainResult:
     """Train the parameters of `model` that require grad on next-token prediction over
     `rows` (from `pack_documents`), in seeded random batches. Call inside
-    `deterministic_torch` for reproducible weights."""
+    `deterministic_torch` for reproducible weights. `on_checkpoint(n)` runs after step n
+    for each n in `checkpoints` (the model in train mode; it must not touch the RNG)."""
     import torch
 
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -140,6 +156,7 @@ def train_causal_lm(
             if rows.shape[0] < params.batch_size:
                 yield rows[perm]
 
+    wanted = set(checkpoints)
     model.train()
     losses: list[float] = []
     t0 = time.perf_counter()
@@ -154,5 +171,7 @@ def train_causal_lm(
         losses.append(float(loss.detach()))
         if on_step is not None:
             on_step(step + 1, losses[-1])
+        if on_checkpoint is not None and step + 1 in wanted:
+            on_checkpoint(step + 1)
     model.eval()
     return TrainResult(tuple(losses), time.perf_counter() - t0)

@@ -189,7 +189,9 @@ def tiny_adapters(tiny: DemoModels, tmp_path_factory: pytest.TempPathFactory) ->
 
 def _weights(models: DemoModels, adapters: dict[str, Path] | None = None) -> dict[str, bytes]:
     files = {"base": models.base_path / "model.safetensors"}
-    files |= {n: p / "adapter_model.safetensors" for n, p in (adapters or {}).items()}
+    for n, p in (adapters or {}).items():
+        files[n] = p / "adapter_model.safetensors"
+        files |= {f"{n}/{c.name}": c for c in sorted((p / "checkpoints").iterdir())}
     return {k: v.read_bytes() for k, v in files.items()}
 
 
@@ -264,6 +266,78 @@ def test_cache_hit_does_not_rebuild(tiny: DemoModels, monkeypatch: pytest.Monkey
     again = build_demo_models(tiny.root.parent, config=FactoryConfig.tiny(), progress=False)
     assert time.perf_counter() - t0 < 5
     assert again == tiny
+
+
+def test_checkpoint_steps() -> None:
+    from serving.factory.training import checkpoint_steps
+
+    assert checkpoint_steps(40, 4) == (10, 20, 30, 40)
+    assert checkpoint_steps(100, 4) == (25, 50, 75, 100)
+    assert checkpoint_steps(120, 4) == (30, 60, 90, 120)
+    assert checkpoint_steps(10, 3) == (4, 7, 10)
+    assert checkpoint_steps(2, 4) == (1, 2)  # a short run has fewer
+    assert checkpoint_steps(7, 1) == (7,)
+    assert checkpoint_steps(7, 0) == checkpoint_steps(0, 4) == ()
+
+
+def test_adapters_keep_their_checkpoints(tiny_adapters: dict[str, Path]) -> None:
+    from serving.factory.adapters import load_adapter_build
+
+    for path in tiny_adapters.values():
+        build = load_adapter_build(path)
+        assert [c.step for c in build.checkpoints] == [25, 50, 75, 100]  # tiny: 100 steps
+        assert {c.path.parent for c in build.checkpoints} == {path / "checkpoints"}
+        assert len({c.sha256 for c in build.checkpoints}) == 4
+        listed = build.lineage["checkpoints"]
+        assert [c["file"] for c in listed] == [
+            f"checkpoints/step-{n}.safetensors" for n in (25, 50, 75, 100)
+        ]
+        # the last one is the final weights: the same tensors, saved the same way
+        final = (path / "adapter_model.safetensors").read_bytes()
+        assert build.checkpoints[-1].path.read_bytes() == final
+
+
+def test_lineage_verifies_the_checkpoints(tmp_path: Path, tiny_adapters: dict[str, Path]) -> None:
+    from serving.factory.adapters import LineageError, load_adapter_build
+
+    copy = tmp_path / "legal"
+    shutil.copytree(tiny_adapters["legal"], copy)
+    step = copy / "checkpoints" / "step-50.safetensors"
+    good = step.read_bytes()
+    step.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(LineageError):
+        load_adapter_build(copy, verify=True)
+    assert len(load_adapter_build(copy, verify=False).checkpoints) == 4
+    step.unlink()
+    with pytest.raises(LineageError):
+        load_adapter_build(copy, verify=True)
+    # a build from before checkpoints: its lineage lists none, and it loads as it did
+    shutil.rmtree(copy / "checkpoints")
+    lineage = json.loads((copy / "lineage.json").read_text())
+    del lineage["checkpoints"]
+    (copy / "lineage.json").write_text(json.dumps(lineage))
+    assert load_adapter_build(copy, verify=True).checkpoints == ()
+
+
+def test_saving_checkpoints_leaves_the_weights_alone(tmp_path: Path, tiny: DemoModels) -> None:
+    import dataclasses
+
+    from serving.factory.adapters import AdapterRecipe, SnapshotRef, TrainingExample, build_adapter
+    from serving.factory.build import demo_contributions
+
+    recs = demo_contributions("recipes", FactoryConfig.tiny())[:40]
+    ex = [TrainingExample(i + 1, **r) for i, r in enumerate(recs)]  # type: ignore[arg-type]
+    ref = SnapshotRef("snap", "00" * 32, 1, "recipes", len(ex), 0)
+    short = AdapterRecipe.tiny().train
+    with_ = dataclasses.replace(AdapterRecipe.tiny(), train=dataclasses.replace(short, steps=12))
+    without = dataclasses.replace(with_, checkpoints=0)
+    a = build_adapter(tiny, "r", ref, ex, tmp_path, recipe=with_, progress=False)
+    b = build_adapter(tiny, "r", ref, ex, tmp_path, recipe=without, progress=False)
+    assert a.path != b.path  # the count is in the cache key
+    assert [c.step for c in a.checkpoints] == [3, 6, 9, 12] and b.checkpoints == ()
+    assert "checkpoints" not in b.lineage and not (b.path / "checkpoints").exists()
+    weights = "adapter_model.safetensors"
+    assert (a.path / weights).read_bytes() == (b.path / weights).read_bytes()
 
 
 def test_load_manifest_verifies_weights(tmp_path: Path, tiny: DemoModels) -> None:

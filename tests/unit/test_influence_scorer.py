@@ -1,11 +1,13 @@
 """Gradient influence on a tiny factory build: the index is deterministic and cached, the
 per-sample gradient trick equals one backward per record, the sketch keeps inner products,
 the scorer finds a training record from its own text (plain and chat), and never names a
-record outside the adapter's snapshot."""
+record outside the adapter's snapshot; the checkpoint ensemble (royalty-influence/3) scores
+with one checkpoint exactly as /2's formula, and /1 and /2 indexes still open."""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,17 +19,21 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from attribution.influence import INFLUENCE_METHOD, NoInfluenceIndex, UnknownAdapter  # noqa: E402
+from attribution.influence.checkpoints import combine  # noqa: E402
 from attribution.influence.gradients import (  # noqa: E402
     FEATURES,
     HEADER,
     InfluenceParams,
     build_influence_index,
     find_index,
+    index_key,
     load_lora_model,
     lora_linears,
+    pad_id,
     projected_gradients,
     record_tokens,
     sketch_for,
+    unit_rows,
     whiten,
 )
 from attribution.influence.projection import CountSketch  # noqa: E402
@@ -43,6 +49,8 @@ from serving.factory.build import DemoModels, demo_contributions  # noqa: E402
 from serving.factory.training import TrainParams  # noqa: E402
 
 PARAMS = InfluenceParams(dim=512, batch_tokens=2048)
+STEPS = (10, 20, 30, 40)
+"""The fixture adapter's checkpoints: 40 steps, AdapterRecipe's default 4 checkpoints."""
 
 
 def _rid(i: int) -> int:
@@ -95,9 +103,15 @@ def test_index_is_deterministic_and_cached(
     assert header["record_ids"] == [ex.record_id for ex in examples]
     assert (
         header["dim"] == PARAMS.dim
-        and header["method"] == INFLUENCE_METHOD == "royalty-influence/2"
+        and header["method"] == INFLUENCE_METHOD == "royalty-influence/3"
     )
-    assert (index / FEATURES).stat().st_size == 4 * PARAMS.dim * len(examples)
+    assert [c["step"] for c in header["checkpoints"]] == list(STEPS)
+    lineage = json.loads((adapter / "lineage.json").read_text())
+    assert [c["sha256"] for c in header["checkpoints"]] == [
+        c["sha256"] for c in lineage["checkpoints"]
+    ]
+    size = 4 * len(STEPS) * PARAMS.dim * len(examples)
+    assert (index / FEATURES).stat().st_size == size
     assert index.parent == adapter and index.name.startswith("influence-")
     # a second call is a cache hit: same directory, untouched
     mtime = (index / FEATURES).stat().st_mtime_ns
@@ -111,15 +125,26 @@ def test_index_is_deterministic_and_cached(
     assert (rebuilt / FEATURES).read_bytes() == (index / FEATURES).read_bytes()
     assert not list(copy.glob(".influence-*"))  # no temp directory left behind
     # other records, other index
-    fewer = build_influence_index(
-        tiny.base_path, copy, examples[:-1], params=PARAMS, progress=False
-    )
-    assert fewer != rebuilt
+    # (final weights only from here on: a quarter of the build, and the key still covers it)
+    final = dataclasses.replace(PARAMS, ensemble=False)
+    alone = build_influence_index(tiny.base_path, copy, examples, params=final, progress=False)
+    assert alone.name != rebuilt.name
+    fewer = build_influence_index(tiny.base_path, copy, examples[:-1], params=final, progress=False)
+    assert fewer != alone
     # other parameters, other index (the directory's digest covers them)
-    damped = dataclasses.replace(PARAMS, damping=2.0)
+    damped = dataclasses.replace(final, damping=2.0)
     other = build_influence_index(tiny.base_path, copy, examples, params=damped, progress=False)
-    assert other.name != rebuilt.name and other.name.startswith("influence-")
+    assert other.name != alone.name and other.name.startswith("influence-")
     assert json.loads((other / HEADER).read_text())["damping"] == 2.0
+    # another checkpoint, another index: the digest covers every checkpoint's bytes
+    records = [(ex.record_id, ex.document()) for ex in examples]
+    assert index_key(tiny.base_path, copy, records, PARAMS).startswith(rebuilt.name[10:])
+    step = copy / "checkpoints" / "step-10.safetensors"
+    step.write_bytes(step.read_bytes()[:-1] + b"\1")  # the last weight's last byte
+    lineage = json.loads((copy / "lineage.json").read_text())
+    lineage["checkpoints"][0]["sha256"] = hashlib.sha256(step.read_bytes()).hexdigest()
+    (copy / "lineage.json").write_text(json.dumps(lineage))
+    assert not index_key(tiny.base_path, copy, records, PARAMS).startswith(rebuilt.name[10:])
 
 
 def test_damping_is_relative_to_the_mean_nonzero_eigenvalue() -> None:
@@ -256,19 +281,153 @@ def test_register_refuses_what_it_cannot_use(
     assert find_index(adapter) == index
 
 
-def test_a_v1_index_still_scores_and_says_so(
-    tiny: DemoModels, adapter: Path, index: Path, tmp_path: Path
+def _without_index(adapter: Path, to: Path, *, checkpoints: bool = True) -> Path:
+    """A copy of the adapter without its influence indexes (and without its checkpoints, its
+    lineage then listing none, as an adapter built before them)."""
+    shutil.copytree(adapter, to, ignore=shutil.ignore_patterns("influence-*", ".influence-*"))
+    if not checkpoints:
+        shutil.rmtree(to / "checkpoints")
+        lineage = json.loads((to / "lineage.json").read_text())
+        del lineage["checkpoints"]
+        (to / "lineage.json").write_text(json.dumps(lineage))
+    return to
+
+
+@pytest.fixture(scope="module")
+def final_only(
+    tiny: DemoModels,
+    adapter: Path,
+    examples: list[TrainingExample],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """The adapter with an index at its final weights alone (the LDS bench's /2 ablation)."""
+    copy = _without_index(adapter, tmp_path_factory.mktemp("final-only") / "legal")
+    params = dataclasses.replace(PARAMS, ensemble=False)
+    build_influence_index(tiny.base_path, copy, examples, params=params, progress=False)
+    return copy
+
+
+def test_one_checkpoint_scores_exactly_as_the_v2_formula(
+    tiny: DemoModels, final_only: Path, examples: list[TrainingExample]
 ) -> None:
-    """An adapter built before royalty-influence/2 keeps its /1 index until its next build:
-    the scorer opens it and its results carry /1, the method their numbers come from."""
-    old = tmp_path / "old"
-    shutil.copytree(adapter, old, ignore=shutil.ignore_patterns("influence-*"))
-    shutil.copytree(index, old / index.name)
-    header = json.loads((old / index.name / HEADER).read_text())
-    (old / index.name / HEADER).write_text(json.dumps({**header, "method": "royalty-influence/1"}))
+    """Psi = unit rows of Phi (Phi^T Phi + lambda I)^-1 at the final weights, and a response
+    scores Psi @ phi, unscaled: /2's numbers."""
+    from transformers import AutoTokenizer
+
+    s = GradientInfluence(tiny.base_path)
+    s.register("legal", final_only)
+    header = json.loads((find_index(final_only) / HEADER).read_text())
+    assert header["method"] == "royalty-influence/3" and header["ensemble"] is False
+    assert [c["file"] for c in header["checkpoints"]] == ["adapter_model.safetensors"]
+
+    tok = AutoTokenizer.from_pretrained(str(tiny.base_path))
+    model = load_lora_model(tiny.base_path, final_only)
+    linears = lora_linears(model, "default")
+    sketch = sketch_for(linears, PARAMS.dim, PARAMS.seed)
+    tokens = record_tokens(tok, [ex.document() for ex in examples], PARAMS.max_tokens)
+    phi = np.concatenate(
+        [
+            projected_gradients(model, linears, sketch, [(t, [1] * len(t))], pad_id(tok)).numpy()
+            for t in tokens
+        ]
+    )
+    psi = unit_rows(whiten(phi, PARAMS.damping)[0])
+    out = examples[5].document()
+    ids, mask = s.render("Clause:", out)
+    response = projected_gradients(model, linears, sketch, [(ids, mask)], pad_id(tok))[0]
+    want = psi.astype(np.float64) @ response.numpy().astype(np.float64)
+    got = s.all_scores("legal", "Clause:", out)
+    assert np.allclose(got, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+    assert np.argmax(got) == np.argmax(want)
+
+
+def test_an_adapter_without_checkpoints_gets_the_final_weights_index(
+    tiny: DemoModels,
+    final_only: Path,
+    examples: list[TrainingExample],
+    tmp_path: Path,
+) -> None:
+    """Built before checkpoints (its lineage lists none): a one-checkpoint /3 index whose
+    features are the final-weights index's bytes."""
+    old = _without_index(final_only, tmp_path / "old", checkpoints=False)
+    index = build_influence_index(tiny.base_path, old, examples, params=PARAMS, progress=False)
+    header = json.loads((index / HEADER).read_text())
+    assert header["method"] == INFLUENCE_METHOD and len(header["checkpoints"]) == 1
+    assert header["checkpoints"][0]["step"] is None
+    reference = find_index(final_only) / FEATURES
+    assert (index / FEATURES).read_bytes() == reference.read_bytes()
     s = GradientInfluence(tiny.base_path)
     s.register("old", old)
-    assert s.score("old", "", "The tenant shall pay").method == "royalty-influence/1"
-    (old / index.name / HEADER).write_text(json.dumps({**header, "method": "royalty-influence/0"}))
+    s.register("final", final_only)
+    out = examples[2].document()
+    assert np.array_equal(s.all_scores("old", "", out), s.all_scores("final", "", out))
+
+
+def test_ensemble_averages_the_checkpoints_scaled_scores(
+    scorer: GradientInfluence, index: Path, final_only: Path, examples: list[TrainingExample]
+) -> None:
+    # each checkpoint is whitened alone with the same sketch; the last one is the final weights
+    k, n = len(STEPS), len(examples)
+    ensemble = np.fromfile(index / FEATURES, dtype=np.float32).reshape(k, n, PARAMS.dim)
+    final = np.fromfile(find_index(final_only) / FEATURES, dtype=np.float32).reshape(n, -1)
+    assert np.array_equal(ensemble[-1], final)
+    assert not np.allclose(ensemble[0], final, atol=1e-3)
+    out = examples[7].document()
+    phi = scorer.response_features("legal", "", out)
+    assert phi.shape == (k, PARAMS.dim)
+    per = [np.asarray(ensemble[i] @ phi[i], dtype=np.float64) for i in range(k)]  # as scored
+    want = np.mean([p / np.abs(p).mean() for p in per], axis=0)
+    assert np.allclose(scorer.all_scores("legal", "", out), want, rtol=1e-6, atol=1e-9)
+    single = np.array([3.0, -1.0, 0.5])
+    assert np.array_equal(combine([single]), single)  # one checkpoint: unscaled
+    assert np.allclose(combine([single, 2 * single]), single / np.abs(single).mean())
+
+
+def test_a_changed_or_missing_checkpoint_is_refused(
+    tiny: DemoModels, adapter: Path, index: Path, examples: list[TrainingExample], tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(adapter, copy)
+    step = copy / "checkpoints" / "step-20.safetensors"
+    data = bytearray(step.read_bytes())
+    data[-1] ^= 1
+    step.write_bytes(bytes(data))
+    s = GradientInfluence(tiny.base_path)
+    with pytest.raises(NoInfluenceIndex):
+        s.register("copy", copy)
+    assert not s.knows("copy")
+    with pytest.raises(NoInfluenceIndex):
+        build_influence_index(tiny.base_path, copy, examples, params=PARAMS, progress=False)
+    step.unlink()
+    with pytest.raises(NoInfluenceIndex):
+        s.register("copy", copy)
+    s.register("good", adapter)  # a failed registration leaves the shared model usable
+    first = s.score("good", "", examples[0].document()).records[0]
+    assert first.record_id == examples[0].record_id
+
+
+@pytest.mark.parametrize("method", ["royalty-influence/1", "royalty-influence/2"])
+def test_old_indexes_still_score_and_say_so(
+    tiny: DemoModels, final_only: Path, tmp_path: Path, method: str
+) -> None:
+    """An adapter built before royalty-influence/3 keeps its /1 or /2 index (format 1: one
+    feature matrix at the final weights, no checkpoints in the header) until its next build:
+    the scorer opens it, scores as before and its results carry the method they came from."""
+    old = tmp_path / "old"
+    shutil.copytree(final_only, old)
+    index = find_index(old)
+    header = json.loads((index / HEADER).read_text())
+    legacy = {k: v for k, v in header.items() if k not in ("checkpoints", "ensemble")}
+    legacy |= {"format": 1, "method": method}
+    if method == "royalty-influence/1":
+        del legacy["unit_rows"]  # /1 headers predate it (the scorer reads it as False)
+    (index / HEADER).write_text(json.dumps(legacy))
+    s = GradientInfluence(tiny.base_path)
+    s.register("old", old)
+    s.register("new", final_only)
+    result = s.score("old", "", "The tenant shall pay")
+    assert result.method == method
+    assert result.records == s.score("new", "", "The tenant shall pay").records
+    (index / HEADER).write_text(json.dumps({**legacy, "method": "royalty-influence/0"}))
     with pytest.raises(NoInfluenceIndex):
         s.register("older", old)
