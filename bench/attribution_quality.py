@@ -15,7 +15,8 @@ reproduced far more often within the time budget (63 of 150 against 8-18, docs/a
 datanet through the model factory (`build_adapter`, the path every adapter takes), its span
 index (`build_adapter_index`) and influence index (`build_influence_index`) are built, and the
 adapter is prompted with each canary's first `--prefix-words` words (greedy,
-`--max-new-tokens`, transformers + PEFT on the CPU). A canary counts as reproduced when the
+as many new tokens as the canary's rest has, or `--max-new-tokens`; transformers + PEFT on
+the CPU). A canary counts as reproduced when the
 output continues it verbatim for at least `--reproduce-tokens` tokens, and as reproduced in
 full when the output holds the whole rest of it verbatim. Attribution sees only the generated
 text (and, for influence, the prompt), never who planted what. For each canary:
@@ -218,10 +219,14 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
         prompt = " ".join(words[: args.prefix_words])
         rest = " " + " ".join(words[args.prefix_words :])
         ids = tok(prompt, return_tensors="pt").input_ids
-        with torch.no_grad():
-            out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=False)
-        generated = tok.decode(out[0][ids.shape[1] :], skip_special_tokens=True)
         want = tok(rest, add_special_tokens=False).input_ids
+        # By default the model writes as many tokens as the canary's rest has: the output is
+        # its attempt at the canary, not the canary plus whatever clause it runs on into
+        # (a run-on copies other records and is credited to them, rightly: see the docs).
+        budget = args.max_new_tokens or len(want)
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=budget, do_sample=False)
+        generated = tok.decode(out[0][ids.shape[1] :], skip_special_tokens=True)
         got = tok(generated, add_special_tokens=False).input_ids
         matched = next(
             (k for k, (a, b) in enumerate(zip(want, got, strict=False)) if a != b),
@@ -288,7 +293,7 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
             "copies": args.copies,
             "prefix_words": args.prefix_words,
             "reproduce_tokens": args.reproduce_tokens,
-            "max_new_tokens": args.max_new_tokens,
+            "max_new_tokens": args.max_new_tokens or "canary length",
             "train_steps": args.steps,
             "lora_rank": args.lora_rank,
             "lr": args.lr,
@@ -408,7 +413,12 @@ def main() -> None:
         "this budget: see docs/attribution.md; try --records 800 --steps 800 --prefix-words 4)",
     )
     ap.add_argument("--canary-words", type=int, default=14, help="words of a passphrase canary")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=0,
+        help="tokens to generate per canary (default 0: as many as the canary's rest has)",
+    )
     ap.add_argument(
         "--work-dir",
         help="where the adapter and its indexes are built (default: a new temp directory); "
