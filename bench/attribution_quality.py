@@ -23,7 +23,7 @@ text (and, for influence, the prompt), never who planted what. For each canary:
 
 - spans: the contributor with the largest weight in the response's `attribution`
   (`attribution.weights`), and whether a planted record is among `top_records[:3]`;
-- influence (`GradientInfluence`, royalty-influence/2): whether a planted record is among the
+- influence (`GradientInfluence`, `INFLUENCE_METHOD`): whether a planted record is among the
   top 3 records for (prompt, output); also on the canary's true continuation as the output
   ("oracle output": the index's own quality, whatever the model generated);
 - influence without whitening (the same gradients, plain inner products): an ablation;
@@ -262,7 +262,7 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
             "span_top_record_contributor": att["top_records"][0]["contributor"]
             if att.get("spans") and att.get("top_records") else None,
             "span_top3": [t["id"] for t in att.get("top_records", [])[:3]],
-            "influence_top3": [r.record_id for r in inf.records],
+            "influence_top3": [r.record_id for r in inf.records], "influence_method": inf.method,
             "influence_oracle_top3": [
                 r.record_id for r in scorer.score("canaries", prompt, rest, top_k=3).records],
             "raw_gradient_top3": [
@@ -299,6 +299,7 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
             "lr": args.lr,
             "train_seconds": round(train_s, 1),
             "adapter_cached": built.cached,
+            "influence_method": rows[0]["influence_method"] if rows else None,
             "influence_build_seconds": round(influence_build_s, 1),
             "influence_score_cpu_seconds_p50": round(score_s[len(score_s) // 2], 3),
             "generate_and_attribute_seconds": round(gen_s, 1),
@@ -364,7 +365,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| spans, planter tied first (at the cap) | {s['span_first_or_tied_pct']} % | | | | |",
             f"| spans, the top record's contributor | {s['span_top_record_is_planter_pct']} % "
             "| | | | |",
-            f"| gradient influence (royalty-influence/2) | | {s['influence_top3_pct']} % "
+            f"| gradient influence ({s.get('influence_method')}) | | {s['influence_top3_pct']} % "
             f"| | {s.get('influence_top3_full_pct')} % | {s['influence_top3_all_pct']} % "
             f"(oracle output: {s['influence_oracle_top3_all_pct']} %) |",
             f"| gradient inner product, no whitening | | {s['raw_gradient_top3_pct']} % "
