@@ -28,10 +28,13 @@ NO_WHITENING = 1e6
 
 
 def influence_variants(records: int) -> dict[str, InfluenceParams]:
-    """The production parameters and the ablations, scored side by side from one run."""
+    """The production parameters and the ablations, scored side by side from one run: all
+    on the full adapter's checkpoints (royalty-influence/3) but the final-weights row."""
     prod = InfluenceParams()
     return {
         "influence": prod,
+        # royalty-influence/2: the same index at the final weights alone
+        "influence_final_weights_only_v2": dataclasses.replace(prod, ensemble=False),
         # royalty-influence/1 damped by trace / dim, i.e. min(records, dim) / dim of today's
         # mean-nonzero-eigenvalue damping: the same whitening with /1's (smaller) lambda
         "influence_v1_damping": dataclasses.replace(
@@ -97,8 +100,8 @@ def run_counterfactual(args: argparse.Namespace) -> dict[str, Any]:
     for label, params in influence_variants(len(examples)).items():
         adapter_dir = work / f"full-{label}"
         adapter_dir.mkdir()
-        for f in full.iterdir():
-            if f.is_file():
+        for f in full.iterdir():  # the weights, the lineage and the checkpoints
+            if f.is_file() or f.name == "checkpoints":
                 (adapter_dir / f.name).symlink_to(f)
         build_influence_index(base.base_path, adapter_dir, examples, params=params, progress=False)
         scorer = GradientInfluence(base.base_path)

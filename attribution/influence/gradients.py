@@ -26,7 +26,8 @@ weights the factory saved at evenly spaced steps) and averages the scores (`chec
 records, so with fewer records than dimensions its damping was smaller than intended.
 
 Layout, next to the adapter's weights, in a directory named by the digest of everything the
-numbers depend on (the method, the parameters, the base and adapter weights, the records):
+numbers depend on (the method, the parameters, the base and adapter weights, the checkpoints'
+bytes, the records):
 
     influence-<digest16>/header.json    format, method, seed, dim, damping, checkpoints, record ids
     influence-<digest16>/features.f32   Psi per checkpoint, float32 (checkpoints x records x dim),
@@ -340,10 +341,8 @@ def _valid(target: Path, key: str) -> bool:
         size = (target / FEATURES).stat().st_size
     except (OSError, ValueError):
         return False
-    count = len(header.get("checkpoints") or [None])
-    return header.get("key") == key and size == 4 * count * header["dim"] * len(
-        header["record_ids"]
-    )
+    rows = len(header.get("checkpoints") or [None]) * len(header["record_ids"])
+    return header.get("key") == key and size == 4 * rows * header["dim"]
 
 
 def _build_into(
@@ -363,6 +362,7 @@ def _build_into(
     t0 = time.perf_counter()
     checkpoints = ckpt.adapter_checkpoints(adapter_dir, ensemble=params.ensemble)
     lams: list[float] = []
+    gradient_s = 0.0
     with _quiet_offline_hf(), deterministic_torch(params.seed, params.threads):
         tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
         model = load_lora_model(base_dir, adapter_dir)
@@ -379,6 +379,7 @@ def _build_into(
                     p.requires_grad_(False)
                 linears = lora_linears(model, name)
                 done = k * len(records)
+                t1 = time.perf_counter()
                 phi = np.zeros((len(records), params.dim), dtype=np.float32)
                 for batch in _batches([len(t) for t in tokens], params.batch_tokens):
                     seqs = [(tokens[i], [1] * len(tokens[i])) for i in batch]
@@ -387,11 +388,11 @@ def _build_into(
                     ).numpy()
                     done += len(batch)
                     tick(done, -1.0)
+                gradient_s += time.perf_counter() - t1
                 psi[k], lam = whiten(phi, params.damping)
                 lams.append(lam)
                 if params.unit_rows:
                     psi[k] = unit_rows(psi[k])
-        gradient_s = time.perf_counter() - t0
     psi.tofile(tmp / FEATURES)
     return {
         "format": INDEX_FORMAT,

@@ -19,7 +19,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from attribution.influence import INFLUENCE_METHOD, NoInfluenceIndex, UnknownAdapter  # noqa: E402
-from attribution.influence.checkpoints import combine  # noqa: E402
+from attribution.influence.checkpoints import (  # noqa: E402
+    adapter_checkpoints,
+    checkpoint_path,
+    combine,
+)
 from attribution.influence.gradients import (  # noqa: E402
     FEATURES,
     HEADER,
@@ -431,3 +435,21 @@ def test_old_indexes_still_score_and_say_so(
     (index / HEADER).write_text(json.dumps({**legacy, "method": "royalty-influence/0"}))
     with pytest.raises(NoInfluenceIndex):
         s.register("older", old)
+
+
+def test_checkpoints_are_found_through_a_linked_lineage(adapter: Path, tmp_path: Path) -> None:
+    """A bench's ablation directory links the adapter's files but not its checkpoints
+    directory: they are found next to the lineage the link points to, and still checked."""
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for f in adapter.iterdir():
+        if f.is_file():
+            (linked / f.name).symlink_to(f)
+    found = adapter_checkpoints(linked)
+    assert [c.step for c in found] == list(STEPS)
+    assert checkpoint_path(linked, found[0].file) == adapter / found[0].file
+    (linked / "lineage.json").unlink()  # a plain copy without the directory: refused
+    shutil.copy(adapter / "lineage.json", linked / "lineage.json")
+    with pytest.raises(NoInfluenceIndex):
+        adapter_checkpoints(linked)
+    assert [c.step for c in adapter_checkpoints(linked, ensemble=False)] == [None]
