@@ -26,7 +26,8 @@ text (and, for influence, the prompt), never who planted what. For each canary:
 - influence (`GradientInfluence`, `INFLUENCE_METHOD`): whether a planted record is among the
   top 3 records for (prompt, output); also on the canary's true continuation as the output
   ("oracle output": the index's own quality, whatever the model generated);
-- influence without whitening (the same gradients, plain inner products): an ablation;
+- influence at the final weights only (royalty-influence/2's scores: no checkpoint ensemble)
+  and without whitening (the same gradients, plain inner products): ablations;
 - BM25: the contributor of the best-scoring record for the output, and the top 3.
 
 Counterfactual (`--counterfactual`, on the tiny factory base): a datanet of `--cf-records`
@@ -185,19 +186,24 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
     influence_build_s = time.perf_counter() - t0
     scorer = GradientInfluence(base.base_path)
     scorer.register("canaries", built.path)
-    raw_dir = work / "raw"
-    raw_dir.mkdir(exist_ok=True)
-    for f in built.path.iterdir():
-        if f.is_file() and not (raw_dir / f.name).exists():
-            (raw_dir / f.name).symlink_to(f)
-    build_influence_index(
-        base.base_path,
-        raw_dir,
-        examples,
-        params=InfluenceParams(damping=NO_WHITENING, unit_rows=False),
-    )
-    raw_scorer = GradientInfluence(base.base_path)
-    raw_scorer.register("canaries", raw_dir)
+
+    def ablation(label: str, params: InfluenceParams) -> GradientInfluence:
+        """An influence index with other parameters over the same adapter (its files linked
+        into a directory of its own, where the index is written), and a scorer for it."""
+        adir = work / label
+        adir.mkdir(exist_ok=True)
+        for f in built.path.iterdir():  # the weights, the lineage and the checkpoints
+            if (f.is_file() or f.name == "checkpoints") and not (adir / f.name).exists():
+                (adir / f.name).symlink_to(f)
+        build_influence_index(base.base_path, adir, examples, params=params)
+        ablated = GradientInfluence(base.base_path)
+        ablated.register("canaries", adir)
+        return ablated
+
+    raw_scorer = ablation("raw", InfluenceParams(damping=NO_WHITENING, unit_rows=False))
+    # the same index at the final weights alone (royalty-influence/2's scores): what the
+    # checkpoint ensemble adds, on the same outputs
+    final_scorer = ablation("final-weights", InfluenceParams(ensemble=False))
     attributor = ResponseAttributor(base.base_path / "tokenizer.json")
     baseline: dict[int, int] = {}
     for o in owners:
@@ -267,6 +273,8 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
                 r.record_id for r in scorer.score("canaries", prompt, rest, top_k=3).records],
             "raw_gradient_top3": [
                 r.record_id for r in raw_scorer.score("canaries", prompt, generated, top_k=3).records],
+            "final_weights_top3": [
+                r.record_id for r in final_scorer.score("canaries", prompt, generated, top_k=3).records],
             "bm25_first_contributor": owners[order[0]], "bm25_top3": [i + 1 for i in order[:3]],
         })  # fmt: skip
     gen_s = time.perf_counter() - t0
@@ -324,6 +332,8 @@ def run_canaries(args: argparse.Namespace) -> dict[str, Any]:
             "influence_top3_pct": share(top3("influence_top3"), rep),
             "influence_top3_all_pct": share(top3("influence_top3"), rows),
             "influence_oracle_top3_all_pct": share(top3("influence_oracle_top3"), rows),
+            "final_weights_top3_pct": share(top3("final_weights_top3"), rep),
+            "final_weights_top3_all_pct": share(top3("final_weights_top3"), rows),
             "raw_gradient_top3_pct": share(top3("raw_gradient_top3"), rep),
             "raw_gradient_top3_all_pct": share(top3("raw_gradient_top3"), rows),
             "bm25_first_is_planter_pct": share(
@@ -368,6 +378,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| gradient influence ({s.get('influence_method')}) | | {s['influence_top3_pct']} % "
             f"| | {s.get('influence_top3_full_pct')} % | {s['influence_top3_all_pct']} % "
             f"(oracle output: {s['influence_oracle_top3_all_pct']} %) |",
+            f"| the same, final weights only (= royalty-influence/2) | | "
+            f"{s.get('final_weights_top3_pct')} % | | | {s.get('final_weights_top3_all_pct')} % |",
             f"| gradient inner product, no whitening | | {s['raw_gradient_top3_pct']} % "
             f"| | | {s['raw_gradient_top3_all_pct']} % |",
             f"| BM25 (rank_bm25) | {s['bm25_first_is_planter_pct']} % | {s['bm25_top3_pct']} % "
