@@ -412,7 +412,7 @@ def main() -> None:
     ap.add_argument("--contributors", type=int, default=8)
     ap.add_argument("--canaries", type=int, default=150)
     ap.add_argument("--copies", type=int, default=2, help="records each canary is planted in")
-    ap.add_argument("--steps", type=int, default=500)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--lora-rank", type=int, default=16)
     ap.add_argument("--prefix-words", type=int, default=5, help="prompt: the canary's first words")
