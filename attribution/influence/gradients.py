@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from attribution.influence import checkpoints as ckpt
 from attribution.influence.api import INFLUENCE_METHOD, READABLE_METHODS, NoInfluenceIndex
+from attribution.influence.checkpoints import ADAPTER_WEIGHTS, _sha256_file
 from attribution.influence.projection import CountSketch
 
 if TYPE_CHECKING:
@@ -65,7 +66,6 @@ READABLE_FORMATS = (1, 2)
 """1: /1 and /2 indexes, one feature matrix at the final weights; 2: one per checkpoint."""
 HEADER = "header.json"
 FEATURES = "features.f32"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 BASE_WEIGHTS = "model.safetensors"
 
 
@@ -247,12 +247,6 @@ def _batches(lengths: Sequence[int], batch_tokens: int) -> Iterator[list[int]]:
         batch.append(i)
     if batch:
         yield batch
-
-
-def _sha256_file(path: Path) -> str:
-    from serving.factory.build import _sha256_file as sha256_file
-
-    return sha256_file(path)
 
 
 def index_key(
