@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from gateway.cli_deadletters import deadletters_app
 from gateway.cli_factory import adapters_app, factory_app
 from gateway.cli_influence import influence_app
 from gateway.cli_metering import credits_app, ledger_app, payouts_app, prices_app, report
@@ -37,6 +38,7 @@ app.add_typer(prices_app, name="prices")
 app.add_typer(payouts_app, name="payouts")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(influence_app, name="influence")
+app.add_typer(deadletters_app, name="deadletters")
 app.command("report")(report)
 
 
@@ -62,7 +64,11 @@ def up(
     data_dir: DataDir = None,
     database_url: DbUrl = None,
     demo_key: Annotated[
-        bool, typer.Option(help="Create and print a demo API key once ready.")
+        bool,
+        typer.Option(
+            help="Mint a demo API key once ready (only for the demo models on their own "
+            "engine; ROYALTY_DEMO_KEY=0 also turns it off)."
+        ),
     ] = True,
 ) -> None:
     """Run the gateway, its engines and the usage shipper until SIGTERM; flush usage; exit 0."""

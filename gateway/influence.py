@@ -13,6 +13,14 @@ invariant: influence only refines attribution later. A response's span weights a
 on its usage record (posted by the ledger worker as they are); a dropped job just means that
 response keeps them. Likewise jobs still buffered when the process is killed are lost
 (a clean stop flushes them).
+
+A job Postgres can never take (`core.sqlstate.blames_the_data`: a NUL in its prompt or
+output) would keep its batch, and every job behind it, buffered forever. Then the batch is
+split in halves, recursively, until the rejected jobs stand alone; the others are queued and
+the rejected ones go to the dead-letter store (queue `influence`, the job as msgpack) before
+the batch leaves the buffer. A transient failure anywhere in between keeps the whole batch
+buffered (both writes are idempotent). `replay_dead_letter` queues such a job again with its
+text made storable.
 """
 
 from __future__ import annotations
@@ -20,11 +28,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import msgspec
 from prometheus_client import Counter, Gauge
 
 from attribution.influence.queue import (
@@ -33,6 +43,8 @@ from attribution.influence.queue import (
     PostgresInfluenceQueue,
     QueuePolicy,
 )
+from core.deadletters import DeadLetterStore, NewDeadLetter
+from core.sqlstate import blames_the_data, describe, storable_text
 from gateway.inference import CompletedResponse
 
 if TYPE_CHECKING:
@@ -75,10 +87,12 @@ class InfluenceEnqueuer:
         interval_s: float = 0.2,
         max_backoff_s: float = 30.0,
         timeout_s: float = 10.0,
+        dead_letters: DeadLetterStore | None = None,
     ) -> None:
         if max_buffer < 1 or batch_size < 1:
             raise ValueError("max_buffer and batch_size must be positive")
         self.queue = queue
+        self.dead_letters = dead_letters
         self.max_buffer = max_buffer
         self.batch_size = batch_size
         self.interval_s = interval_s
@@ -92,6 +106,7 @@ class InfluenceEnqueuer:
         self.enqueued_total = 0
         self.dropped_total = 0
         self.failures_total = 0
+        self.dead_lettered_total = 0
 
     @property
     def buffered(self) -> int:
@@ -153,9 +168,15 @@ class InfluenceEnqueuer:
         """Write every buffered job; False (jobs kept) if the queue refused a batch."""
         while self._buffer:
             batch = [self._buffer[i] for i in range(min(self.batch_size, len(self._buffer)))]
+            rejected = 0
             try:
-                await asyncio.wait_for(self.queue.enqueue(batch), self.timeout_s)
-            except Exception as e:  # any failure: keep the batch, retry later
+                try:
+                    await asyncio.wait_for(self.queue.enqueue(batch), self.timeout_s)
+                except Exception as e:
+                    if self.dead_letters is None or not blames_the_data(e):
+                        raise
+                    rejected = await self._enqueue_isolating(batch, e)
+            except Exception as e:  # any other failure: keep the batch, retry later
                 self.failures_total += 1
                 ENQUEUE_FAILURES.inc()
                 log.warning("influence jobs not queued yet (%d buffered): %r", len(self), e)
@@ -163,10 +184,40 @@ class InfluenceEnqueuer:
             # Only this task removes from the left; the observer appends on the right.
             for _ in batch:
                 self._buffer.popleft()
-            self.enqueued_total += len(batch)
-            JOBS_ENQUEUED.inc(len(batch))
+            self.enqueued_total += len(batch) - rejected
+            JOBS_ENQUEUED.inc(len(batch) - rejected)
             JOBS_BUFFERED.set(len(self._buffer))
         return True
+
+    async def _enqueue_isolating(self, batch: list[NewJob], error: Exception) -> int:
+        """Queue `batch` (which failed with `error`) in halves, recursively; dead-letter each
+        job refused alone and return how many. Raises (nothing dead-lettered) on any other
+        failure."""
+        assert self.dead_letters is not None
+        rejected: list[tuple[NewJob, Exception]] = []
+        todo: list[tuple[list[NewJob], Exception]] = [(batch, error)]
+        while todo:
+            chunk, failure = todo.pop()
+            if len(chunk) == 1:
+                rejected.append((chunk[0], failure))
+                continue
+            half = len(chunk) // 2
+            for part in (chunk[:half], chunk[half:]):
+                try:
+                    await asyncio.wait_for(self.queue.enqueue(part), self.timeout_s)
+                except Exception as refused:
+                    if not blames_the_data(refused):
+                        raise
+                    todo.append((part, refused))
+        letters = [
+            NewDeadLetter.of("influence", job.request_id, dead_letter_payload(job), why)
+            for job, why in rejected
+        ]
+        await asyncio.wait_for(self.dead_letters.put(letters), self.timeout_s)
+        self.dead_lettered_total += len(rejected)
+        for job, why in rejected:
+            log.error("influence job %r dead-lettered: %s", job.request_id, describe(why))
+        return len(rejected)
 
     def __len__(self) -> int:
         return len(self._buffer)
@@ -189,3 +240,54 @@ class InfluenceEnqueuer:
             log.warning("%d influence jobs not queued at stop; their span attribution stands",
                         len(self._buffer))  # fmt: skip
         return not self._buffer
+
+
+# --- dead letters ----------------------------------------------------------------------------
+def dead_letter_payload(job: NewJob) -> bytes:
+    """An influence job as the dead-letter store keeps it: msgpack (text that cannot even be
+    encoded, a lone surrogate, is escaped first)."""
+    try:
+        return msgspec.msgpack.encode(job)
+    except UnicodeEncodeError:
+        return msgspec.msgpack.encode(storable_job(job))
+
+
+def storable_job(job: NewJob) -> NewJob:
+    """`job` with NUL removed and lone surrogates escaped in its prompt, output and
+    attribution (everywhere in them: keys and values of nested JSON too)."""
+    return dataclasses.replace(
+        job,
+        request_id=storable_text(job.request_id),
+        adapter=storable_text(job.adapter),
+        prompt=_storable(job.prompt),
+        output=storable_text(job.output),
+        attribution=_storable(job.attribution),
+    )
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        # jsonb refuses \u0000 however it is written; the JSON text escapes what remains.
+        return storable_text(value)
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    if isinstance(value, dict):
+        return {storable_text(str(k)): _storable(v) for k, v in value.items()}
+    return value
+
+
+async def replay_dead_letter(
+    queue: InfluenceQueue, store: DeadLetterStore, letter_id: int, note: str
+) -> NewJob:
+    """Queue dead influence letter `letter_id`'s job again, its text made storable
+    (`storable_job`), then mark the letter replayed and forget its text. Queuing is
+    idempotent by request id, so a replay interrupted between the two can be run again.
+    Raises `LookupError` when there is no such dead influence letter."""
+    letter = await store.get(letter_id)
+    if letter is None or letter.queue != "influence" or letter.state != "dead":
+        raise LookupError(f"no dead influence letter {letter_id}")
+    job = storable_job(msgspec.msgpack.decode(letter.payload, type=NewJob))
+    await queue.enqueue([job])
+    if await store.mark_replayed(letter_id, note, forget_payload=True) is None:
+        raise LookupError(f"dead letter {letter_id} was resolved meanwhile (its job is queued)")
+    return job

@@ -15,6 +15,17 @@ INSERT ... ON CONFLICT DO NOTHING adds no row, so the enqueue trigger sees none)
 
 Months: an event posts to the month of its `started_at` (UTC), or, once that month is
 closed, to the first open month after it.
+
+Poison events: when a batch fails because of an event's data (`core.sqlstate.blames_the_data`:
+e.g. a charge that overflows bigint, 22003), retrying the batch would fail forever and stop
+the queue. The worker then posts the batch's events in halves, recursively (each half its
+own transaction, exactly like a batch), until the failing event stands alone, and moves it
+to the dead-letter store (queue `posting`, the event's usage record as msgpack): the DELETE
+from `usage_unposted` and the dead letter are one transaction, so every event stays posted,
+queued or dead-lettered, exactly one of them. Its budget reservation stays held until an
+operator replays it (`requeue_dead_letter`: back on the queue) or discards it
+(`discard_dead_letter`: never charged, the reservation released). Transient errors, and
+errors that are not the data's fault, roll back and are retried.
 """
 
 from __future__ import annotations
@@ -28,6 +39,8 @@ from dataclasses import dataclass, field
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core import deadletters
+from core.sqlstate import blames_the_data, describe, is_transient
 from metering import metrics as metering_metrics
 from metering.catalog import load_price_book
 from metering.ledger import (
@@ -45,6 +58,8 @@ from metering.pg import driver
 from metering.record_penalties import withhold_in_batch
 from metering.sources import AdapterDirectory, AttributionSource, NoAttribution
 from metering.split_batch import compute_postings
+from metering.usage import USAGE_COLUMNS, UsageRecord
+from metering.usage_store import dead_letter_payload, decode_dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +80,36 @@ WITH taken AS (
 SELECT e.request_id, e.account_id, e.base_model, e.adapter, e.status,
        e.prompt_tokens, e.completion_tokens, e.started_at
 FROM usage_events e WHERE e.request_id = ANY(ARRAY(SELECT event_id FROM taken))
+"""
+# The same, for given event ids (isolating a poison event): those still queued and not taken.
+TAKE_IDS = """
+WITH taken AS (
+    DELETE FROM usage_unposted WHERE event_id = ANY(ARRAY(
+        SELECT event_id FROM usage_unposted WHERE event_id = ANY($1::text[])
+        ORDER BY event_id FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING event_id
+)
+SELECT e.request_id, e.account_id, e.base_model, e.adapter, e.status,
+       e.prompt_tokens, e.completion_tokens, e.started_at
+FROM usage_events e WHERE e.request_id = ANY(ARRAY(SELECT event_id FROM taken))
+"""
+TAKE_POISON = f"""
+WITH taken AS (
+    DELETE FROM usage_unposted WHERE event_id = ANY(ARRAY(
+        SELECT event_id FROM usage_unposted WHERE event_id = $1 FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING event_id
+)
+SELECT {", ".join(USAGE_COLUMNS)}
+FROM usage_events e WHERE e.request_id = ANY(ARRAY(SELECT event_id FROM taken))
+"""  # noqa: S608 (a fixed column list)
+# Back on the queue, unless it was posted meanwhile (it never is: dead-lettering removed it).
+REQUEUE_EVENT = """
+INSERT INTO usage_unposted (event_id)
+SELECT request_id FROM usage_events WHERE request_id = $1
+  AND NOT EXISTS (SELECT 1 FROM usage_postings WHERE event_id = $1)
+ON CONFLICT (event_id) DO NOTHING
 """
 POSTING_COLUMNS = (
     "event_id", "txn_id", "month", "event_day", "payer_id", "adapter", "price_id", "policy_id",
@@ -122,6 +167,18 @@ class BatchResult:
     txn_id: int | None
     minted: dict[str, int] = field(default_factory=dict)
     """Micro-credits the batch credited, by payee kind (for the credits-minted metric)."""
+    dead_lettered: int = 0
+    """Events taken off the queue into the dead-letter store (their data cannot post)."""
+
+    def __add__(self, other: BatchResult) -> BatchResult:
+        minted = dict(self.minted)
+        for kind, micros in other.minted.items():
+            minted[kind] = minted.get(kind, 0) + micros
+        return BatchResult(
+            self.events + other.events, self.charged + other.charged,
+            other.txn_id if other.txn_id is not None else self.txn_id, minted,
+            self.dead_lettered + other.dead_lettered,
+        )  # fmt: skip
 
 
 class PostingWorker:
@@ -144,12 +201,24 @@ class PostingWorker:
         """Test hook: called inside the transaction after the COPY (raise to crash there)."""
 
     async def post_batch(self) -> BatchResult:
-        done = await self._post_batch()
+        """Post one batch; a batch that fails because of an event's data is posted around
+        that event, which goes to the dead-letter store (module docstring)."""
+        taken: list[str] = []
+        try:
+            done = await self._post_batch(taken)
+        except Exception as exc:
+            if not taken or not blames_the_data(exc):
+                raise
+            log.warning(
+                "a batch of %d usage events failed on an event's data (%s); isolating it",
+                len(taken), describe(exc),
+            )  # fmt: skip
+            done = await self._isolate(taken, exc)
         for kind, micros in done.minted.items():  # counted once the batch committed
             metering_metrics.credits_minted(kind, micros)
         return done
 
-    async def _post_batch(self) -> BatchResult:
+    async def _post_batch(self, taken: list[str]) -> BatchResult:
         async with driver(self._engine) as conn, conn.transaction():
             await conn.execute(LOCK_SHARED, CLOSE_LOCK_KEY)
             cursor = self._cursor
@@ -162,7 +231,54 @@ class PostingWorker:
             # Only a hint: a batch that rolls back leaves its events behind the cursor, and
             # the next wrap-around takes them.
             self._cursor = max(e["request_id"] for e in events)
+            taken.extend(e["request_id"] for e in events)
             return await self._post(conn, events)
+
+    async def _post_ids(self, ids: Sequence[str]) -> BatchResult:
+        """Post those of `ids` still queued (and not taken by another worker): one batch."""
+        async with driver(self._engine) as conn, conn.transaction():
+            await conn.execute(LOCK_SHARED, CLOSE_LOCK_KEY)
+            events = await conn.fetch(TAKE_IDS, list(ids))
+            if not events:
+                return BatchResult(0, 0, None)
+            return await self._post(conn, events)
+
+    async def _isolate(self, ids: Sequence[str], error: BaseException) -> BatchResult:
+        """Post `ids` (whose batch failed with `error`) in halves, recursively, and
+        dead-letter each event that fails alone. Each half is a transaction of its own: an
+        event is posted or dead-lettered once, and one still queued after a crash or a
+        transient error is simply taken again later."""
+        done = BatchResult(0, 0, None)
+        todo: list[tuple[list[str], BaseException]] = [(sorted(ids), error)]
+        while todo:
+            chunk, failure = todo.pop(0)
+            if len(chunk) == 1:
+                done = done + await self._dead_letter(chunk[0], failure)
+                continue
+            half = len(chunk) // 2
+            for part in (chunk[:half], chunk[half:]):
+                try:
+                    done = done + await self._post_ids(part)
+                except Exception as exc:
+                    if not blames_the_data(exc):
+                        raise
+                    todo.append((part, exc))
+        return done
+
+    async def _dead_letter(self, event_id: str, error: BaseException) -> BatchResult:
+        """Take `event_id` off the queue into the dead-letter store, in one transaction
+        (nothing if another worker holds it or it is no longer queued)."""
+        async with driver(self._engine) as conn, conn.transaction():
+            await conn.execute(LOCK_SHARED, CLOSE_LOCK_KEY)
+            row = await conn.fetchrow(TAKE_POISON, event_id)
+            if row is None:
+                return BatchResult(0, 0, None)
+            payload = dead_letter_payload(UsageRecord(**dict(row)))
+            letter = deadletters.NewDeadLetter.of("posting", event_id, payload, error)
+            await deadletters.put_on(conn, [letter])
+        deadletters.dead_lettered("posting", 1)
+        log.error("usage event %r dead-lettered: it cannot post: %s", event_id, describe(error))
+        return BatchResult(0, 0, None, dead_lettered=1)
 
     async def drain(
         self, progress: Callable[[int], None] | None = None, *, concurrency: int = 2
@@ -175,7 +291,7 @@ class PostingWorker:
             total = 0
             while True:
                 done = await self.post_batch()
-                if done.events == 0:
+                if done.events == 0 and done.dead_lettered == 0:
                     return total
                 total += done.events
                 if progress:
@@ -190,16 +306,26 @@ class PostingWorker:
         async with driver(self._engine) as conn:
             return int(await conn.fetchval(QUEUE_DEPTH))
 
-    async def run(self, idle_s: float = 1.0) -> None:
-        """Post forever (a background task of `royalty up`); cancel to stop."""
+    async def run(self, idle_s: float = 1.0, *, max_backoff_s: float = 30.0) -> None:
+        """Post forever (a background task of `royalty up`); cancel to stop. A failed batch
+        rolled back whole and is retried: at once-per-`idle_s` when transient, with a backoff
+        growing to `max_backoff_s` otherwise (an error no event is to blame for, e.g. a
+        schema out of date, fails every batch alike: it is logged, not dead-lettered)."""
+        backoff = idle_s
         while True:
             try:
                 done = await self.post_batch()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                log.exception("posting batch failed; retrying")
-                await asyncio.sleep(idle_s)
+            except Exception as exc:
+                if is_transient(exc):
+                    log.warning("posting batch failed (transient: %r); retrying", exc)
+                    await asyncio.sleep(idle_s)
+                else:
+                    log.exception("posting batch failed; retrying in %.1f s", backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(max(backoff * 2, idle_s), max_backoff_s)
                 continue
-            if done.events < self.batch_size:
+            backoff = idle_s
+            if done.events + done.dead_lettered < self.batch_size:
                 await asyncio.sleep(idle_s)
 
     async def _accounts(
@@ -274,3 +400,30 @@ class PostingWorker:
             if kind is not None and amount > 0:
                 minted[kind] = minted.get(kind, 0) + amount
         return BatchResult(len(events), charged, txn, minted)
+
+
+# --- dead letters (operators: `royalty deadletters replay|discard`) ---------------------------
+async def requeue_dead_letter(engine: AsyncEngine, letter_id: int, note: str) -> str:
+    """Put dead posting letter `letter_id`'s event back on the queue and mark it replayed, in
+    one transaction; returns the event id. Raises `LookupError` when there is no such dead
+    posting letter, `ValueError` when its event is gone or already posted (nothing changes)."""
+    async with driver(engine) as conn, conn.transaction():
+        letter = await deadletters.resolve_on(conn, letter_id, "replayed", note, queue="posting")
+        if letter is None:
+            raise LookupError(f"no dead posting letter {letter_id}")
+        event_id = decode_dead_letter(letter.payload).request_id
+        if await conn.execute(REQUEUE_EVENT, event_id) != "INSERT 0 1":
+            raise ValueError(f"usage event {event_id!r} is not stored or already posted")
+    return event_id
+
+
+async def discard_dead_letter(engine: AsyncEngine, letter_id: int, reason: str) -> str:
+    """Mark dead posting letter `letter_id` discarded: its event is never charged, so its
+    budget reservation is released, in the same transaction. Returns the event id."""
+    async with driver(engine) as conn, conn.transaction():
+        letter = await deadletters.resolve_on(conn, letter_id, "discarded", reason, queue="posting")
+        if letter is None:
+            raise LookupError(f"no dead posting letter {letter_id}")
+        event_id = decode_dead_letter(letter.payload).request_id
+        await conn.execute(RELEASE_RESERVATIONS, [event_id])
+    return event_id

@@ -5,6 +5,15 @@ after the insert has committed advance the log's shipped cursor. A crash or outa
 before the cursor write means the batch is read and inserted again, which the store's
 `ON CONFLICT (request_id) DO NOTHING` turns into a no-op. Nothing is ever dropped: a batch
 that fails stays in the log and is retried with capped exponential backoff.
+
+Except a record the store can never take (`UsageRejected`: a NUL in its text, a model name
+too long for the index): retrying it would stop every record behind it forever. Then the
+batch is split in halves, recursively, until the rejected records stand alone; the others
+are stored, the rejected ones go to the dead-letter store (queue `usage`, their exact
+msgpack), and only after both have committed does the cursor move. A crash or a transient
+failure anywhere in between (the dead-letter write included) moves nothing: the batch is
+read, split and stored again, which the store and the dead-letter store both deduplicate.
+Without a dead-letter store the rejected batch is retried like any other failure.
 """
 
 from __future__ import annotations
@@ -14,9 +23,16 @@ import contextlib
 import logging
 import time
 
+from core.deadletters import DeadLetterStore, NewDeadLetter
 from metering import metrics
+from metering.usage import UsageRecord
 from metering.usage_log import UsageLog
-from metering.usage_store import UsageStore, UsageStoreUnavailable
+from metering.usage_store import (
+    UsageRejected,
+    UsageStore,
+    UsageStoreUnavailable,
+    dead_letter_payload,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,11 +46,13 @@ class UsageShipper:
         batch_size: int = 5000,
         interval_s: float = 0.2,
         max_backoff_s: float = 5.0,
+        dead_letters: DeadLetterStore | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         self._log = log
         self._store = store
+        self._dead_letters = dead_letters
         self._batch_size = batch_size
         self._interval_s = interval_s
         self._max_backoff_s = max_backoff_s
@@ -49,6 +67,8 @@ class UsageShipper:
         self.inserted_total = 0
         """Rows the store reported as new; shipped_total - inserted_total were replays."""
         self.batches_total = 0
+        self.dead_lettered_total = 0
+        """Records the store rejected for good, moved to the dead-letter store."""
         self.failures_total = 0
         self.consecutive_failures = 0
         self.last_error: str | None = None
@@ -122,9 +142,24 @@ class UsageShipper:
             if cursor > self._log.shipped_cursor:
                 await self._log.mark_shipped(cursor)
             return 0
-        inserted = await self._store.insert_batch(records)
+        try:
+            inserted = await self._store.insert_batch(records)
+            rejected: list[tuple[UsageRecord, UsageRejected]] = []
+        except UsageRejected:
+            if self._dead_letters is None:
+                raise
+            inserted, rejected = await self._insert_isolating(records)
+            await self._dead_letters.put(
+                [
+                    NewDeadLetter.of("usage", r.request_id, dead_letter_payload(r), e)
+                    for r, e in rejected
+                ]
+            )
+            for r, e in rejected:
+                log.error("usage record %r dead-lettered: %s", r.request_id, e)
         # Only now, after the commit: a crash before this line replays the batch.
         await self._log.mark_shipped(cursor)
+        self.dead_lettered_total += len(rejected)
         self.shipped_total += len(records)
         metrics.usage_shipped(len(records))
         self.inserted_total += inserted
@@ -132,6 +167,29 @@ class UsageShipper:
         self.consecutive_failures = 0
         self.last_success_monotonic = time.monotonic()
         return len(records)
+
+    async def _insert_isolating(
+        self, records: list[UsageRecord]
+    ) -> tuple[int, list[tuple[UsageRecord, UsageRejected]]]:
+        """Insert `records` in halves, recursively, around the ones the store rejects; returns
+        how many rows were new and the rejected records with their errors. A transient error
+        propagates (what was stored so far is deduplicated on the retry)."""
+        inserted = 0
+        rejected: list[tuple[UsageRecord, UsageRejected]] = []
+        todo = [records[: len(records) // 2], records[len(records) // 2 :]]
+        while todo:
+            chunk = todo.pop(0)
+            if not chunk:
+                continue
+            try:
+                inserted += await self._store.insert_batch(chunk)
+            except UsageRejected as e:
+                if len(chunk) == 1:
+                    rejected.append((chunk[0], e))
+                else:
+                    half = len(chunk) // 2
+                    todo[:0] = [chunk[:half], chunk[half:]]
+        return inserted, rejected
 
     async def flush(self, timeout_s: float) -> bool:
         """Ship everything acknowledged before this call; True if it all shipped in time.

@@ -5,20 +5,36 @@ cannot prove the previous attempt committed (a crash between the commit and the 
 a connection lost while awaiting COMMIT), and the table's primary key turns replays into
 no-ops. That, plus the shipper advancing its cursor only after a commit, makes every record
 land exactly once.
+
+Failures come in two kinds (`core.sqlstate`): `UsageStoreUnavailable` (transient: retry the
+batch as is) and `UsageRejected` (a record in the batch can never be stored as it is, e.g. a
+NUL in its text or a model name too long for the index: the shipper splits the batch to find
+it and dead-letters it). `replay_dead_letter` stores a dead-lettered record again after
+making it storable (`storable_record`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import asyncpg
 import msgspec
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core import deadletters
+from core.sqlstate import (
+    DataRejected,
+    blames_the_data,
+    describe,
+    is_transient,
+    sqlstate_of,
+    storable_text,
+)
+from metering.pg import driver
 from metering.usage import USAGE_COLUMNS, UsageRecord
 
 log = logging.getLogger(__name__)
@@ -27,6 +43,10 @@ log = logging.getLogger(__name__)
 class UsageStoreUnavailable(Exception):
     """The store cannot be reached right now (or the attempt may be retried as is); the batch
     was not stored, or was stored and will be deduplicated on retry."""
+
+
+class UsageRejected(DataRejected):
+    """A record in the batch can never be stored as it is; nothing of the batch was stored."""
 
 
 @runtime_checkable
@@ -95,26 +115,27 @@ _STAGED_COLUMNS = (
 if _STAGED_COLUMNS != USAGE_COLUMNS:  # pragma: no cover - fails at import, on purpose
     raise RuntimeError("usage_store SQL is out of step with UsageRecord's fields")
 
-# SQLSTATEs worth retrying unchanged: lost connections (08), server shutting down or starting
-# (57P01-57P03), out of resources (53), and lock conflicts between concurrent shippers (40).
-_RETRYABLE_SQLSTATE_PREFIXES = ("08", "53", "57P0", "40001", "40P01")
+INSERT_ONE_SQL = f"""
+INSERT INTO usage_events ({", ".join(USAGE_COLUMNS)})
+VALUES ({", ".join(f"${i + 1}" for i in range(len(USAGE_COLUMNS)))})
+ON CONFLICT (request_id) DO NOTHING
+"""  # noqa: S608 (a fixed column list)
+INVALID_MODEL = "<invalid>"
+"""What a replayed record's `model` becomes when the name it carried cannot be stored."""
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(UsageRecord)
 
 
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
-        return True
-    if isinstance(exc, asyncpg.PostgresError):
-        state = getattr(exc, "sqlstate", None) or ""
-        return state.startswith(_RETRYABLE_SQLSTATE_PREFIXES)
-    if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        orig = exc.orig
-        inner = getattr(orig, "__cause__", None) or orig
-        return isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError) or (
-            inner is not None and inner is not exc and _is_transient(inner)
-        )
-    return False
+def _classified(exc: Exception) -> Exception:
+    """What `insert_batch` raises for `exc`: unavailable, rejected, or `exc` itself."""
+    if isinstance(exc, UsageStoreUnavailable | UsageRejected):
+        return exc
+    if is_transient(exc):
+        return UsageStoreUnavailable(f"usage store unavailable: {exc!r}")
+    if blames_the_data(exc):
+        return UsageRejected(f"usage record rejected: {describe(exc)}", sqlstate=sqlstate_of(exc))
+    return exc
 
 
 class PostgresUsageStore:
@@ -133,12 +154,11 @@ class PostgresUsageStore:
             # failed attempt (if it did commit, the replay is deduplicated).
             async with asyncio.timeout(self._timeout_s):
                 return await self._insert_rows(rows)
-        except UsageStoreUnavailable:
-            raise
         except Exception as exc:
-            if _is_transient(exc):
-                raise UsageStoreUnavailable(f"usage store unavailable: {exc!r}") from exc
-            raise
+            raised = _classified(exc)
+            if raised is exc:
+                raise
+            raise raised from exc
 
     async def _insert_rows(self, rows: list[tuple[Any, ...]]) -> int:
         async with self._engine.connect() as conn:
@@ -154,7 +174,7 @@ class PostgresUsageStore:
             except BaseException as exc:
                 # SQLAlchemy did not see this failure; without invalidation a dead connection
                 # would go back to the pool.
-                if not isinstance(exc, Exception) or _is_transient(exc):
+                if not isinstance(exc, Exception) or is_transient(exc):
                     await conn.invalidate()
                 raise
         # "INSERT 0 <rows>"
@@ -167,7 +187,7 @@ class PostgresUsageStore:
                 driver: asyncpg.Connection = raw.driver_connection
                 value = await driver.fetchval(COUNT_SQL)
         except Exception as exc:
-            if _is_transient(exc):
+            if is_transient(exc):
                 raise UsageStoreUnavailable(f"usage store unavailable: {exc!r}") from exc
             raise
         return int(value)
@@ -178,7 +198,8 @@ class InMemoryUsageStore:
 
     `fail_next` makes the next N inserts raise `UsageStoreUnavailable` before storing
     anything; `fail_after_commit` makes them store the rows and then raise, like a connection
-    lost while awaiting the COMMIT reply.
+    lost while awaiting the COMMIT reply. A batch holding a request id in `poison` raises
+    `UsageRejected` and stores nothing, like a record Postgres can never take.
     """
 
     def __init__(self) -> None:
@@ -186,6 +207,7 @@ class InMemoryUsageStore:
         self.insert_calls = 0
         self.fail_next = 0
         self.fail_after_commit = 0
+        self.poison: set[str] = set()
 
     async def insert_batch(self, records: Sequence[UsageRecord]) -> int:
         self.insert_calls += 1
@@ -193,6 +215,9 @@ class InMemoryUsageStore:
         if self.fail_next > 0:
             self.fail_next -= 1
             raise UsageStoreUnavailable("in-memory store: injected outage")
+        bad = next((r.request_id for r in records if r.request_id in self.poison), None)
+        if bad is not None:
+            raise UsageRejected(f"in-memory store: {bad!r} is poison", sqlstate="22021")
         new = 0
         for r in records:
             if r.request_id not in self.rows:
@@ -205,3 +230,77 @@ class InMemoryUsageStore:
 
     async def count(self) -> int:
         return len(self.rows)
+
+
+# --- dead letters ----------------------------------------------------------------------------
+def dead_letter_payload(record: UsageRecord) -> bytes:
+    """A usage record as the dead-letter store keeps it: its msgpack, as in the usage log."""
+    return _encoder.encode(record)
+
+
+def decode_dead_letter(payload: bytes) -> UsageRecord:
+    return _decoder.decode(payload)
+
+
+def storable_record(record: UsageRecord) -> UsageRecord:
+    """`record` with its text made storable: NUL removed and lone surrogates escaped in every
+    string, and an `attribution` that is not storable JSON dropped (the baseline applies).
+    Token counts, times and the request id's meaning are left as they are."""
+    changes: dict[str, Any] = {}
+    for name in USAGE_COLUMNS:
+        value = getattr(record, name)
+        if isinstance(value, str):
+            clean = storable_text(value)
+            if clean != value:
+                changes[name] = clean
+    attribution = changes.get("attribution", record.attribution)
+    if attribution is not None:
+        try:
+            fixed = json.dumps(_storable_json(json.loads(attribution)), separators=(",", ":"))
+        except ValueError:
+            fixed = None
+        if fixed != record.attribution:
+            changes["attribution"] = fixed
+    return msgspec.structs.replace(record, **changes) if changes else record
+
+
+def _storable_json(value: Any) -> Any:
+    # jsonb refuses \u0000 in strings, escaped or not.
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, list):
+        return [_storable_json(v) for v in value]
+    if isinstance(value, dict):
+        return {storable_text(str(k)): _storable_json(v) for k, v in value.items()}
+    return value
+
+
+async def replay_dead_letter(engine: AsyncEngine, letter_id: int, note: str) -> UsageRecord:
+    """Store dead usage letter `letter_id` again and mark it replayed, in one transaction: the
+    record made storable (`storable_record`), and if Postgres still refuses it, with its
+    `model` replaced by `INVALID_MODEL` (e.g. a name too long for the index). Returns the
+    record as stored (a request id already stored is left as it is). Raises `LookupError`
+    when there is no such dead usage letter, `UsageRejected` when even that is refused
+    (nothing changes)."""
+    async with driver(engine) as conn, conn.transaction():
+        letter = await deadletters.resolve_on(conn, letter_id, "replayed", note, queue="usage")
+        if letter is None:
+            raise LookupError(f"no dead usage letter {letter_id}")
+        record = storable_record(decode_dead_letter(letter.payload))
+        candidates = [record]
+        if record.model != INVALID_MODEL:
+            candidates.append(msgspec.structs.replace(record, model=INVALID_MODEL))
+        refusal: Exception | None = None
+        for candidate in candidates:
+            try:
+                async with conn.transaction():  # a savepoint: a refusal undoes only this try
+                    await conn.execute(INSERT_ONE_SQL, *msgspec.structs.astuple(candidate))
+            except Exception as exc:
+                if not blames_the_data(exc):
+                    raise
+                refusal = exc
+                continue
+            return candidate
+        # Raised inside the transaction: the letter stays dead.
+        assert refusal is not None
+        raise UsageRejected(f"usage record still rejected: {describe(refusal)}") from refusal

@@ -20,7 +20,7 @@ from gateway.db import create_engine
 from metering.shipper import UsageShipper
 from metering.usage import USAGE_COLUMNS, UsageRecord
 from metering.usage_log import UsageLog
-from metering.usage_store import PostgresUsageStore, UsageStoreUnavailable
+from metering.usage_store import PostgresUsageStore, UsageRejected, UsageStoreUnavailable
 
 pytestmark = pytest.mark.integration
 
@@ -105,8 +105,10 @@ async def test_a_rejected_batch_inserts_nothing(engine: AsyncEngine) -> None:
     bad = UsageRecord(
         **{**{f: getattr(make_record(2), f) for f in USAGE_COLUMNS}, "prompt_tokens": -1}
     )
-    with pytest.raises(asyncpg.CheckViolationError):
+    with pytest.raises(UsageRejected) as rejected:
         await store.insert_batch([make_record(1), bad])
+    assert isinstance(rejected.value.__cause__, asyncpg.CheckViolationError)
+    assert rejected.value.sqlstate == "23514"  # the shipper isolates and dead-letters it
     assert await store.count() == 0
     # Not an outage, and the connection it used is still good for the next batch.
     assert await store.insert_batch([make_record(1)]) == 1

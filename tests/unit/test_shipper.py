@@ -292,3 +292,113 @@ async def test_in_memory_store_deduplicates() -> None:
     with pytest.raises(UsageStoreUnavailable):
         await store.insert_batch([make_record(3)])
     assert await store.count() == 2
+
+
+# --- records the store can never take: split, dead-letter, go on -------------------------------
+def dead_letter_metric(queue: str = "usage") -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("royalty_dead_letters_total", {"queue": queue}) or 0.0
+
+
+async def test_without_isolation_one_poison_record_stops_every_record_behind_it(
+    tmp_path: Path,
+) -> None:
+    """The defect: no dead-letter store, so the rejected batch is retried as a whole, forever."""
+    store = InMemoryUsageStore()
+    store.poison = {"req-00000003"}
+    async with await UsageLog.open(tmp_path) as log:
+        await log.append_many(make_record(i) for i in range(10))
+        shipper = UsageShipper(log, store, batch_size=4, interval_s=0.001, max_backoff_s=0.01)
+        assert not await shipper.flush(0.3)
+        assert log.pending_records == 10
+    assert await store.count() == 0
+
+
+async def test_a_rejected_record_is_dead_lettered_and_everything_else_ships(
+    tmp_path: Path,
+) -> None:
+    from core.deadletters import InMemoryDeadLetterStore
+    from metering.usage_store import decode_dead_letter
+
+    store = RecordingStore()
+    dead = InMemoryDeadLetterStore()
+    records = [make_record(i) for i in range(1000)]
+    poison = {records[i].request_id for i in (3, 4, 517, 999)}  # two share a batch
+    store.poison = poison
+    before = dead_letter_metric()
+    async with await UsageLog.open(tmp_path) as log:
+        shipper = UsageShipper(
+            log, store, batch_size=100, interval_s=0.001, max_backoff_s=0.01, dead_letters=dead
+        )
+        shipper.start()
+        await log.append_many(records[:500])
+        await log.append_many(records[500:])
+        await wait_until_shipped(log)
+        assert await shipper.stop()
+    assert list(store.rows) == [r.request_id for r in records if r.request_id not in poison]
+    letters = await dead.list()
+    assert sorted(x.item_key for x in letters) == sorted(poison)
+    assert {x.queue for x in letters} == {"usage"} and {x.state for x in letters} == {"dead"}
+    by_id = {r.request_id: r for r in records}
+    for x in letters:
+        assert decode_dead_letter(x.payload) == by_id[x.item_key], "the exact record is kept"
+        assert "poison" in x.error and x.sqlstate == "22021"
+    assert shipper.dead_lettered_total == 4 and dead_letter_metric() - before == 4
+    assert shipper.shipped_total == 1000 and shipper.inserted_total == 996
+    assert shipper.failures_total == 0, "isolating a bad record is not a failed batch"
+    # One bad record in a batch of 100 costs about 2 log2(100) inserts, not 100.
+    assert store.insert_calls < 10 + 3 * 2 * 8
+
+
+async def test_a_failed_dead_letter_write_moves_nothing_and_is_retried(tmp_path: Path) -> None:
+    from core.deadletters import InMemoryDeadLetterStore
+
+    store = RecordingStore()
+    store.poison = {"req-00000002"}
+    dead = InMemoryDeadLetterStore()
+    dead.fail_next = 3
+    async with await UsageLog.open(tmp_path) as log:
+        await log.append_many(make_record(i) for i in range(8))
+        shipper = UsageShipper(
+            log, store, batch_size=8, interval_s=0.001, max_backoff_s=0.01, dead_letters=dead
+        )
+        with pytest.raises(ConnectionError):
+            await shipper.ship_once()
+        assert log.pending_records == 8, "no cursor move before the dead letter is durable"
+        assert dead.rows == {}
+        assert await shipper.flush(5)
+    assert dead.put_calls == 4 and len(dead.rows) == 1
+    assert await store.count() == 7
+    assert shipper.failures_total == 3 and shipper.dead_lettered_total == 1
+
+
+async def test_a_crash_after_dead_lettering_replays_without_a_second_letter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core.deadletters import InMemoryDeadLetterStore
+
+    store = RecordingStore()
+    store.poison = {"req-00000005"}
+    dead = InMemoryDeadLetterStore()
+    before = dead_letter_metric()
+    async with await UsageLog.open(tmp_path) as log:
+        await log.append_many(make_record(i) for i in range(10))
+        real = log.mark_shipped
+        failures = 1
+
+        async def crash_before_cursor(cursor: object) -> None:
+            nonlocal failures
+            if failures:
+                failures -= 1
+                raise OSError("the process died before the cursor write")
+            await real(cursor)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(log, "mark_shipped", crash_before_cursor)
+        shipper = UsageShipper(
+            log, store, batch_size=10, interval_s=0.001, max_backoff_s=0.01, dead_letters=dead
+        )
+        assert await shipper.flush(5)
+    assert len(dead.rows) == 1 and dead.put_calls == 2
+    assert dead_letter_metric() - before == 1, "the replayed put added nothing"
+    assert await store.count() == 9
