@@ -1,11 +1,24 @@
 """Ledger invariants, checked in SQL over the whole ledger (tests, the simulation, and
-operators before a close). Each check returns a readable violation or nothing."""
+operators before a close). Each check returns a readable violation or nothing.
+
+Stale credit holds are a violation, not a note: every hold expires (DESIGN.md, invariant 8),
+and a reservation still there `STALE_HOLD_GRACE_S` after its expiry, with no usage event to
+post, means the sweeper is not running or is failing. Nothing is mis-booked, but the
+consumer's credit is denied to them; at scale that ends in every request getting 402, which
+is what an operator must hear about before it happens. The grace (several sweep periods of
+the ledger worker) keeps a check that runs between two sweeps from crying wolf.
+"""
 
 from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from metering.budget_expiry import EXPIRED
 from metering.pg import driver
+
+STALE_HOLD_GRACE_S = 300.0
+"""Seconds past its expiry after which a reservation the sweeper should have released is
+reported (the ledger worker sweeps every 60 s by default)."""
 
 CHECKS: dict[str, str] = {
     "unbalanced transactions": """
@@ -56,10 +69,14 @@ CHECKS: dict[str, str] = {
              + (SELECT count(*) FROM usage_adjustments a
                 WHERE (SELECT coalesce(sum(x), 0) FROM unnest(a.amounts) AS x) <> 0)
     """,
-    "usage event neither posted nor queued, or both": """
+    # A posting dead letter (dead, or discarded by an operator) takes its event off the
+    # queue unposted; a replayed one put it back on the queue.
+    "usage event not exactly one of posted, queued or dead-lettered": """
         SELECT count(*) FROM usage_events e
-        WHERE (EXISTS (SELECT 1 FROM usage_postings p WHERE p.event_id = e.request_id))
-            = (EXISTS (SELECT 1 FROM usage_unposted q WHERE q.event_id = e.request_id))
+        WHERE (EXISTS (SELECT 1 FROM usage_postings p WHERE p.event_id = e.request_id))::int
+            + (EXISTS (SELECT 1 FROM usage_unposted q WHERE q.event_id = e.request_id))::int
+            + (EXISTS (SELECT 1 FROM dead_letters d WHERE d.queue = 'posting'
+                       AND d.item_key = e.request_id AND d.state <> 'replayed'))::int <> 1
     """,
     "closed month whose totals changed or do not conserve": """
         WITH per_kind AS (
@@ -112,6 +129,11 @@ CHECKS: dict[str, str] = {
 
 
 IMBALANCE = "SELECT coalesce(sum(amount), 0) FROM ledger_entries"
+# Reservations expired `$1` seconds ago or more that nothing will release but the sweeper.
+STALE_HOLDS = f"""
+SELECT count(*), coalesce(sum(b.amount), 0)::bigint FROM budget_reservations b
+WHERE b.expires_at < now() - make_interval(secs => $1) AND {EXPIRED}
+"""  # noqa: S608 (fixed SQL fragments, no input)
 
 
 async def imbalance(engine: AsyncEngine) -> int:
@@ -131,7 +153,9 @@ async def check(engine: AsyncEngine) -> list[str]:
     return broken
 
 
-async def violations(engine: AsyncEngine) -> list[str]:
+async def violations(
+    engine: AsyncEngine, *, stale_hold_grace_s: float = STALE_HOLD_GRACE_S
+) -> list[str]:
     """Every invariant that does not hold, with how many rows break it."""
     out = []
     async with driver(engine) as conn:
@@ -139,4 +163,11 @@ async def violations(engine: AsyncEngine) -> list[str]:
             n = int(await conn.fetchval(sql))
             if n:
                 out.append(f"{name}: {n}")
+        n, amount = await conn.fetchrow(STALE_HOLDS, stale_hold_grace_s)
+        if n:
+            out.append(
+                f"credit holds expired over {stale_hold_grace_s:g} s ago and never released "
+                f"(is the sweeper running? `royalty ledger sweep`): {n} holding "
+                f"{amount} micro-credits"
+            )
     return out

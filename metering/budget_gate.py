@@ -1,11 +1,24 @@
 """The gateway's use of budgets: before serving, reserve the most a request can cost; after
 its usage record is written, settle the reservation to the actual cost.
 
-The estimate prices `prompt_chars + overhead` input tokens (a byte-level BPE token is at least
-one byte, so characters bound tokens for ASCII text; `overhead` covers chat templates) and
-`max_tokens × n` output tokens (`default_max_tokens` when the request names none). Settling
-replaces it with the actual charge; the posting worker removes the hold when it debits the
-charge, in the same transaction.
+The estimate is an upper bound of the request's cost, so that concurrent requests can overdraw
+an account by at most one request's reservation:
+- input: `prompt_bytes + overhead` tokens, where `prompt_bytes` bounds the bytes of the
+  prompt as the engine renders it: the byte length of the body the gateway sends to the
+  engine, with the tool schemas counted once more (chat templates re-render them with a space
+  after every `,` and `:`, at most doubling them). Everything the prompt is made of travels
+  in that body (messages, names, tool calls, `tools`, `response_format`, token ids as digits)
+  and a byte-level BPE token is at least one byte, so bytes bound tokens in every script (a
+  CJK character is 3 bytes and may be 3 tokens; counting characters undercounts it).
+  `overhead` covers the chat template's own text. Where the engine's context length is known
+  it caps the input too (the engine refuses a longer prompt): the one bound that holds
+  whatever a template does (e.g. one that indents tool schemas);
+- output: `max_tokens × n` tokens, each choice capped at `context_len - 1` where known (the
+  prompt takes at least one token). A request that names no `max_tokens` may generate up to
+  the engine's context: `context_len - 1` per choice where known, else `default_max_tokens`
+  (a bound only if the engine stops there: give the gate `context_len`).
+Settling replaces the estimate with the actual charge; the posting worker removes the hold
+when it debits the charge, in the same transaction.
 
 When Postgres cannot be reached the gate lets requests through (`fail_open`, the default):
 serving and durable usage capture keep working through a database outage (DESIGN.md,
@@ -72,11 +85,16 @@ class BudgetGate:
         prompt_overhead_tokens: int = 64,
         refresh_s: float = 10.0,
         fail_open: bool = True,
+        context_len: int | None = None,
     ) -> None:
+        if context_len is not None and context_len < 2:
+            raise ValueError("a context holds at least one prompt and one output token")
         self.budgets = budgets
         self.prices = prices
         self.default_max_tokens = default_max_tokens
         self.overhead = prompt_overhead_tokens
+        self.context_len = context_len
+        """The engine's context length (`max_model_len`), where known: caps both estimates."""
         self.refresh_s = refresh_s
         self.fail_open = fail_open
         self._book: PriceBook | None = None
@@ -116,22 +134,28 @@ class BudgetGate:
         book: PriceBook,
         base_model: str,
         adapter: str,
-        prompt_chars: int,
+        prompt_bytes: int,
         max_tokens: int | None,
         n: int,
     ) -> int:
+        """The most the request can cost (see the module's docstring for why it bounds)."""
         price = book.price(base_model, adapter, dt.datetime.now(dt.UTC))
-        output = (max_tokens or self.default_max_tokens) * max(n, 1)
-        return charge_micros(price, prompt_chars + self.overhead, output)
+        prompt = prompt_bytes + self.overhead
+        per_choice = max_tokens or self.default_max_tokens
+        if self.context_len is not None:
+            prompt = min(prompt, self.context_len)
+            per_choice = min(max_tokens or self.context_len, self.context_len - 1)
+        return charge_micros(price, prompt, per_choice * max(n, 1))
 
     async def reserve(
         self, account_id: int, request_id: str, base_model: str, adapter: str,
-        prompt_chars: int, max_tokens: int | None, n: int = 1,
+        prompt_bytes: int, max_tokens: int | None, n: int = 1,
     ) -> int:  # fmt: skip
-        """Hold the estimate; InsufficientCredit when the account cannot cover it."""
+        """Hold the estimate; InsufficientCredit when the account cannot cover it.
+        `prompt_bytes`: the byte length of the request body sent to the engine."""
         try:
             book = await self._current_book()
-            amount = self.estimate(book, base_model, adapter, prompt_chars, max_tokens, n)
+            amount = self.estimate(book, base_model, adapter, prompt_bytes, max_tokens, n)
             if amount <= 0:  # a free request holds nothing (Postgres is not even asked)
                 await self.budgets.reserve(account_id, request_id, amount)
                 return amount

@@ -4,9 +4,14 @@ A consumer's spendable credit is `balance - held` of its ledger account. `reserv
 conditional UPDATE (`... WHERE balance - held >= amount`): Postgres row locking serialises
 concurrent reservations from any number of gateway processes, so the held total never
 exceeds the balance. `settle` replaces the estimate by the actual cost, which the estimate
-bounds (it prices max_tokens), so an account can overspend by at most one request's
+bounds (`metering.budget_gate`), so an account can overspend by at most one request's
 reservation. The posting worker deletes an event's reservation in the same transaction that
 debits its charge, so the charge is never counted twice nor missed in between.
+
+Every reservation expires (`expires_at`, `hold_s` after it was made: the engine timeout plus
+the shipping lag). A request that never wrote a usage record (the gateway was killed, its
+usage write failed) would otherwise hold its credit forever: `metering.budget_expiry` releases
+expired holds that have no usage event waiting to post.
 
 Each of `RESERVE`, `SETTLE`, `SETTLE_MANY` is one statement, atomic on its own: no explicit
 transaction (BEGIN and COMMIT would be two more round trips on every request). `settle_many`
@@ -23,6 +28,10 @@ from typing import Protocol, runtime_checkable
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from metering.pg import driver
+
+DEFAULT_HOLD_S = 900.0
+"""How long a reservation holds by default: a 600 s engine timeout plus 5 minutes for its
+usage record to ship (`ROYALTY_BUDGET_HOLD_S`)."""
 
 
 class InsufficientCredit(Exception):
@@ -68,8 +77,8 @@ WITH acct AS (
     WHERE kind = 'consumer' AND owner_id = $1 AND balance - held >= $2
     RETURNING id
 )
-INSERT INTO budget_reservations (request_id, account_id, amount)
-SELECT $3, id, $2 FROM acct
+INSERT INTO budget_reservations (request_id, account_id, amount, expires_at)
+SELECT $3, id, $2, now() + make_interval(secs => $4) FROM acct
 RETURNING account_id
 """
 SETTLE = """
@@ -107,8 +116,9 @@ WITH r AS (
     WHERE a.id = f.account_id AND a.balance - a.held >= f.total
     RETURNING a.id
 )
-INSERT INTO budget_reservations (request_id, account_id, amount)
-SELECT fits.request_id, fits.account_id, fits.amount FROM fits JOIN upd ON upd.id = fits.account_id
+INSERT INTO budget_reservations (request_id, account_id, amount, expires_at)
+SELECT fits.request_id, fits.account_id, fits.amount, now() + make_interval(secs => $4)
+FROM fits JOIN upd ON upd.id = fits.account_id
 RETURNING request_id
 """
 # SETTLE for many requests (distinct ids): rows locked in the same order as SETTLE and the
@@ -137,8 +147,12 @@ AVAILABLE = "SELECT balance - held FROM ledger_accounts WHERE kind = 'consumer' 
 
 
 class PostgresBudgets:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, hold_s: float = DEFAULT_HOLD_S) -> None:
+        if hold_s <= 0:
+            raise ValueError("a reservation must hold for a positive time")
         self._engine = engine
+        self.hold_s = float(hold_s)
+        """Seconds a reservation holds before the sweeper may release it."""
 
     async def reserve(self, account_id: int, request_id: str, amount: int) -> None:
         if amount < 0:
@@ -146,7 +160,7 @@ class PostgresBudgets:
         if amount == 0:
             return  # a free request (e.g. an unpriced model) needs no credit and holds none
         async with driver(self._engine) as conn:
-            got = await conn.fetchval(RESERVE, account_id, amount, request_id)
+            got = await conn.fetchval(RESERVE, account_id, amount, request_id, self.hold_s)
             if got is None:  # for the message only: the refusal was decided atomically above
                 have = await conn.fetchval(AVAILABLE, account_id)
                 raise InsufficientCredit(account_id, amount, int(have or 0))
@@ -158,7 +172,7 @@ class PostgresBudgets:
             return set()
         owners, ids, amounts = (list(c) for c in zip(*reservations, strict=True))
         async with driver(self._engine) as conn:
-            rows = await conn.fetch(RESERVE_MANY, owners, ids, amounts)
+            rows = await conn.fetch(RESERVE_MANY, owners, ids, amounts, self.hold_s)
         return {r[0] for r in rows}
 
     async def settle(self, request_id: str, actual: int) -> None:

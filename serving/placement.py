@@ -3,6 +3,12 @@
 vLLM's runtime LoRA API loads adapters while serving. Concurrent first requests for one adapter
 share a single load (single-flight); when the slots are full the least recently used adapter
 with no request in flight is unloaded first.
+
+Every wait is bounded. A request whose adapter needs a slot while every slot serves a request
+waits at most `wait_s` (from the moment it asked, a deadline the pool's load gate shares), then
+fails with `AdapterSlotsBusy`, which the gateway answers 503 with `Retry-After`. Loads and
+unloads are bounded by the engine client's own timeout; requests that share another request's
+load wait for that load, so for its bound.
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ class PlacementStats:
     load_seconds: float = 0.0
 
 
+DEFAULT_WAIT_S = 30.0
+"""How long a request may wait for a LoRA slot (or for its turn to load) by default."""
+
+
 class AdapterLoadFailed(Exception):
     """The engine refused to load an adapter (bad files, incompatible rank, ...)."""
 
@@ -35,12 +45,24 @@ class AdapterLoadFailed(Exception):
         self.reason = reason
 
 
+class AdapterSlotsBusy(AdapterLoadFailed):
+    """Every LoRA slot of the engine served a request for the whole wait: nothing is wrong
+    with the adapter, the engine is full; the client may retry later."""
+
+    def __init__(self, adapter: str, waited_s: float) -> None:
+        super().__init__(adapter, f"every LoRA slot stayed busy for {waited_s:g} s")
+        self.waited_s = waited_s
+
+
 class AdapterPlacement:
-    def __init__(self, engine: EngineClient, slots: int) -> None:
+    def __init__(self, engine: EngineClient, slots: int, *, wait_s: float = DEFAULT_WAIT_S) -> None:
         if slots < 1:
             raise ValueError("an engine needs at least one LoRA slot")
+        if wait_s <= 0:
+            raise ValueError("the wait for a LoRA slot must be positive")
         self.engine = engine
         self.slots = slots
+        self.wait_s = wait_s
         self.stats = PlacementStats()
         self._loaded: OrderedDict[str, None] = OrderedDict()
         self._loading: dict[str, asyncio.Future[None]] = {}
@@ -58,11 +80,16 @@ class AdapterPlacement:
         """The engine restarted: it holds no adapters any more."""
         self._loaded.clear()
 
+    def deadline(self) -> float:
+        """The latest event-loop time a request asking now may wait until."""
+        return asyncio.get_running_loop().time() + self.wait_s
+
     @asynccontextmanager
-    async def use(self, adapter: Adapter) -> AsyncIterator[None]:
-        """Hold `adapter` loaded for the duration of one request."""
+    async def use(self, adapter: Adapter, *, deadline: float | None = None) -> AsyncIterator[None]:
+        """Hold `adapter` loaded for the duration of one request; `AdapterSlotsBusy` when no
+        slot frees up before `deadline` (event-loop time; default `wait_s` from now)."""
         key = adapter.engine_name
-        await self._ensure(adapter)
+        await self._ensure(adapter, self.deadline() if deadline is None else deadline)
         self._in_flight[key] += 1
         try:
             yield
@@ -73,7 +100,7 @@ class AdapterPlacement:
                 del self._in_flight[key]
                 self._slot_freed.set()
 
-    async def _ensure(self, adapter: Adapter) -> None:
+    async def _ensure(self, adapter: Adapter, deadline: float) -> None:
         key = adapter.engine_name
         while True:
             if key in self._loaded:
@@ -86,7 +113,7 @@ class AdapterPlacement:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._loading[key] = fut
             try:
-                await self._make_room()
+                await self._make_room(adapter, deadline)
                 started = time.perf_counter()
                 try:
                     await self.engine.load_adapter(key, adapter.path)
@@ -107,15 +134,23 @@ class AdapterPlacement:
                 del self._loading[key]
             return
 
-    async def _make_room(self) -> None:
+    async def _make_room(self, adapter: Adapter, deadline: float) -> None:
         while len(self._loaded) + len(self._loading) > self.slots:
             victim = next((n for n in self._loaded if self._in_flight[n] == 0), None)
             if victim is None:
-                # Every slot serves a request right now: wait for one to finish.
+                # Every slot serves a request right now: wait for one to finish, not forever
+                # (the caller may hold the engine's load gate, which every miss waits for).
                 self._slot_freed.clear()
-                await self._slot_freed.wait()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._slot_freed.wait()
+                except TimeoutError:
+                    raise AdapterSlotsBusy(adapter.name, self.wait_s) from None
                 continue
             del self._loaded[victim]
-            await self.engine.unload_adapter(victim)
+            try:
+                await self.engine.unload_adapter(victim)
+            except EngineHTTPError as e:  # the engine's refusal is not the client's bad request
+                raise AdapterLoadFailed(adapter.name, f"unloading {victim}: {e.message}") from e
             self.stats.evictions += 1
             metrics.adapter_evicted(victim)

@@ -11,6 +11,10 @@ Routing policies (`ROYALTY_ROUTING`):
   least loaded engine (which evicts its least recently used adapter).
 - `round_robin`: healthy engines in turn, regardless of adapters (the benchmark's baseline).
 
+A request for an adapter the engine does not hold waits for the engine's load gate and then
+for a free LoRA slot at most the placement's `wait_s` in all (`AdapterSlotsBusy`, a 503 with
+`Retry-After` at the gateway), so a full engine never holds a request, or the gate, forever.
+
 An engine is marked down at once when a request to it fails to connect or breaks
 (`EngineUnavailable`); the health loop marks it up again when `/health` answers, assuming a
 restart (its adapters are reloaded on demand). Retrying on another engine is the caller's
@@ -32,7 +36,7 @@ from typing import Literal
 
 from serving import metrics
 from serving.engine import EngineClient, EngineUnavailable
-from serving.placement import AdapterPlacement
+from serving.placement import AdapterPlacement, AdapterSlotsBusy
 from serving.registry import Target
 
 log = logging.getLogger(__name__)
@@ -90,6 +94,16 @@ class EngineHandle:
 
 class NoEngineAvailable(Exception):
     pass
+
+
+async def _acquire_before(
+    gate: asyncio.Semaphore, deadline: float, adapter: str, wait_s: float
+) -> None:
+    try:
+        async with asyncio.timeout_at(deadline):
+            await gate.acquire()
+    except TimeoutError:
+        raise AdapterSlotsBusy(adapter, wait_s) from None
 
 
 @dataclass(slots=True)
@@ -178,11 +192,16 @@ class EnginePool:
                     # A new adapter waits at the gate, so that misses cannot fill every slot
                     # with loads that each wait for a slot to free up: placement counts
                     # loads in progress as occupied slots, and with more distinct misses in
-                    # flight than slots, no load could ever start.
+                    # flight than slots, no load could ever start. One deadline bounds the
+                    # wait at the gate and for a slot together (`AdapterSlotsBusy`).
+                    deadline = p.deadline()
                     handle.incoming[name] += 1
                     try:
-                        async with handle.load_gate:
-                            await held.enter_async_context(p.use(adapter))
+                        await _acquire_before(handle.load_gate, deadline, adapter.name, p.wait_s)
+                        try:
+                            await held.enter_async_context(p.use(adapter, deadline=deadline))
+                        finally:
+                            handle.load_gate.release()
                     finally:
                         handle.incoming[name] -= 1
                         if handle.incoming[name] <= 0:

@@ -38,15 +38,6 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def prompt_chars(self) -> int:
-        total = 0
-        for m in self.messages:
-            if isinstance(m.content, str):
-                total += len(m.content)
-            elif m.content:
-                total += sum(len(str(p.get("text", ""))) for p in m.content)
-        return total
-
 
 _MESSAGE_DROP_IF_NULL = ("annotations", "audio", "function_call", "tool_calls",
                          "reasoning_content", "reasoning")  # fmt: skip

@@ -24,11 +24,6 @@ class CompletionRequest(SamplingRequest, kw_only=True):
     def token_budget(self) -> int | None:
         return self.max_tokens
 
-    def prompt_chars(self) -> int:
-        if isinstance(self.prompt, str):
-            return len(self.prompt)
-        return sum(len(p) if isinstance(p, str | list) else 1 for p in self.prompt)
-
 
 def _check_prompt_list(items: list[Any]) -> None:
     # OpenAI accepts a string, a list of strings, a list of token ids, or a list of lists of

@@ -33,16 +33,16 @@ async def test_reserve_settle_and_refuse(engine: AsyncEngine) -> None:
     )
     gate = BudgetGate(PostgresBudgets(engine), catalog, default_max_tokens=100)
     with pytest.raises(InsufficientCredit) as refused:
-        await gate.reserve(acct, "r0", "tiny", "", prompt_chars=1000, max_tokens=50)
+        await gate.reserve(acct, "r0", "tiny", "", prompt_bytes=1000, max_tokens=50)
     err = PaymentRequired(f"Insufficient credit: {refused.value}")
     assert err.status == 402
     assert_conforms(msgspec.json.decode(err.body()), "ErrorResponse")
     await PostgresLedger(engine).top_up(acct, 10_000)
-    held = await gate.reserve(acct, "r1", "tiny", "", prompt_chars=1000, max_tokens=50, n=2)
+    held = await gate.reserve(acct, "r1", "tiny", "", prompt_bytes=1000, max_tokens=50, n=2)
     assert held == 1064 + 2 * 50 * 2  # (1000 + 64 overhead) x 1 + 100 tokens x 2 micro
     await gate.settle("r1", "tiny", "", dt.datetime.now(dt.UTC), 900, 40, charged=True)
     assert await PostgresBudgets(engine).available(acct) == 10_000 - (900 + 80)
-    held = await gate.reserve(acct, "r2", "tiny", "", prompt_chars=10, max_tokens=None)
+    held = await gate.reserve(acct, "r2", "tiny", "", prompt_bytes=10, max_tokens=None)
     assert held == 74 + 200  # default_max_tokens
     await gate.settle("r2", "tiny", "", dt.datetime.now(dt.UTC), 0, 0, charged=False)
     assert await PostgresBudgets(engine).available(acct) == 10_000 - 980

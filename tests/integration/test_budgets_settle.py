@@ -117,7 +117,7 @@ async def test_concurrent_settles_are_grouped_and_unheld_requests_cost_nothing()
     budgets = CountingBudgets({1: 10**9})
     gate = BudgetGate(budgets, Book(priced_book()), default_max_tokens=100)
     for i in range(50):
-        await gate.reserve(1, f"r{i}", "tiny", "", prompt_chars=10, max_tokens=20)
+        await gate.reserve(1, f"r{i}", "tiny", "", prompt_bytes=10, max_tokens=20)
     assert len(budgets.held) == 50
     await asyncio.gather(
         *(gate.settle(f"r{i}", "tiny", "", NOW, 5, i % 7, charged=i % 5 != 0) for i in range(50))
@@ -137,7 +137,7 @@ async def test_concurrent_settles_are_grouped_and_unheld_requests_cost_nothing()
 async def test_an_unpriced_model_reserves_and_settles_nothing() -> None:
     budgets = CountingBudgets({1: 0})  # no credit at all: a free model still serves
     gate = BudgetGate(budgets, Book(PriceBook()))
-    assert await gate.reserve(1, "free", "tiny", "", prompt_chars=10, max_tokens=20) == 0
+    assert await gate.reserve(1, "free", "tiny", "", prompt_bytes=10, max_tokens=20) == 0
     await gate.settle("free", "tiny", "", NOW, 5, 5, charged=True)
     assert budgets.batches == [] and budgets.settle_calls == 0
 
@@ -154,7 +154,7 @@ class FlakyBudgets(CountingBudgets):
 async def test_a_failed_grouped_settle_keeps_the_estimate_held() -> None:
     budgets = FlakyBudgets({1: 1_000})
     gate = BudgetGate(budgets, Book(priced_book()), default_max_tokens=100)
-    held = await gate.reserve(1, "r", "tiny", "", prompt_chars=10, max_tokens=20)
+    held = await gate.reserve(1, "r", "tiny", "", prompt_bytes=10, max_tokens=20)
     await gate.settle("r", "tiny", "", NOW, 1, 1, charged=True)  # logs, does not raise
     assert budgets.held["r"].amount == held  # conservative: the larger estimate stays held
     assert await budgets.available(1) == 1_000 - held
@@ -173,7 +173,7 @@ async def test_the_gate_over_postgres_groups_settles(engine: AsyncEngine) -> Non
     gate = BudgetGate(PostgresBudgets(engine), catalog, default_max_tokens=100)
     n = 40
     await asyncio.gather(
-        *(gate.reserve(acct, f"g{i}", "tiny", "", prompt_chars=10, max_tokens=50) for i in range(n))
+        *(gate.reserve(acct, f"g{i}", "tiny", "", prompt_bytes=10, max_tokens=50) for i in range(n))
     )
     await asyncio.gather(
         *(gate.settle(f"g{i}", "tiny", "", NOW, 10, i, charged=True) for i in range(n))
@@ -275,7 +275,7 @@ async def test_a_cancelled_writer_leaves_no_settle_waiting_forever() -> None:
     budgets = StuckBudgets({1: 10**6})
     gate = BudgetGate(budgets, Book(priced_book()))
     for rid in ("a", "b"):
-        await gate.reserve(1, rid, "tiny", "", prompt_chars=1, max_tokens=1)
+        await gate.reserve(1, rid, "tiny", "", prompt_bytes=1, max_tokens=1)
     first = asyncio.ensure_future(gate.settle("a", "tiny", "", NOW, 1, 1, charged=True))
     await asyncio.sleep(0.01)  # "a" is being written; "b" waits for the next batch
     second = asyncio.ensure_future(gate.settle("b", "tiny", "", NOW, 1, 1, charged=True))

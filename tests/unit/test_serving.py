@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from gateway.ratelimit import RateLimiter
-from serving.engine import EngineUnavailable
+from serving.engine import EngineHTTPError, EngineUnavailable
 from serving.fake import FakeEngine
-from serving.placement import AdapterPlacement
+from serving.placement import AdapterLoadFailed, AdapterPlacement, AdapterSlotsBusy
 from serving.pool import EngineHandle, EnginePool, NoEngineAvailable
 from serving.registry import Adapter, BaseModel, ModelRegistry, UnknownModel
 
@@ -116,3 +116,88 @@ async def test_known_keys_survive_a_key_store_outage() -> None:
     assert await auth.authenticate(key) == info  # stale but known: keep serving
     with pytest.raises(KeyStoreUnavailable):
         await auth.authenticate("rk-never-seen")
+
+
+async def _hold(placement: AdapterPlacement, adapter: Adapter, entered: asyncio.Event,
+                release: asyncio.Event) -> None:  # fmt: skip
+    async with placement.use(adapter):
+        entered.set()
+        await release.wait()
+
+
+async def test_a_request_waits_for_a_busy_slot_only_so_long() -> None:
+    engine = FakeEngine()
+    placement = AdapterPlacement(engine, slots=1, wait_s=0.1)
+    entered, release = asyncio.Event(), asyncio.Event()
+    holder = asyncio.create_task(_hold(placement, A, entered, release))
+    await entered.wait()
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(AdapterSlotsBusy) as busy:
+        async with placement.use(B):
+            pass
+    assert 0.1 <= asyncio.get_running_loop().time() - started < 1.0
+    assert isinstance(busy.value, AdapterLoadFailed) and busy.value.adapter == "b"
+    # nothing was evicted or left half-loaded; a freed slot serves the next request
+    assert placement.loaded == ["a"] and not placement._loading and engine.unload_calls == []
+    release.set()
+    await holder
+    async with placement.use(B):
+        assert placement.loaded == ["b"]
+
+
+async def test_misses_queued_at_the_load_gate_time_out_too_and_free_the_gate() -> None:
+    """Every slot busy, two distinct misses: one waits for a slot holding the engine's load
+    gate, the other waits for the gate. Both get AdapterSlotsBusy within the bound."""
+    engine = FakeEngine()
+    handle = EngineHandle(engine, AdapterPlacement(engine, 1, wait_s=0.15), healthy=True)
+    pool = EnginePool([handle])
+    reg = ModelRegistry()
+    reg.add_base(BASE)
+    for a in (A, B, C):
+        reg.add_adapter(a)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_a() -> None:
+        async with pool.use(handle, reg.resolve("a")):
+            entered.set()
+            await release.wait()
+
+    async def ask(name: str) -> None:
+        async with pool.use(handle, reg.resolve(name)):
+            pass
+
+    holder = asyncio.create_task(hold_a())
+    await entered.wait()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    results = await asyncio.wait_for(
+        asyncio.gather(ask("b"), ask("c"), return_exceptions=True), timeout=2
+    )
+    assert all(isinstance(r, AdapterSlotsBusy) for r in results), results
+    assert loop.time() - started < 1.0  # one bound for gate and slot, not one each in turn
+    assert not handle.load_gate.locked() and not handle.incoming
+    assert handle.in_flight == 1 and handle.placement.loaded == ["a"]
+    release.set()
+    await holder
+    await ask("c")  # the gate and the slot are free again
+    assert handle.placement.loaded == ["c"] and handle.in_flight == 0
+
+
+class RefusingUnload(FakeEngine):
+    async def unload_adapter(self, name: str) -> None:
+        raise EngineHTTPError(500, b'{"error": {"message": "busy"}}')
+
+
+async def test_an_unload_the_engine_refuses_is_an_adapter_load_failure() -> None:
+    engine = RefusingUnload()
+    placement = AdapterPlacement(engine, slots=1)
+    async with placement.use(A):
+        pass
+    with pytest.raises(AdapterLoadFailed, match="unloading a: busy"):
+        async with placement.use(B):
+            pass
+
+
+def test_a_slot_wait_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        AdapterPlacement(FakeEngine(), 1, wait_s=0)
