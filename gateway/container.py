@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from attribution.lineage import LineageService
 from attribution.service import DatanetService
 from gateway.auth import Authenticator
+from gateway.dashboard_sessions import DashboardSessions
 from gateway.inference import InferenceService
 from gateway.settings import Settings
 from metering.service import MeteringService
@@ -29,3 +30,5 @@ class Services:
     usage_queries: UsageQueries | None = None
     factory_base: DemoModels | None = None
     """The served base model's build, for training adapters in this process (admin API)."""
+    dashboard_sessions: DashboardSessions | None = None
+    """Dashboard sign-in sessions (Postgres under `royalty up`); None: in memory, one process."""

@@ -6,16 +6,24 @@ A self-contained page (inline JS and SVG, nothing fetched from elsewhere) polls
 adapters, credits and backlog.
 
 Both need an admin key. A browser cannot send a bearer header when it opens a page, so the
-page shows a login form that POSTs the key to `/dashboard/login`, which answers with an
-HttpOnly, SameSite=Strict cookie scoped to `/dashboard`. The key travels in a POST body, never
-in a URL, so it cannot end up in access logs or browser history. The cookie holds the key
-itself rather than a session id: every gateway replica can check it (no shared session store),
-and revoking the key ends the session within the key cache's TTL. `/dashboard/data` also
-accepts `Authorization: Bearer` for scripts.
+page shows a login form that POSTs the key to `/dashboard/login` (in a POST body, never in a
+URL, so it cannot end up in access logs or browser history). Signing in opens a server-side
+session (`gateway.dashboard_sessions`): the HttpOnly, SameSite=Strict cookie scoped to
+`/dashboard` holds a random session id, never the key; the store keeps only the id's digest and
+the key's id. A session ends after 8 h idle or 24 h in all, at sign-out (deleted), and as soon as
+its key is revoked. The cookie is `Secure` when the connection is https: the connection's own
+scheme, which uvicorn takes from `X-Forwarded-Proto` only for the proxies listed in
+`ROYALTY_TRUSTED_PROXIES` (`gateway.server.uvicorn_config`); a client's header alone never counts.
+
+Both forms carry a CSRF token. Sign-in: double-submit; the login page sets a random token in an
+HttpOnly, SameSite=Strict cookie and in the form, and a sign-in whose two copies differ is
+refused. Sign-out: the page's token is derived from the session id (which another site can
+neither read nor guess). `/dashboard/data` also accepts `Authorization: Bearer` for scripts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import secrets
@@ -29,42 +37,85 @@ from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
 
 from gateway.auth import KeyInfo, KeyStoreUnavailable
+from gateway.dashboard_sessions import ABSOLUTE_S, DashboardSessions, InMemoryDashboardSessions
 from gateway.errors import Forbidden, ServiceUnavailable, Unauthorized
 from gateway.metrics import refresh_now, samples
 from gateway.routes.common import JSON, authorize, read_body, services_of
 
-COOKIE = "royalty_dashboard_key"
+COOKIE = "royalty_dashboard_session"
+CSRF_COOKIE = "royalty_dashboard_csrf"
 COOKIE_PATH = "/dashboard"
-SESSION_S = 8 * 3600
+CSRF_S = 3600
+"""How long a login form's CSRF token stays valid."""
 _STATIC = Path(__file__).with_name("static")
 _PAGE = (_STATIC / "dashboard.html").read_text()
 _LOGIN = (_STATIC / "dashboard_login.html").read_text()
 TOP_ADAPTERS = 10
+_FALLBACK_SESSIONS = "royalty.dashboard_sessions"
 
 
-# --- auth -------------------------------------------------------------------------------------
-async def _cookie_key(request: Request[Any, Any, Any]) -> KeyInfo | None:
-    """The admin key from the dashboard cookie, or None (absent, unknown, not admin)."""
-    key = request.cookies.get(COOKIE)
-    if not key:
+# --- sessions ---------------------------------------------------------------------------------
+def _sessions(request: Request[Any, Any, Any]) -> DashboardSessions:
+    """The services' session store; without one (a bare test harness), one in memory per app."""
+    store = services_of(request).dashboard_sessions
+    if store is not None:
+        return store
+    state = request.app.state
+    if _FALLBACK_SESSIONS not in state:
+        state[_FALLBACK_SESSIONS] = InMemoryDashboardSessions()
+    fallback: DashboardSessions = state[_FALLBACK_SESSIONS]
+    return fallback
+
+
+def _unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "API keys cannot be checked right now; please retry shortly.",
+        code="auth_unavailable",
+        headers={"Retry-After": "2"},
+    )
+
+
+async def _session_key(request: Request[Any, Any, Any]) -> KeyInfo | None:
+    """The admin key of the request's live dashboard session, or None."""
+    session_id = request.cookies.get(COOKIE)
+    if not session_id:
         return None
     try:
-        info = await services_of(request).auth.authenticate(key)
+        info = await _sessions(request).lookup(session_id)
     except KeyStoreUnavailable:
-        raise ServiceUnavailable(
-            "API keys cannot be checked right now; please retry shortly.",
-            code="auth_unavailable",
-            headers={"Retry-After": "2"},
-        ) from None
+        raise _unavailable() from None
     return info if info is not None and "admin" in info.scopes else None
 
 
 def _secure(request: Request[Any, Any, Any]) -> bool:
-    proto = request.headers.get("x-forwarded-proto", request.url.scheme)
-    return proto.split(",")[0].strip() == "https"
+    """https as the server saw it (scope scheme: the socket's, or a trusted proxy's word)."""
+    return request.scope.get("scheme") == "https"
 
 
-def _html(body: str, status: int = 200, nonce: str | None = None) -> Response[str]:
+def _cookie(request: Request[Any, Any, Any], name: str, value: str, max_age: int) -> Cookie:
+    return Cookie(
+        key=name,
+        value=value,
+        path=COOKIE_PATH,
+        max_age=max_age,
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+
+
+def logout_token(session_id: str) -> str:
+    """The sign-out form's CSRF token: bound to the session, unknowable without its id."""
+    return hashlib.sha256(b"royalty-dashboard-logout\0" + session_id.encode()).hexdigest()
+
+
+def _same(a: str | None, b: str | None) -> bool:
+    return bool(a) and bool(b) and secrets.compare_digest(str(a).encode(), str(b).encode())
+
+
+def _html(
+    body: str, status: int = 200, nonce: str | None = None, cookies: list[Cookie] | None = None
+) -> Response[str]:
     csp = "default-src 'none'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'"
     if nonce:
         csp += f"; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'"
@@ -78,66 +129,99 @@ def _html(body: str, status: int = 200, nonce: str | None = None) -> Response[st
             "Referrer-Policy": "no-referrer",
             "X-Content-Type-Options": "nosniff",
         },
+        cookies=cookies or [],
     )
 
 
-def _login_page(message: str, status: int) -> Response[str]:
+def _login_page(request: Request[Any, Any, Any], message: str, status: int) -> Response[str]:
+    """The sign-in form, with a fresh CSRF token in it and in its cookie."""
     nonce = secrets.token_urlsafe(16)
-    body = _LOGIN.replace("{{nonce}}", nonce).replace("{{message}}", _escape(message))
-    return _html(body, status, nonce)
+    csrf = secrets.token_urlsafe(32)
+    body = (
+        _LOGIN.replace("{{nonce}}", nonce)
+        .replace("{{csrf}}", csrf)
+        .replace("{{message}}", _escape(message))
+    )
+    return _html(body, status, nonce, [_cookie(request, CSRF_COOKIE, csrf, CSRF_S)])
 
 
 def _escape(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
+def _form(body: bytes) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+
+
+def _gone(name: str) -> Cookie:
+    return Cookie(key=name, value="", path=COOKIE_PATH, max_age=0, httponly=True, samesite="strict")
+
+
+def _back_to_dashboard(cookies: list[Cookie]) -> Response[str]:
+    return Response("", status_code=303, headers={"Location": "/dashboard"}, cookies=cookies)
+
+
 # --- routes -----------------------------------------------------------------------------------
 @get("/dashboard", include_in_schema=False)
 async def dashboard_page(request: Request[Any, Any, Any]) -> Response[str]:
-    if await _cookie_key(request) is None:
-        return _login_page("Sign in with an API key that has the admin scope.", 401)
+    if await _session_key(request) is None:
+        return _login_page(request, "Sign in with an API key that has the admin scope.", 401)
     nonce = secrets.token_urlsafe(16)
-    return _html(_PAGE.replace("{{nonce}}", nonce), 200, nonce)
+    csrf = logout_token(request.cookies[COOKIE])
+    return _html(_PAGE.replace("{{nonce}}", nonce).replace("{{csrf}}", csrf), 200, nonce)
 
 
 @post("/dashboard/login", include_in_schema=False, status_code=303)
 async def dashboard_login(request: Request[Any, Any, Any]) -> Response[str]:
-    form = parse_qs((await read_body(request)).decode("utf-8", "replace"))
-    key = (form.get("key") or [""])[0].strip()
+    form = _form(await read_body(request))
+    if not _same(form.get("csrf"), request.cookies.get(CSRF_COOKIE)):
+        return _login_page(request, "The sign-in form expired; please sign in again.", 403)
+    key = form.get("key", "").strip()
     if not key:
-        return _login_page("Enter an API key.", 401)
+        return _login_page(request, "Enter an API key.", 401)
     try:
         info = await services_of(request).auth.authenticate(key)
     except KeyStoreUnavailable:
-        return _login_page("API keys cannot be checked right now; please retry shortly.", 503)
+        return _login_page(request, "API keys cannot be checked right now; please retry.", 503)
     if info is None:
-        return _login_page("Incorrect API key.", 401)
+        return _login_page(request, "Incorrect API key.", 401)
     if "admin" not in info.scopes:
-        return _login_page("This key lacks the admin scope the dashboard requires.", 403)
-    cookie = Cookie(
-        key=COOKIE,
-        value=key,
-        path=COOKIE_PATH,
-        max_age=SESSION_S,
-        httponly=True,
-        samesite="strict",
-        secure=_secure(request),
+        return _login_page(request, "This key lacks the admin scope the dashboard requires.", 403)
+    sessions = _sessions(request)
+    try:
+        if old := request.cookies.get(COOKIE):  # a new sign-in never reuses a session id
+            await sessions.delete(old)
+        session_id = await sessions.create(info)
+    except KeyStoreUnavailable:
+        return _login_page(request, "API keys cannot be checked right now; please retry.", 503)
+    return _back_to_dashboard(
+        [_cookie(request, COOKIE, session_id, ABSOLUTE_S), _gone(CSRF_COOKIE)]
     )
-    return Response("", status_code=303, headers={"Location": "/dashboard"}, cookies=[cookie])
 
 
 @post("/dashboard/logout", include_in_schema=False, status_code=303)
-async def dashboard_logout() -> Response[str]:
-    gone = Cookie(key=COOKIE, value="", path=COOKIE_PATH, max_age=0, httponly=True)
-    return Response("", status_code=303, headers={"Location": "/dashboard"}, cookies=[gone])
+async def dashboard_logout(request: Request[Any, Any, Any]) -> Response[str]:
+    session_id = request.cookies.get(COOKIE)
+    form = _form(await read_body(request))
+    if session_id and not _same(form.get("csrf"), logout_token(session_id)):
+        raise Forbidden("The sign-out form does not belong to this session.", code="csrf_failed")
+    if session_id:
+        try:
+            await _sessions(request).delete(session_id)
+        except KeyStoreUnavailable:
+            raise _unavailable() from None
+    return _back_to_dashboard([_gone(COOKIE)])
 
 
 @get("/dashboard/data", include_in_schema=False)
 async def dashboard_data(request: Request[Any, Any, Any]) -> Response[bytes]:
-    if await _cookie_key(request) is None:
-        if request.headers.get("authorization") is None and request.cookies.get(COOKIE):
-            raise Forbidden("The dashboard session's key is unknown or lacks the admin scope.")
+    if await _session_key(request) is None:
         if request.headers.get("authorization") is None:
+            if request.cookies.get(COOKIE):
+                raise Unauthorized(
+                    "The dashboard session has ended; sign in again at /dashboard.",
+                    code="session_expired",
+                )
             raise Unauthorized("Sign in at /dashboard, or send an admin key as a bearer token.")
         await authorize(request, "admin")
     refresh_now(services_of(request).pool)

@@ -1,10 +1,23 @@
-"""`royalty up`: the runtime behind uvicorn, with the banner a new user needs."""
+"""`royalty up`: the runtime behind uvicorn, with the banner a new user needs.
+
+The demo key belongs to the demo: `royalty up` mints one (and tops the shared `demo` account
+up to 100 credits) only when it serves the demo models on its own engine, i.e. with no
+`--models-dir`/`ROYALTY_MODELS_DIR` and no `--engine-url`/`ROYALTY_ENGINE_URLS`, and never with
+`--no-demo-key` or `ROYALTY_DEMO_KEY=0` (`mints_demo_key`). A key never goes through logging:
+the banner prints it to stdout only when stdout is a terminal; otherwise (a container, a
+redirected run) it is written to `DATA_DIR/demo-key`, readable by the owner only, and the
+banner names that file instead.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+from pathlib import Path
 from types import FrameType
+from typing import Any, TextIO
 
 import uvicorn
 from rich.console import Console
@@ -26,11 +39,18 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
-async def serve(settings: Settings, *, demo_key: bool = True) -> None:
-    runtime = Runtime(settings)
-    services = await runtime.start()
-    app = create_app(services, on_shutdown=[runtime.stop])
-    config = uvicorn.Config(
+def mints_demo_key(settings: Settings) -> bool:
+    """Whether `royalty up` creates the demo key and demo credit: only for the demo models
+    (no model tree of the operator's) on the engine it supervises itself (no external engines),
+    and only when not switched off."""
+    return settings.demo_key and settings.models_dir is None and not settings.engine_urls
+
+
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """uvicorn believes `X-Forwarded-Proto`/`-For` only from `settings.trusted_proxies` (none by
+    default): the scheme the dashboard's `Secure` cookie flag follows is the connection's own,
+    or what a trusted TLS proxy says, never what any client claims."""
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -39,16 +59,27 @@ async def serve(settings: Settings, *, demo_key: bool = True) -> None:
         log_level="warning",
         http="httptools",
         timeout_graceful_shutdown=30,
+        proxy_headers=bool(settings.trusted_proxies),
+        forwarded_allow_ips=list(settings.trusted_proxies) or None,
     )
-    server = _Server(config)
-    banner = asyncio.create_task(_banner(runtime, settings, demo_key))
+
+
+async def serve(settings: Settings, *, demo_key: bool = True) -> None:
+    """`demo_key=False` (`--no-demo-key`) switches the demo key off like ROYALTY_DEMO_KEY=0."""
+    if not demo_key:
+        settings = settings.with_(demo_key=False)
+    runtime = Runtime(settings)
+    services = await runtime.start()
+    app = create_app(services, on_shutdown=[runtime.stop])
+    server = _Server(uvicorn_config(app, settings))
+    banner = asyncio.create_task(_banner(runtime, settings))
     try:
         await server.serve()
     finally:
         banner.cancel()
 
 
-async def _banner(runtime: Runtime, settings: Settings, demo_key: bool) -> None:
+async def _banner(runtime: Runtime, settings: Settings) -> None:
     await runtime.wait_ready(timeout_s=900)
     assert runtime.services is not None and runtime.db is not None
     base = f"http://{settings.host}:{settings.port}/v1"
@@ -56,23 +87,60 @@ async def _banner(runtime: Runtime, settings: Settings, demo_key: bool) -> None:
         a.name for a in runtime.services.registry.adapters
     ]
     out.print(f"[bold green]Royalty is up[/] at [bold]{base}[/]  models: {', '.join(models)}")
-    if not demo_key:
+    if not mints_demo_key(settings):
         return
     key, info = await PostgresKeyStore(runtime.db).create(
         "demo", frozenset({"inference"}), None, None
     )
     await _demo_credit(runtime, info)
     model, prompt = _example(runtime)
-    out.print(f"demo API key (account 'demo'): [bold]{key}[/]")
-    out.print(
+    show_demo_key(key, base, model, prompt, settings.data_dir)
+
+
+DEMO_KEY_FILE = "demo-key"
+
+
+def show_demo_key(
+    key: str, base: str, model: str, prompt: str, data_dir: Path, stream: TextIO | None = None
+) -> None:
+    """The demo key and a copy-paste example: on `stream` (stdout) itself only when it is a
+    terminal; otherwise in `data_dir/demo-key` (mode 0600), named on `stream`, so that a key
+    never lands in a log collected from stdout."""
+    stream = stream if stream is not None else sys.stdout
+    console = Console(file=stream)
+    if stream.isatty():
+        console.print(f"demo API key (account 'demo'): [bold]{key}[/]")
+        shown = key
+    else:
+        path = _write_private(data_dir / DEMO_KEY_FILE, key + "\n")
+        console.print(
+            f"demo API key (account 'demo') written to {path} (stdout is not a terminal, and "
+            "keys never go to logs)",
+            soft_wrap=True,
+            highlight=False,
+        )
+        shown = f'"$(cat {path})"'
+    console.print(
         "try it:\n"
-        f'  OPENAI_BASE_URL={base} OPENAI_API_KEY={key} {_python()} -c "from openai import OpenAI; '
+        f'  OPENAI_BASE_URL={base} OPENAI_API_KEY={shown} {_python()} -c "from openai import OpenAI; '
         f"print(OpenAI().completions.create(model='{model}', prompt='{prompt}', max_tokens=40, "
         "temperature=0)"
         '.choices[0].text)"',
         soft_wrap=True,
         highlight=False,
     )
+
+
+def _write_private(path: Path, text: str) -> Path:
+    """Write `text` to `path`, readable and writable by the owner only (even if it existed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    return path.resolve()
 
 
 def _example(runtime: Runtime) -> tuple[str, str]:
@@ -101,6 +169,4 @@ async def _demo_credit(runtime: Runtime, info: KeyInfo) -> None:
 
 
 def _python() -> str:
-    import sys
-
     return sys.executable

@@ -94,6 +94,22 @@ SELECT coalesce(sum(w.amount), 0) FROM withheld_items w
 JOIN ledger_transactions t ON t.id = w.txn_id AND t.kind = 'hold'
 WHERE NOT EXISTS (SELECT 1 FROM ledger_transactions r WHERE r.reverses = t.id)
 """
+# Idempotent top-ups (`topup_requests`): a key is claimed, then settled with its result, in the
+# top-up's own transaction; a second claim of the same key waits for the first to commit.
+TOPUP_KEY_RETENTION = dt.timedelta(days=7)
+"""How long a top-up's idempotency key replays its first result (at least 24 h, as Stripe)."""
+SWEEP_TOPUP_KEYS = "DELETE FROM topup_requests WHERE created_at < now() - $1::interval"
+CLAIM_TOPUP_KEY = """
+INSERT INTO topup_requests (idempotency_key, request_sha256, account_id, amount)
+VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING RETURNING 1
+"""
+SELECT_TOPUP_KEY = (
+    "SELECT request_sha256, txn_id, available FROM topup_requests WHERE idempotency_key = $1"
+)
+SETTLE_TOPUP_KEY = (
+    "UPDATE topup_requests SET txn_id = $2, available = $3 WHERE idempotency_key = $1"
+)
+SELECT_AVAILABLE = "SELECT balance - held FROM ledger_accounts WHERE id = $1"
 INSERT_WITHHELD = """
 INSERT INTO withheld_items (txn_id, month, beneficiary_id, amount, reason)
 SELECT $1, m, b, x, r FROM unnest($2::date[], $3::bigint[], $4::bigint[], $5::text[]) AS w(m, b, x, r)
@@ -102,6 +118,19 @@ SELECT $1, m, b, x, r FROM unnest($2::date[], $3::bigint[], $4::bigint[], $5::te
 
 class LedgerError(Exception):
     pass
+
+
+class IdempotencyConflict(LedgerError):
+    """An idempotency key already used for a different request."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopUp:
+    txn: int
+    available: int
+    """The consumer's available credit (balance minus held) right after the top-up."""
+    replayed: bool
+    """True when this is the first request's result again (nothing was credited now)."""
 
 
 def open_month_for(month: dt.date, closed: set[dt.date]) -> dt.date:
@@ -239,13 +268,37 @@ class PostgresLedger:
             raise LedgerError("a top-up must be positive")
         async with driver(self._engine) as conn, conn.transaction():
             await conn.execute(LOCK_SHARED, CLOSE_LOCK_KEY)
-            _, external = await system_payees(conn)
-            consumer = (await ensure_accounts(conn, "consumer", [account_id]))[account_id]
-            month = open_month_for(month_start(dt.datetime.now(dt.UTC)), await _closed(conn))
-            txn = int(await conn.fetchval(INSERT_TXN, "topup", None, memo))
-            await post_entries(conn, txn, [(consumer, month, micros), (external, month, -micros)])
+            txn, _ = await _post_top_up(conn, account_id, micros, memo)
         metrics.credits_minted("consumer", micros)  # counted once committed
         return txn
+
+    async def top_up_once(
+        self, key: str, request_sha256: bytes, account_id: int, micros: int, memo: str
+    ) -> TopUp:
+        """`top_up`, at most once per idempotency `key`: the key's row and the top-up commit in
+        one transaction. The same key again with the same request (`request_sha256`, the
+        caller's digest of what was asked) returns the first result, `replayed`; with another
+        request it raises `IdempotencyConflict`. A concurrent request with the same key waits
+        for the first to commit (the key's unique index) and then replays it. Keys are kept
+        `TOPUP_KEY_RETENTION`, then swept."""
+        if micros <= 0:
+            raise LedgerError("a top-up must be positive")
+        async with driver(self._engine) as conn, conn.transaction():
+            await conn.execute(LOCK_SHARED, CLOSE_LOCK_KEY)
+            await conn.execute(SWEEP_TOPUP_KEYS, TOPUP_KEY_RETENTION)
+            claimed = await conn.fetchval(CLAIM_TOPUP_KEY, key, request_sha256, account_id, micros)
+            if claimed is None:
+                first = await conn.fetchrow(SELECT_TOPUP_KEY, key)
+                if first["request_sha256"] != request_sha256:
+                    raise IdempotencyConflict(
+                        "this idempotency key was used with a different request"
+                    )
+                return TopUp(first["txn_id"], first["available"], replayed=True)
+            txn, consumer = await _post_top_up(conn, account_id, micros, memo)
+            available = int(await conn.fetchval(SELECT_AVAILABLE, consumer))
+            await conn.execute(SETTLE_TOPUP_KEY, key, txn, available)
+        metrics.credits_minted("consumer", micros)  # counted once committed
+        return TopUp(txn, available, replayed=False)
 
     async def reverse(self, txn_id: int, memo: str) -> int:
         """A new transaction negating `txn_id`, in the open month (a closed month never
@@ -308,6 +361,19 @@ class PostgresLedger:
             if row is None
             else Balance(row["balance"], row["held"], row["version"])
         )
+
+
+async def _post_top_up(
+    conn: asyncpg.Connection, account_id: int, micros: int, memo: str
+) -> tuple[int, int]:
+    """The top-up's balanced transaction (consumer +micros, external -micros) in the open
+    month, inside the caller's transaction; returns (transaction, consumer ledger account)."""
+    _, external = await system_payees(conn)
+    consumer = (await ensure_accounts(conn, "consumer", [account_id]))[account_id]
+    month = open_month_for(month_start(dt.datetime.now(dt.UTC)), await _closed(conn))
+    txn = int(await conn.fetchval(INSERT_TXN, "topup", None, memo))
+    await post_entries(conn, txn, [(consumer, month, micros), (external, month, -micros)])
+    return txn, consumer
 
 
 async def _closed(conn: asyncpg.Connection) -> set[dt.date]:

@@ -7,20 +7,30 @@ Any valid key may call `/v1/me/earnings` and `/v1/me/statements`; `/v1/me/holds`
 account (the account comes from the key, never from the request). A month that is not closed, or a
 closed month without a statement for the account, is a 404. Admin routes need the `admin`
 scope; amounts are decimal strings of credits, parsed exactly.
+
+`POST /v1/admin/credits` tops up an existing account (an unknown one is a 404 unless the body
+says `"create": true`). With an `Idempotency-Key` header it credits at most once per key, as
+Stripe does: the same key with the same body answers the first result again (with
+`Idempotent-Replayed: true`), with another body a 422 `idempotency_key_reused`; concurrent
+requests with one key credit once. Keys are kept at least 24 h (`TOPUP_KEY_RETENTION`), in the
+same transaction as the top-up (`metering.ledger.PostgresLedger.top_up_once`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import unicodedata
 
 import msgspec
 from litestar import Request, Response, get, post
 
 from gateway.auth import KeyInfo
-from gateway.errors import BadRequest, Forbidden, NotFound, ServiceUnavailable
+from gateway.errors import ApiError, BadRequest, Forbidden, NotFound, ServiceUnavailable
 from gateway.protocol.common import decode_request
 from gateway.routes.common import JSON, authorize, read_body, services_of
 from metering.catalog import CatalogError
+from metering.ledger import IdempotencyConflict
 from metering.money import MoneyError, format_micros, parse_credits, parse_month
 from metering.pricing import Price
 from metering.service import MeteringService
@@ -72,9 +82,11 @@ async def my_statement(request: Request, month: str) -> Response[bytes]:
     return Response(msgspec.json.encode(statement), media_type=JSON)
 
 
-class TopUp(msgspec.Struct, kw_only=True):
+class TopUpRequest(msgspec.Struct, kw_only=True):
     account: str
     amount: str
+    create: bool = False
+    """Create the account when there is none by that name (else: 404)."""
 
 
 class SetPrice(msgspec.Struct, kw_only=True):
@@ -97,25 +109,91 @@ def _json(doc: object, status: int = 200) -> Response[bytes]:
     return Response(msgspec.json.encode(doc), media_type=JSON, status_code=status)
 
 
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_IDEMPOTENCY_KEY = 255
+MAX_ACCOUNT_NAME = 200
+
+
+class IdempotencyKeyReused(ApiError):
+    status = 422
+    code = "idempotency_key_reused"
+
+
+def topup_fingerprint(account: str, micros: int, create: bool) -> bytes:
+    """What an idempotency key is bound to: the request's meaning (account, exact amount,
+    create), so `"2.5"` and `"2.50"` are the same request and another account is not."""
+    doc = {"account": account, "amount_micros": micros, "create": create}
+    return hashlib.sha256(msgspec.json.encode(doc)).digest()
+
+
+def idempotency_key(request: Request) -> str | None:
+    """The `Idempotency-Key` header: 1 to 255 printable ASCII characters, or absent."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not 0 < len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= c <= "~" for c in key):
+        raise BadRequest(
+            f"The {IDEMPOTENCY_HEADER} header must be 1 to {MAX_IDEMPOTENCY_KEY} printable "
+            "ASCII characters.",
+            param=IDEMPOTENCY_HEADER,
+            code="invalid_idempotency_key",
+        )
+    return key
+
+
+def _account_name(name: str) -> str:
+    if not name.strip() or len(name) > MAX_ACCOUNT_NAME:
+        raise BadRequest(
+            f"account must be a name of 1 to {MAX_ACCOUNT_NAME} characters.", param="account"
+        )
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
+        raise BadRequest("account must not contain control characters.", param="account")
+    return name
+
+
 @post("/v1/admin/credits")
 async def add_credits(request: Request) -> Response[bytes]:
     await authorize(request, "admin")
-    req = decode_request(await read_body(request), TopUp)
+    idem = idempotency_key(request)
+    req = decode_request(await read_body(request), TopUpRequest)
     micros = _credits(req.amount, "amount")
-    from gateway.admin import account_id  # the gateway owns `accounts`
+    name = _account_name(req.account)
+    from gateway.admin import account_id, existing_account_id  # the gateway owns `accounts`
 
     service = _metering(request)
-    try:
-        who = await account_id(service.engine, req.account)
-    except ValueError as e:
-        raise BadRequest(str(e), param="account") from None
-    txn = await service.ledger.top_up(who, micros, f"admin top-up {req.amount}")
-    balance = await service.ledger.balance("consumer", who)
-    return _json(
-        {"object": "credit.top_up", "account": req.account, "account_id": who, "transaction": txn,
-         "available": format_micros(balance.available)},
-        201,
-    )  # fmt: skip
+    if req.create:
+        who = await account_id(service.engine, name)
+    else:
+        try:
+            who = await existing_account_id(service.engine, name)
+        except ValueError:
+            raise NotFound(
+                f'No account named {name!r}; send "create": true to create it.',
+                param="account",
+                code="account_not_found",
+            ) from None
+    memo = f"admin top-up {format_micros(micros)}"
+    headers: dict[str, str] = {}
+    if idem is None:
+        txn = await service.ledger.top_up(who, micros, memo)
+        available = (await service.ledger.balance("consumer", who)).available
+    else:
+        try:
+            done = await service.ledger.top_up_once(
+                idem, topup_fingerprint(name, micros, req.create), who, micros, memo
+            )
+        except IdempotencyConflict:
+            raise IdempotencyKeyReused(
+                f"This {IDEMPOTENCY_HEADER} was already used with a different request; "
+                "use a new key for a new top-up.",
+                param=IDEMPOTENCY_HEADER,
+            ) from None
+        txn, available = done.txn, done.available
+        if done.replayed:
+            headers["Idempotent-Replayed"] = "true"
+    body = {"object": "credit.top_up", "account": name, "account_id": who, "transaction": txn,
+            "available": format_micros(available)}  # fmt: skip
+    return Response(msgspec.json.encode(body), media_type=JSON, status_code=201, headers=headers)
 
 
 def _price_json(p: Price) -> dict[str, object]:

@@ -124,7 +124,7 @@ async def test_admin_credits_and_prices(engine: AsyncEngine, client: AsyncTestCl
     user, _ = await keys.create("user", frozenset({"inference"}), None, None)
     hdr = {"Authorization": f"Bearer {admin}"}
     r = await client.post(
-        "/v1/admin/credits", json={"account": "shop", "amount": "2.5"}, headers=hdr
+        "/v1/admin/credits", json={"account": "shop", "amount": "2.5", "create": True}, headers=hdr
     )
     assert r.status_code == 201, r.text
     assert r.json()["available"] == "2.500000"

@@ -9,18 +9,24 @@ import asyncio
 import contextlib
 import io
 import os
+import re
 import shutil
 import socket
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 from gateway_harness import Harness, make_harness
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.dashboard import COOKIE, _quantile, summarise
+from gateway.dashboard import COOKIE, CSRF_COOKIE, _quantile, summarise
+from gateway.dashboard_sessions import ABSOLUTE_S, IDLE_S, InMemoryDashboardSessions
+from gateway.server import uvicorn_config
+from gateway.settings import Settings
 from metering import metrics as metering_metrics
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -50,33 +56,116 @@ async def test_page_without_a_session_shows_the_login_form(gw) -> None:
     assert r.status_code == 401
 
 
-async def test_login_needs_an_admin_key_and_sets_a_strict_httponly_cookie(gw) -> None:
+CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+async def login_form(client: AsyncTestClient) -> str:  # type: ignore[type-arg]
+    """Open the sign-in page (which sets the CSRF cookie); returns the form's CSRF token."""
+    page = await client.get("/dashboard")
+    assert page.status_code == 401
+    m = CSRF_FIELD.search(page.text)
+    assert m is not None, page.text
+    return m.group(1)
+
+
+async def sign_in(client: AsyncTestClient, key: str, **kw: Any) -> Any:  # type: ignore[type-arg]
+    csrf = await login_form(client)
+    return await client.post(
+        "/dashboard/login", data={"key": key, "csrf": csrf}, follow_redirects=False, **kw
+    )
+
+
+def set_cookies(response: Any) -> dict[str, str]:
+    """name -> the whole Set-Cookie header, for every cookie the response sets."""
+    return {h.split("=", 1)[0]: h for h in response.headers.get_list("set-cookie")}
+
+
+async def test_login_needs_an_admin_key_and_sets_a_strict_httponly_session_cookie(gw) -> None:
     for key, status in (("", 401), ("rk-wrong", 401), (gw.user, 403)):
-        r = await gw.post("/dashboard/login", data={"key": key}, follow_redirects=False)
+        r = await sign_in(gw, key)
         assert r.status_code == status, key
-        assert "set-cookie" not in r.headers
+        assert COOKIE not in set_cookies(r)  # no session; only a fresh CSRF token
         if key:
             assert key not in r.text
-    r = await gw.post("/dashboard/login", data={"key": gw.admin}, follow_redirects=False)
+    r = await sign_in(gw, gw.admin)
     assert r.status_code == 303 and r.headers["location"] == "/dashboard"
-    cookie = r.headers["set-cookie"]
+    cookie = set_cookies(r)[COOKIE]
     for part in ("HttpOnly", "SameSite=Strict", "Path=/dashboard", "Max-Age="):
         assert part.lower() in cookie.lower(), part
-    assert "secure" not in cookie.lower()  # plain http here; https (or a proxy saying so) gets it
-    r = await gw.post(
-        "/dashboard/login", data={"key": gw.admin}, headers={"x-forwarded-proto": "https"},
-        follow_redirects=False,
-    )  # fmt: skip
-    assert "secure" in r.headers["set-cookie"].lower()
+    # The cookie holds a random session id, never the key.
+    session_id = gw.cookies.get(COOKIE)
+    assert session_id and gw.admin not in cookie and session_id != gw.admin
+    assert len(session_id) >= 40
+    assert "secure" not in cookie.lower()  # plain http here
 
-    gw.cookies.set(COOKIE, gw.admin, path="/dashboard")
     page = await gw.get("/dashboard")
     assert page.status_code == 200 and 'id="chart-traffic"' in page.text
-    assert gw.admin not in page.text
+    assert gw.admin not in page.text and session_id not in page.text
     data = await gw.get("/dashboard/data")
     assert data.status_code == 200 and "requests" in data.json()
-    out = await gw.post("/dashboard/logout", follow_redirects=False)
-    assert out.status_code == 303 and "max-age=0" in out.headers["set-cookie"].lower()
+
+    # Sign-out needs the page's CSRF token, deletes the session and clears the cookie.
+    r = await gw.post("/dashboard/logout", data={"csrf": "forged"}, follow_redirects=False)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "csrf_failed"
+    assert (await gw.get("/dashboard/data")).status_code == 200  # still signed in
+    token = CSRF_FIELD.search(page.text).group(1)  # type: ignore[union-attr]
+    out = await gw.post("/dashboard/logout", data={"csrf": token}, follow_redirects=False)
+    assert out.status_code == 303 and "max-age=0" in set_cookies(out)[COOKIE].lower()
+    gw.cookies.set(COOKIE, session_id, path="/dashboard")  # replaying the old cookie
+    r = await gw.get("/dashboard/data")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "session_expired"
+    assert (await gw.get("/dashboard")).status_code == 401
+
+
+async def test_a_client_header_cannot_claim_https(gw) -> None:
+    """X-Forwarded-Proto from a client is not the connection's scheme: no Secure flag on plain
+    http (uvicorn rewrites the scheme only for ROYALTY_TRUSTED_PROXIES)."""
+    r = await sign_in(gw, gw.admin, headers={"x-forwarded-proto": "https"})
+    assert r.status_code == 303
+    assert "secure" not in set_cookies(r)[COOKIE].lower()
+
+
+async def test_login_is_refused_without_its_csrf_token(gw) -> None:
+    await login_form(gw)  # the CSRF cookie is set ...
+    for form in ({"key": gw.admin}, {"key": gw.admin, "csrf": "guessed"}):
+        r = await gw.post("/dashboard/login", data=form, follow_redirects=False)
+        assert r.status_code == 403 and COOKIE not in set_cookies(r), form
+    gw.cookies.clear()  # ... and a token without its cookie (another site's form) is refused
+    csrf = await login_form(gw)
+    gw.cookies.clear()
+    r = await gw.post("/dashboard/login", data={"key": gw.admin, "csrf": csrf},
+                      follow_redirects=False)  # fmt: skip
+    assert r.status_code == 403 and COOKIE not in set_cookies(r)
+
+
+async def test_a_raw_key_in_the_cookie_is_no_session(gw) -> None:
+    """What the old cookie held (the admin key itself) opens nothing now."""
+    gw.cookies.set(COOKIE, gw.admin, path="/dashboard")
+    assert (await gw.get("/dashboard")).status_code == 401
+    assert (await gw.get("/dashboard/data")).status_code == 401
+
+
+async def test_sessions_end_when_idle_or_old() -> None:
+    now = [0.0]
+    h = make_harness()
+    sessions = InMemoryDashboardSessions(clock=lambda: now[0])
+    h.services.dashboard_sessions = sessions
+    admin = await h.key("admin", account="ops")
+    async with AsyncTestClient(app=h.app()) as client:
+        assert (await sign_in(client, admin)).status_code == 303
+        now[0] += IDLE_S - 60  # used just before going idle too long: still alive
+        assert (await client.get("/dashboard/data")).status_code == 200
+        now[0] += IDLE_S + 1
+        assert (await client.get("/dashboard/data")).status_code == 401
+        client.cookies.clear()
+        start = now[0]
+        assert (await sign_in(client, admin)).status_code == 303
+        for hour in range(1, 25):  # used every hour, never idle ...
+            now[0] = start + hour * 3600
+            assert (await client.get("/dashboard/data")).status_code == 200, hour
+        now[0] = start + ABSOLUTE_S + 3600  # ... and still over after 24 h
+        assert (await client.get("/dashboard/data")).status_code == 401
+        assert len(sessions) == 1  # the expired one was swept at the second sign-in
 
 
 async def test_data_endpoint_scopes(gw) -> None:
@@ -84,8 +173,8 @@ async def test_data_endpoint_scopes(gw) -> None:
     assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
     r = await gw.get("/dashboard/data", headers={"Authorization": f"Bearer {gw.user}"})
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
-    gw.cookies.set(COOKIE, gw.user, path="/dashboard")  # a session cookie with a non-admin key
-    assert (await gw.get("/dashboard/data")).status_code == 403
+    gw.cookies.set(COOKIE, "not-a-session", path="/dashboard")
+    assert (await gw.get("/dashboard/data")).status_code == 401
     gw.cookies.clear()
     r = await gw.get("/dashboard/data", headers={"Authorization": f"Bearer {gw.admin}"})
     assert r.status_code == 200
@@ -125,12 +214,11 @@ def _free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def served(h: Harness):  # type: ignore[no-untyped-def]
+async def served(h: Harness, trusted_proxies: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    """The app under uvicorn, configured as `royalty up` configures it."""
     port = _free_port()
-    config = uvicorn.Config(
-        h.app(), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    server = uvicorn.Server(config)
+    settings = Settings(host="127.0.0.1", port=port, trusted_proxies=trusted_proxies)
+    server = uvicorn.Server(uvicorn_config(h.app(), settings))
     task = asyncio.create_task(server.serve())
     for _ in range(500):
         if server.started:
@@ -142,6 +230,23 @@ async def served(h: Harness):  # type: ignore[no-untyped-def]
     finally:
         server.should_exit = True
         await task
+
+
+@pytest.mark.parametrize(("trusted", "secure"), [((), False), (("127.0.0.1",), True)])
+async def test_secure_follows_a_trusted_proxy_only(trusted: tuple[str, ...], secure: bool) -> None:
+    """Over a real socket: `X-Forwarded-Proto: https` makes the cookie Secure only when it
+    comes from an address in ROYALTY_TRUSTED_PROXIES (here the client is 127.0.0.1)."""
+    h = make_harness()
+    admin = await h.key("admin", account="ops")
+    async with served(h, trusted) as base, httpx.AsyncClient(base_url=base) as client:
+        hdr = {"x-forwarded-proto": "https"}
+        page = await client.get("/dashboard", headers=hdr)
+        csrf = CSRF_FIELD.search(page.text).group(1)  # type: ignore[union-attr]
+        assert ("secure" in set_cookies(page)[CSRF_COOKIE].lower()) is secure
+        client.cookies.set(CSRF_COOKIE, page.cookies[CSRF_COOKIE])  # (httpx keeps Secure ones back)
+        r = await client.post("/dashboard/login", data={"key": admin, "csrf": csrf}, headers=hdr)
+        assert r.status_code == 303, r.text
+        assert ("secure" in set_cookies(r)[COOKIE].lower()) is secure
 
 
 def _metric_totals(text: str) -> tuple[int, int, list[str]]:
@@ -251,7 +356,9 @@ async def test_dashboard_in_headless_chromium_shows_the_metrics(tmp_path: Path) 
                 await page.click("#sign-in")
                 await page.wait_for_selector("#chart-traffic")
                 cookies = await page.context.cookies()
+                [session] = [c["value"] for c in cookies if c["name"] == COOKIE]
                 assert [c["httpOnly"] for c in cookies if c["name"] == COOKIE] == [True]
+                assert all(admin not in c["value"] for c in cookies)  # a session id, not the key
                 assert admin not in await page.content()
 
                 await page.goto(base + "/dashboard?interval_ms=250")
@@ -298,6 +405,15 @@ async def test_dashboard_in_headless_chromium_shows_the_metrics(tmp_path: Path) 
                 assert _pixels_near(backlog, (47, 180, 216), top_fraction=0.75) == 0
                 # And the whole page is not blank.
                 assert _pixels_near(shot, (244, 245, 247), tol=3) < 0.95 * (1280 * 1100)
+
+                # Sign out (the form carries its CSRF token): back to the sign-in form, and the
+                # session is gone from the browser and from the server.
+                await page.click("#sign-out")
+                await page.wait_for_selector("#sign-in")
+                assert COOKIE not in {c["name"] for c in await page.context.cookies()}
+                api.cookies.set(COOKIE, session, path="/dashboard")  # replaying the old cookie
+                r = await api.get("/dashboard/data")
+                assert r.status_code == 401
                 assert problems == []
             finally:
                 await browser.close()

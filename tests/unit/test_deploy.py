@@ -53,7 +53,12 @@ def interpolate(text: str, env: dict[str, str]) -> str:
     return _VAR.sub(sub, text)
 
 
-ENV = {"POSTGRES_PASSWORD": "pw", "GRAFANA_ADMIN_PASSWORD": "gpw", "BASE_MODEL": "org/model"}
+ENV = {
+    "POSTGRES_PASSWORD": "pw",
+    "GRAFANA_ADMIN_PASSWORD": "gpw",
+    "BASE_MODEL": "org/model",
+    "PROMPT_DIGEST_KEY": "digest-secret",
+}
 
 
 def load_compose(env: dict[str, str] = ENV) -> dict[str, Any]:
@@ -89,7 +94,12 @@ def test_compose_schema_is_strict_enough_to_catch_mistakes() -> None:
 
 
 def test_compose_needs_its_secrets_set() -> None:
-    for missing in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "BASE_MODEL"):
+    for missing in (
+        "POSTGRES_PASSWORD",
+        "GRAFANA_ADMIN_PASSWORD",
+        "BASE_MODEL",
+        "PROMPT_DIGEST_KEY",
+    ):
         env = {k: v for k, v in ENV.items() if k != missing}
         with pytest.raises(KeyError, match=missing):
             load_compose(env)
@@ -301,6 +311,119 @@ def test_k8s_manifests_hang_together() -> None:
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
     files = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization["resources"]) == files
+
+
+# --- no free keys, a shared secret digest key -------------------------------------------------------
+def dockerfile() -> tuple[list[str], dict[str, str]]:
+    """The image's ENTRYPOINT and its ENV (as `KEY=VALUE` pairs)."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    [entry] = re.findall(r"^ENTRYPOINT (\[.*\])$", text, flags=re.MULTILINE)
+    env: dict[str, str] = {}
+    for line in re.findall(r"^ENV (.*)$", text, flags=re.MULTILINE):
+        env.update(pair.split("=", 1) for pair in line.split())
+    return json.loads(entry), env
+
+
+def runs_demo_key_path(argv: list[str], env: dict[str, str]) -> bool:
+    """Whether `argv` (a `royalty ...` command line) with `env` would mint the demo key: the
+    `up` command's options parsed by the real CLI, its settings from the environment as
+    `royalty up` builds them, then the rule `royalty up` applies."""
+    import typer.main
+
+    from gateway.cli import app
+    from gateway.server import mints_demo_key
+    from gateway.settings import Settings
+
+    assert argv[0] == "royalty", argv
+    if argv[1:2] != ["up"]:
+        return False
+    up = typer.main.get_command(app).commands["up"]  # type: ignore[attr-defined]
+    params = up.make_context("up", list(argv[2:]), default_map={}).params
+    settings = Settings.from_env(env).with_(
+        models_dir=params["models_dir"],
+        engine_urls=tuple(params["engine_url"]) if params["engine_url"] else None,
+    )
+    if not params["demo_key"]:
+        settings = settings.with_(demo_key=False)
+    return mints_demo_key(settings)
+
+
+def _served_commands() -> list[tuple[str, list[str], dict[str, str]]]:
+    """(where, argv, environment) of every container that runs the image in compose and k8s."""
+    entry, image_env = dockerfile()
+    found = []
+    for name, svc in load_compose()["services"].items():
+        if svc.get("image", "").startswith("${ROYALTY_IMAGE") or "build" in svc:
+            argv = [*svc.get("entrypoint", entry), *svc.get("command", [])]
+            found.append((f"compose:{name}", argv, {**image_env, **svc["environment"]}))
+    docs = k8s_docs()
+    [cm] = [d for _, d in docs if d["kind"] == "ConfigMap"]
+    for name, w in _pods(docs).items():
+        for c in w["spec"]["template"]["spec"]["containers"]:
+            if "royalty-gateway" not in c["image"]:
+                continue
+            env = dict(image_env)
+            if any("configMapRef" in src for src in c.get("envFrom", [])):
+                env.update(cm["data"])
+            env.update({e["name"]: e.get("value", "<secret>") for e in c.get("env", [])})
+            found.append((f"k8s:{name}", [*c.get("command", entry), *c["args"]], env))
+    return found
+
+
+def test_the_demo_key_rule_is_what_the_deploy_check_applies() -> None:
+    """The check below can fail: a bare `royalty up` on the demo models mints a key."""
+    assert runs_demo_key_path(["royalty", "up"], {})
+    assert not runs_demo_key_path(["royalty", "up", "--no-demo-key"], {})
+    assert not runs_demo_key_path(["royalty", "up"], {"ROYALTY_DEMO_KEY": "0"})
+    assert not runs_demo_key_path(["royalty", "up", "--models-dir", "/models"], {})
+    assert not runs_demo_key_path(["royalty", "up"], {"ROYALTY_ENGINE_URLS": "http://vllm:8000"})
+    assert not runs_demo_key_path(["royalty", "ledger", "worker"], {})
+
+
+def test_no_deploy_file_runs_the_demo_key_path() -> None:
+    """No container mints a demo key or demo credit: `up` is switched off explicitly
+    (ROYALTY_DEMO_KEY=0 in its environment, `--no-demo-key` on its command line), and would
+    not mint one even without the switch (it serves its own model tree on external engines)."""
+    _, image_env = dockerfile()
+    assert image_env["ROYALTY_DEMO_KEY"] == "0"
+    served = _served_commands()
+    ups = [(where, argv, env) for where, argv, env in served if argv[1:2] == ["up"]]
+    assert {w for w, _, _ in ups} == {"compose:gateway", "k8s:gateway"}, served
+    for where, argv, env in served:
+        assert not runs_demo_key_path(argv, env), where
+    for where, argv, env in ups:
+        assert env["ROYALTY_DEMO_KEY"] == "0" and "--no-demo-key" in argv, where
+        switched_on = {k: v for k, v in env.items() if k != "ROYALTY_DEMO_KEY"}
+        assert not runs_demo_key_path([a for a in argv if a != "--no-demo-key"], switched_on)
+    # The image's default command (a bare `docker run`) mints none either.
+    entry, _ = dockerfile()
+    cmd = json.loads(re.findall(r"^CMD (\[.*\])$", (DEPLOY / "Dockerfile").read_text(), re.M)[0])
+    assert not runs_demo_key_path([*entry, *cmd], image_env)
+
+
+def test_the_prompt_digest_key_is_a_secret_every_gateway_shares() -> None:
+    """ROYALTY_PROMPT_DIGEST_KEY (HMAC of prompt digests) comes from a secret: compose
+    requires it from deploy/.env (no default), Kubernetes from the royalty-keys Secret; it is
+    in no ConfigMap and not hard-coded in a manifest."""
+    raw = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    spec = raw["services"]["gateway"]["environment"]["ROYALTY_PROMPT_DIGEST_KEY"]
+    m = _VAR.fullmatch(spec)
+    assert m is not None and m.group("op") == ":?", spec  # required, no default
+    assert (
+        load_compose()["services"]["gateway"]["environment"]["ROYALTY_PROMPT_DIGEST_KEY"]
+        == (ENV[m.group("name")])
+    )
+    assert re.search(rf"^{m.group('name')}=", (DEPLOY / "env.example").read_text(), re.M)
+    docs = k8s_docs()
+    [cm] = [d for _, d in docs if d["kind"] == "ConfigMap"]
+    assert "ROYALTY_PROMPT_DIGEST_KEY" not in cm["data"]
+    [gw] = _pods(docs)["gateway"]["spec"]["template"]["spec"]["containers"]
+    [entry] = [e for e in gw.get("env", []) if e["name"] == "ROYALTY_PROMPT_DIGEST_KEY"]
+    ref = entry["valueFrom"]["secretKeyRef"]
+    [secret] = [d for _, d in docs if d["kind"] == "Secret" and d["metadata"]["name"] == ref["name"]]  # fmt: skip
+    assert ref["key"] in secret["stringData"] and "value" not in entry
+    # One key for every replica: the Deployment's pod template, not per-pod values.
+    assert _pods(docs)["gateway"]["kind"] == "Deployment"
 
 
 # --- metrics the dashboards and alerts query -------------------------------------------------------
