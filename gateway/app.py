@@ -125,8 +125,18 @@ async def on_send(message: Message, scope: Scope) -> None:
 
 @get("/healthz", media_type=MediaType.JSON)
 async def healthz(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """200 once the gateway and at least one engine are ready (no key needed: probes)."""
-    if services_of(request).pool.ready():
+    """200 once the gateway and at least one engine are ready and usage can be recorded (no
+    key needed: probes). A 503 names what is missing, so a load balancer drains a gateway
+    whose usage log's disk is full instead of sending it requests it must refuse."""
+    services = services_of(request)
+    unrecordable = services.inference.usage.health()
+    if unrecordable is not None:
+        return _render(
+            ServiceUnavailable(
+                f"Usage cannot be recorded: {unrecordable}.", code="usage_unavailable"
+            )
+        )
+    if services.pool.ready():
         return Response(b'{"status":"ok"}', media_type=JSON)
     return _render(ServiceUnavailable("No model engine is ready yet."))
 

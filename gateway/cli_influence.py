@@ -113,6 +113,13 @@ def influence_worker(
         typer.Option(help="Serve Prometheus metrics (/metrics) on this port (default: none)."),
     ] = None,
     metrics_host: Annotated[str, typer.Option(help="Address for --metrics-port.")] = "0.0.0.0",
+    nice: Annotated[
+        int,
+        typer.Option(
+            help="Scheduling niceness to run at (0-19): scoring is background work that must "
+            "not take CPU from the gateway and the engine on a shared machine."
+        ),
+    ] = 10,
     models_dir: ModelsDir = None,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
@@ -120,7 +127,13 @@ def influence_worker(
     """Score queued responses continuously until SIGTERM (royalty up runs one as a child
     process; run more anywhere: they share the queue with SKIP LOCKED and leases)."""
     import logging
+    import os
     import signal
+
+    if nice > 0:
+        # Scoring takes up to seconds of torch CPU per response; at full priority it competes
+        # with the gateway's streams and a CPU engine on small machines.
+        os.nice(min(nice, 19))
 
     if metrics_port is not None:  # queue depth, scoring time (royalty_attribution_*)
         from prometheus_client import start_http_server

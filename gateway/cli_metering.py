@@ -86,26 +86,47 @@ async def _drain(engine: AsyncEngine) -> int:
 def credits_add(
     account: Annotated[str, typer.Option(help="Consumer account name (created if new).")],
     amount: Annotated[str, typer.Option(help="Credits, a decimal string (exact, <= 6 places).")],
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Credit at most once per key: a rerun with the same key and arguments changes "
+            "nothing (prints the first run's result); with other arguments it fails (exit 1)."
+        ),
+    ] = None,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
 ) -> None:
-    """Top up an account's credit; prints the new available credit."""
+    """Top up an account's credit (the account is created if new); prints the available
+    credit."""
     from gateway.admin import account_id
-    from metering.ledger import PostgresLedger
+    from gateway.routes.metering import MAX_IDEMPOTENCY_KEY, topup_fingerprint
+    from metering.ledger import IdempotencyConflict, PostgresLedger
     from metering.money import MoneyError, format_micros, parse_credits
 
     try:
         micros = parse_credits(amount)
     except MoneyError as e:
         raise _fail(str(e), 2) from None
+    if idempotency_key is not None and not (
+        0 < len(idempotency_key) <= MAX_IDEMPOTENCY_KEY
+        and all(" " <= c <= "~" for c in idempotency_key)
+    ):
+        raise _fail(f"--idempotency-key: 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters", 2)
+    memo = f"credits add {format_micros(micros)}"
 
     async def go(engine: AsyncEngine) -> int:
         ledger = PostgresLedger(engine)
-        await ledger.top_up(await account_id(engine, account), micros, f"credits add {amount}")
-        return (await ledger.balance("consumer", await account_id(engine, account))).available
+        who = await account_id(engine, account)
+        if idempotency_key is None:
+            await ledger.top_up(who, micros, memo)
+            return (await ledger.balance("consumer", who)).available
+        fingerprint = topup_fingerprint(account, micros, True)
+        return (await ledger.top_up_once(idempotency_key, fingerprint, who, micros, memo)).available
 
     try:
         available = _run(data_dir, database_url, go)
+    except IdempotencyConflict as e:
+        raise _fail(str(e), 1) from None
     except ValueError as e:
         raise _fail(str(e), 2) from None
     sys.stdout.write(f"{account} {format_micros(available)}\n")
@@ -318,16 +339,23 @@ def ledger_worker(
     check_every: Annotated[
         float, typer.Option(help="Seconds between ledger invariant checks (default 0: never).")
     ] = 0.0,
+    sweep_every: Annotated[
+        float,
+        typer.Option(help="Seconds between sweeps of expired credit holds (0: never)."),
+    ] = 60.0,
     data_dir: DataDir = None,
     database_url: DbUrl = None,
 ) -> None:
     """Post queued usage events continuously until SIGTERM (royalty up runs one in a child
-    process; run more anywhere: they share the queue with SKIP LOCKED); check the ledger's
-    invariants every --check-every seconds (metrics and log)."""
+    process; run more anywhere: they share the queue with SKIP LOCKED); release expired
+    credit holds every --sweep-every seconds; check the ledger's invariants every
+    --check-every seconds (metrics and log)."""
     import logging
     import signal
 
+    from core.deadletters import DeadLetterSampler, PostgresDeadLetterStore
     from metering.audit import check
+    from metering.budget_expiry import HoldSweeper
     from metering.posting import PostingWorker
     from metering.sources import UsageEventAttribution
 
@@ -351,6 +379,11 @@ def ledger_worker(
             engine, LineageAdapterDirectory(engine), UsageEventAttribution(engine)
         )
         tasks = [asyncio.ensure_future(worker.run(idle_s=idle))]
+        if metrics_port is not None:  # the dead-letter gauge the RoyaltyDeadLetters alert reads
+            sampler = DeadLetterSampler(PostgresDeadLetterStore(engine))
+            tasks.append(asyncio.ensure_future(sampler.run()))
+        if sweep_every > 0:
+            tasks.append(asyncio.ensure_future(HoldSweeper(engine).run(sweep_every)))
         if check_every > 0:
             tasks.append(asyncio.ensure_future(checks(engine)))
         # SIGTERM cancels the tasks: a batch in flight rolls back and is posted next time.
@@ -360,6 +393,19 @@ def ledger_worker(
             await stop
 
     _run(data_dir, database_url, run)
+
+
+@ledger_app.command("sweep")
+def ledger_sweep(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
+    """Release every expired credit hold whose request recorded no usage now (the ledger
+    worker does this every --sweep-every seconds); prints how many and how much."""
+    from metering.budget_expiry import HoldSweeper
+    from metering.money import format_micros
+
+    done = _run(data_dir, database_url, lambda e: HoldSweeper(e).sweep())
+    sys.stdout.write(
+        f"released {done.holds} expired holds ({format_micros(done.amount)} credits)\n"
+    )
 
 
 @ledger_app.command("check")

@@ -1,13 +1,20 @@
 """Serving one OpenAI request: resolve the model, admit it, run it on an engine, normalise the
 answer, and capture its usage durably before the last byte leaves.
 
-Non-streaming responses are returned only after the usage record is fsynced; streams write it
+Non-streaming responses are returned only after the usage record is durable; streams write it
 before `data: [DONE]`. A stream the client abandons records the tokens generated so far.
+
+Fail closed: admission refuses a request (503) while usage cannot be recorded
+(`UsageSink.health`), and everything about the record that can fail (the prompt digest) is
+computed at admission, before the engine is called. A stream counts as answered (`ok`) only
+once its record is durable; if recording fails after output went out, the stream ends with an
+error event instead of `[DONE]` and the record stays held by the sink, which retries it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import logging
@@ -35,15 +42,19 @@ from gateway.ratelimit import Limiter, RateLimiter
 from metering import metrics as metering_metrics
 from metering.budget_gate import BudgetGate, InsufficientCredit
 from metering.usage import Endpoint, UsageRecord, UsageStatus, prompt_digest
+from metering.usage_recorder import UsageNotRecorded, UsageSink, as_usage_sink
 from serving.engine import EngineHTTPError, EngineUnavailable
-from serving.placement import AdapterLoadFailed
+from serving.placement import AdapterLoadFailed, AdapterSlotsBusy
 from serving.pool import EngineHandle, EnginePool, NoEngineAvailable
 from serving.registry import ModelRegistry, Target, UnknownModel
 
 log = logging.getLogger(__name__)
 
-UsageSink = Callable[[UsageRecord], Awaitable[None]]
 Request = chat.ChatCompletionRequest | completions.CompletionRequest
+
+UNKNOWN_MODEL = "<unknown>"
+"""What a usage record names when the request's model does not exist: the client's string
+is not worth a row in the billing table's model index."""
 
 _PATHS: dict[Endpoint, str] = {
     "chat.completions": "/v1/chat/completions",
@@ -96,6 +107,8 @@ class CallContext:
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     first_token: float | None = None
     engine: str | None = None
+    prompt_digest: str | None = None
+    """Computed at admission: whatever could fail about the record fails before output."""
 
 
 @dataclass(slots=True)
@@ -132,7 +145,7 @@ class InferenceService:
         registry: ModelRegistry,
         pool: EnginePool,
         limiter: Limiter,
-        record_usage: UsageSink,
+        record_usage: UsageSink | Callable[[UsageRecord], Awaitable[None]],
         *,
         default_rpm: int,
         default_tpm: int,
@@ -151,7 +164,7 @@ class InferenceService:
         self.registry = registry
         self.pool = pool
         self.limiter = limiter
-        self.record_usage = record_usage
+        self.usage: UsageSink = as_usage_sink(record_usage)
         self.default_rpm = default_rpm
         self.default_tpm = default_tpm
         self._background: set[asyncio.Task[None]] = set()
@@ -164,6 +177,16 @@ class InferenceService:
         return key.rpm_limit or self.default_rpm, key.tpm_limit or self.default_tpm
 
     async def admit(self, ctx: CallContext, req: Request) -> Target:
+        unrecordable = self.usage.health()
+        if unrecordable is not None:
+            # Nothing is served that cannot be recorded.
+            raise ServiceUnavailable(
+                "Usage cannot be recorded right now, so requests are refused; please retry "
+                "shortly.",
+                code="usage_unavailable",
+                headers={"Retry-After": "5"},
+            )
+        ctx.prompt_digest = self._prompt_digest(req)
         try:
             target = self.registry.resolve(req.model)
         except UnknownModel:
@@ -181,6 +204,12 @@ class InferenceService:
             await self._reserve(ctx, req, target)
         return target
 
+    def _prompt_digest(self, req: Request) -> str:
+        try:
+            return prompt_digest(request_prompt(req), self.digest_key)
+        except RecursionError:  # decode caps nesting; this is the last line of defence
+            raise BadRequest("The request is nested too deeply.", code="nesting_too_deep") from None
+
     def _check_token_budget(self, req: Request) -> None:
         # Before any reservation: an absurd max_tokens is a bad request, not a money problem.
         wanted = req.token_budget
@@ -196,12 +225,22 @@ class InferenceService:
                 param=param,
             )
 
-    async def _reserve(self, ctx: CallContext, req: Request, target: Target) -> None:
+    async def _reserve(
+        self, ctx: CallContext, req: Request, target: Target, body: bytes | None = None
+    ) -> None:
+        # Priced by the bytes of what the engine is sent (`body`, when the caller has built
+        # it already): every prompt token is at least one byte of it, whatever the script,
+        # and tools, tool calls, names and response_format are all in it. Tool schemas count
+        # twice: chat templates re-render them with a space after every `,` and `:`.
+        if body is None:
+            body = self._engine_body(req, target, stream=False)
+        tools = getattr(req, "tools", None)
+        prompt_bytes = len(body) + (len(msgspec.json.encode(tools)) if tools else 0)
         adapter = target.adapter.name if target.adapter else ""
         try:
             await self.budget.reserve(  # type: ignore[union-attr]
                 ctx.key.account_id, ctx.request_id, target.base.name, adapter,
-                req.prompt_chars(), req.token_budget, req.n or 1,
+                prompt_bytes, req.token_budget, req.n or 1,
             )  # fmt: skip
         except InsufficientCredit as e:
             raise PaymentRequired(
@@ -233,6 +272,7 @@ class InferenceService:
         http_status = 500
         target: Target | None = None
         error_type: str | None = None
+        recorded = False
         try:
             target = await self.admit(ctx, req)
             body = self._engine_body(req, target, stream=False)
@@ -253,13 +293,24 @@ class InferenceService:
             ctx.first_token = time.perf_counter()
             if self._attribute(target, out):
                 doc["attribution"] = out.attribution
+            body = msgspec.json.encode(doc)
+            rec = self._usage_record(ctx, req, target, out, "ok", 200, None)
+            recorded = True  # the write below owns the request's one record from here on
+            try:
+                # Not held on failure: the response is refused instead, so it is not billed.
+                await self._shielded_record(ctx, rec, req, out, hold=False)
+            except UsageNotRecorded:
+                raise _usage_unavailable() from None
             status, http_status = "ok", 200
-            return msgspec.json.encode(doc)
+            return body
         except ApiError as e:
             http_status, error_type = e.status, e.code or e.type
             raise
         finally:
-            await self._record(ctx, req, target, out, status, http_status, error_type)
+            if not recorded:
+                rec = self._usage_record(ctx, req, target, out, status, http_status, error_type)
+                with contextlib.suppress(UsageNotRecorded):  # an error: nothing to bill
+                    await self._shielded_record(ctx, rec, req, out)
 
     async def _call(self, ctx: CallContext, target: Target, body: bytes) -> bytes:
         path = _PATHS[ctx.endpoint]
@@ -306,7 +357,9 @@ class InferenceService:
         try:
             target = await self.admit(ctx, req)
         except ApiError as e:
-            await self._record(ctx, req, None, _Output(), "error", e.status, e.code or e.type)
+            rec = self._usage_record(ctx, req, None, _Output(), "error", e.status, e.code or e.type)
+            with contextlib.suppress(UsageNotRecorded):  # an error: nothing to bill
+                await self._shielded_record(ctx, rec, req, _Output())
             raise
         frames = self._frames(ctx, req, target)
         try:
@@ -320,6 +373,7 @@ class InferenceService:
         status: UsageStatus = "client_cancelled"
         http_status = 200
         error_type: str | None = None
+        recorded = False
         relay = _ChunkRelay(ctx, req, out)
         body = self._engine_body(req, target, stream=True)
         handle: EngineHandle | None = None
@@ -352,8 +406,15 @@ class InferenceService:
                         continue
                     raise
             self._attribute(target, out)
-            status = "ok"
-            await self._record(ctx, req, target, out, status, http_status, None)
+            rec = self._usage_record(ctx, req, target, out, "ok", http_status, None)
+            recorded = True  # the write below owns the one record from here on
+            try:
+                # The output went out already: a record no store takes now is held and
+                # retried by the sink (billed when it lands), never dropped.
+                await self._shielded_record(ctx, rec, req, out)
+            except UsageNotRecorded:
+                yield b"data: " + _usage_unavailable().body() + b"\n\n"
+                return
             last = relay.last_frame(out.attribution)  # usage and attribution, before [DONE]
             if last is not None:
                 yield last
@@ -369,7 +430,7 @@ class InferenceService:
             status, http_status, error_type = "error", e.status, e.code or e.type
             raise
         finally:
-            if status != "ok":
+            if not recorded:
                 # Possibly cancelled: record from a separate task so cancellation of this one
                 # cannot interrupt the write.
                 record = self._record(ctx, req, target, out, status, http_status, error_type)
@@ -450,7 +511,7 @@ class InferenceService:
             except Exception:  # an observer's failure never fails the response
                 log.exception("response observer failed for %s", rec.request_id)
 
-    async def _record(
+    def _usage_record(
         self,
         ctx: CallContext,
         req: Request,
@@ -459,14 +520,14 @@ class InferenceService:
         status: UsageStatus,
         http_status: int,
         error_type: str | None,
-    ) -> None:
+    ) -> UsageRecord:
         now = time.perf_counter()
-        rec = UsageRecord(
+        return UsageRecord(
             request_id=ctx.request_id,
             account_id=ctx.key.account_id,
             key_id=ctx.key.key_id,
             endpoint=ctx.endpoint,
-            model=req.model,
+            model=req.model if target is not None else UNKNOWN_MODEL,
             base_model=target.base.name if target else "",
             adapter=target.adapter.name if target and target.adapter else None,
             status=status,
@@ -480,28 +541,69 @@ class InferenceService:
             error_type=error_type,
             engine=ctx.engine,
             attribution=msgspec.json.encode(out.attribution).decode() if out.attribution else None,
-            prompt_digest=prompt_digest(request_prompt(req), self.digest_key),
+            prompt_digest=ctx.prompt_digest,
         )
-        tokens = out.prompt_tokens + out.completion_tokens
-        if tokens:
-            _, tpm = self._limits(ctx.key)
-            self.limiter.debit_tokens(ctx.key.key_id, tpm, tokens)
-        self.metrics.observe(rec)
+
+    async def _record(
+        self,
+        ctx: CallContext,
+        req: Request,
+        target: Target | None,
+        out: _Output,
+        status: UsageStatus,
+        http_status: int,
+        error_type: str | None,
+    ) -> None:
+        """Build and write a record from a background task (abandoned streams)."""
+        rec = self._usage_record(ctx, req, target, out, status, http_status, error_type)
+        with contextlib.suppress(UsageNotRecorded):  # held and retried by the sink
+            await self._write_usage(ctx, rec, req, out)
+
+    async def _shielded_record(
+        self, ctx: CallContext, rec: UsageRecord, req: Request, out: _Output, *, hold: bool = True
+    ) -> None:
+        """Write `rec` in its own task: a cancelled caller (a client hanging up) stops
+        waiting, but the write, and what follows it, still happens exactly once."""
+        task = asyncio.ensure_future(self._write_usage(ctx, rec, req, out, hold=hold))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
         try:
-            await self.record_usage(rec)
-        except Exception:
-            log.exception("usage record %s could not be written", ctx.request_id)
+            await asyncio.shield(task)
+        except (UsageNotRecorded, asyncio.CancelledError):
             raise
-        if self.observers and status == "ok" and rec.adapter and out.texts:
+        except Exception:
+            log.exception("usage record %s could not be written", rec.request_id)
+            raise UsageNotRecorded(rec.request_id) from None
+
+    async def _write_usage(
+        self, ctx: CallContext, rec: UsageRecord, req: Request, out: _Output, *, hold: bool = True
+    ) -> None:
+        """Write the record, then what depends on it: rate-limit debit, metrics, observers
+        (only once it is durable), and settling the budget reservation."""
+        tokens = rec.prompt_tokens + rec.completion_tokens
+        # A record that carries no money (an error without tokens) is not worth holding in
+        # memory when nothing takes it: that would grow without bound during an outage.
+        billable = rec.status != "error" or tokens > 0
+        durable = False
+        try:
+            await self.usage.record(rec, hold=hold and billable)
+            durable = True
+        finally:
+            if tokens:
+                _, tpm = self._limits(ctx.key)
+                self.limiter.debit_tokens(rec.key_id, tpm, tokens)
+            self.metrics.observe(rec)
+            if self.budget is not None and self.budget.holds(rec.request_id):
+                # Off the response path: until it lands the (larger) estimate stays held.
+                self._spawn(
+                    self.budget.settle(
+                        rec.request_id, rec.base_model, rec.adapter or "", rec.started_at,
+                        rec.prompt_tokens, rec.completion_tokens,
+                        charged=rec.status != "error" and (durable or hold),
+                    )
+                )  # fmt: skip
+        if self.observers and rec.status == "ok" and rec.adapter and out.texts:
             self._observe(rec, req, out)
-        if self.budget is not None and self.budget.holds(rec.request_id):
-            # Off the response path: until it lands the (larger) estimate stays held.
-            self._spawn(
-                self.budget.settle(
-                    rec.request_id, rec.base_model, rec.adapter or "", rec.started_at,
-                    rec.prompt_tokens, rec.completion_tokens, charged=rec.status != "error",
-                )
-            )  # fmt: skip
 
 
 class _ChunkRelay:
@@ -582,7 +684,24 @@ async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[by
         await rest.aclose()  # type: ignore[attr-defined]
 
 
+def _usage_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The response could not be recorded for billing, so it is not served; please retry "
+        "shortly.",
+        code="usage_unavailable",
+        headers={"Retry-After": "5"},
+    )
+
+
 def _unavailable(e: Exception) -> ServiceUnavailable:
+    if isinstance(e, AdapterSlotsBusy):  # nothing wrong: the engine is full for now
+        log.warning("%s", e)
+        return ServiceUnavailable(
+            f"Every adapter slot of the engines serving `{e.adapter}` is busy; please retry "
+            "shortly.",
+            code="adapter_slots_busy",
+            headers={"Retry-After": "5"},
+        )
     if isinstance(e, AdapterLoadFailed):
         log.error("%s", e)
         return ServiceUnavailable(

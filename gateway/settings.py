@@ -45,9 +45,18 @@ class Settings:
     default_tpm: int = 200_000
     key_cache_ttl_s: float = 30.0
     usage_log_dir: Path | None = None
+    usage_log_min_free_mb: int = 16
+    """Below this much free space on the usage log's disk the gateway refuses new requests
+    (503, `/healthz` says why) while the records of those in flight still fit."""
     ship_interval_s: float = 0.2
     ship_batch_size: int = 5000
     engine_timeout_s: float = 600.0
+    budget_hold_s: float = 900.0
+    """Seconds a credit reservation holds before the ledger worker's sweeper may release it
+    (if its request recorded no usage): the engine timeout plus the usage shipping lag."""
+    adapter_slot_wait_s: float = 30.0
+    """Seconds a request may wait for a LoRA slot on its engine before a 503 with
+    `Retry-After` (every slot serving other adapters' requests)."""
     routing: str = "affinity"
     """`affinity` (an adapter's requests go to an engine that holds it, spilling over under
     load) or `round_robin`; see `serving.pool`."""
@@ -70,6 +79,13 @@ class Settings:
     prompt_digest_key: str = field(default="", repr=False)
     """HMAC key of the prompt digests on usage events (repeated-prompt detection); every
     gateway of a deployment must share it. Empty: a fixed public key."""
+    demo_key: bool = True
+    """Allow `royalty up` to mint a demo API key (and top the `demo` account up to 100
+    credits); it does only when serving the demo models on its own engine
+    (`gateway.server.mints_demo_key`). ROYALTY_DEMO_KEY=0 / `--no-demo-key`: never."""
+    trusted_proxies: tuple[str, ...] = ()
+    """Addresses (IPs, CIDRs, or `*`) of the reverse proxies whose `X-Forwarded-Proto` and
+    `X-Forwarded-For` the gateway believes; empty: none, the connection's own scheme counts."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -88,6 +104,9 @@ class Settings:
         e = os.environ if env is None else env
         s = cls()
         urls = tuple(u for u in e.get("ROYALTY_ENGINE_URLS", "").split(",") if u.strip())
+        proxies = tuple(
+            p.strip() for p in e.get("ROYALTY_TRUSTED_PROXIES", "").split(",") if p.strip()
+        )
         return s.with_(
             data_dir=Path(e["ROYALTY_HOME"]) if "ROYALTY_HOME" in e else None,
             database_url=e.get("DATABASE_URL") or None,
@@ -101,6 +120,9 @@ class Settings:
             demo_datanets=_flag(e["ROYALTY_DEMO"]) if "ROYALTY_DEMO" in e else None,
             budgets=_flag(e["ROYALTY_BUDGETS"]) if "ROYALTY_BUDGETS" in e else None,
             post_usage=_flag(e["ROYALTY_POST_USAGE"]) if "ROYALTY_POST_USAGE" in e else None,
+            usage_log_min_free_mb=int(e["ROYALTY_USAGE_LOG_MIN_FREE_MB"])
+            if "ROYALTY_USAGE_LOG_MIN_FREE_MB" in e
+            else None,
             usage_log_dir=Path(e["ROYALTY_USAGE_LOG_DIR"])
             if "ROYALTY_USAGE_LOG_DIR" in e
             else None,
@@ -108,6 +130,12 @@ class Settings:
             if "ROYALTY_SHIP_INTERVAL_S" in e
             else None,
             max_loras=int(e["ROYALTY_MAX_LORAS"]) if "ROYALTY_MAX_LORAS" in e else None,
+            budget_hold_s=float(e["ROYALTY_BUDGET_HOLD_S"])
+            if "ROYALTY_BUDGET_HOLD_S" in e
+            else None,
+            adapter_slot_wait_s=float(e["ROYALTY_ADAPTER_SLOT_WAIT_S"])
+            if "ROYALTY_ADAPTER_SLOT_WAIT_S" in e
+            else None,
             routing=e.get("ROYALTY_ROUTING") or None,
             spill_at=float(e["ROYALTY_SPILL_AT"]) if "ROYALTY_SPILL_AT" in e else None,
             shared_limits=_flag(e["ROYALTY_SHARED_LIMITS"])
@@ -122,6 +150,8 @@ class Settings:
             influence_retention_s=float(e["ROYALTY_INFLUENCE_RETENTION_S"])
             if "ROYALTY_INFLUENCE_RETENTION_S" in e
             else None,
+            demo_key=_flag(e["ROYALTY_DEMO_KEY"]) if "ROYALTY_DEMO_KEY" in e else None,
+            trusted_proxies=proxies or None,
         )
 
 

@@ -41,6 +41,23 @@ USAGE_SHIP_FAILURES = Counter(
     "royalty_usage_ship_failures_total",
     "Shipping batches that failed and will be retried.",
 )
+USAGE_LOG_HEALTHY = Gauge(
+    "royalty_usage_log_healthy",
+    "1 while the usage log takes records (disk has room, last write worked); 0 while the "
+    "gateway refuses requests because it does not.",
+    multiprocess_mode="livemin",
+)
+USAGE_RECORDED_VIA_STORE = Counter(
+    "royalty_usage_recorded_via_store_total",
+    "Usage records the local log refused (full disk, failed fsync) and that were written "
+    "straight to Postgres instead.",
+)
+USAGE_UNRECORDED = Gauge(
+    "royalty_usage_unrecorded_records",
+    "Usage records neither the local log nor Postgres took yet, held in the gateway's "
+    "memory and retried every second (lost if the process dies: page someone).",
+    multiprocess_mode="livesum",
+)
 
 # --- credits, holds and penalties (metering workers) ----------------------------------------
 CREDITS_MINTED = Counter(
@@ -62,6 +79,15 @@ HELD_MICROCREDITS = Gauge(
     "royalty_held_microcredits",
     "Micro-credits currently withheld by open holds.",
     multiprocess_mode="livemax",
+)
+BUDGET_HOLDS_EXPIRED = Counter(
+    "royalty_budget_holds_expired_total",
+    "Credit reservations released by the sweeper because they expired with no usage event "
+    "to post (their request never recorded usage: a killed gateway, a failed usage write).",
+)
+BUDGET_HOLDS_EXPIRED_MICROCREDITS = Counter(
+    "royalty_budget_holds_expired_microcredits_total",
+    "Micro-credits those expired reservations held.",
 )
 PENALTIES = Counter(
     "royalty_penalties_total",
@@ -102,6 +128,18 @@ def usage_log_state(pending: int, oldest_age_s: float) -> None:
     USAGE_LOG_OLDEST_AGE.set(oldest_age_s if pending else 0.0)
 
 
+def usage_log_health(healthy: bool) -> None:
+    USAGE_LOG_HEALTHY.set(1 if healthy else 0)
+
+
+def usage_recorded_via_store() -> None:
+    USAGE_RECORDED_VIA_STORE.inc()
+
+
+def usage_unrecorded(held: int) -> None:
+    USAGE_UNRECORDED.set(held)
+
+
 def usage_shipped(records: int) -> None:
     USAGE_SHIPPED.inc(records)
 
@@ -125,6 +163,11 @@ def hold_placed(held_total_microcredits: int) -> None:
 def hold_released(held_total_microcredits: int) -> None:
     HOLDS_RELEASED.inc()
     HELD_MICROCREDITS.set(held_total_microcredits)
+
+
+def budget_holds_expired(holds: int, microcredits: int) -> None:
+    BUDGET_HOLDS_EXPIRED.inc(holds)
+    BUDGET_HOLDS_EXPIRED_MICROCREDITS.inc(microcredits)
 
 
 def penalty_applied(microcredits: int) -> None:

@@ -18,6 +18,15 @@ all of it, so the fsync cost is shared by every concurrent request.
 After a crash the last segment may end in a torn frame (a partial write, or bytes that never
 reached the disk); opening the log truncates that tail. Only unacknowledged records can be in
 it: a record is acknowledged only after the fsync covering it has returned.
+
+Health (`health()`, cheap enough to ask per request): the log is unhealthy while its disk has
+less than `min_free_bytes` free, after a write or fsync failed, and once closed. The gateway
+refuses new requests while it is unhealthy (nothing is served that cannot be recorded) and
+says so on `/healthz`. A failed write is cut off again, so the log stays well-formed; a failed
+fsync poisons the active segment (the kernel may have dropped its dirty pages), so the next
+write first truncates that segment back to its last acknowledged byte, syncs it, seals it and
+starts a new one. An unhealthy log probes itself (an empty group commit, at most once a
+second, only when the disk has room again) and is healthy again as soon as one succeeds.
 """
 
 from __future__ import annotations
@@ -51,6 +60,11 @@ SEGMENT_SUFFIX = ".seg"
 LOCK_NAME = "LOCK"
 CURSOR_NAME = "CURSOR"
 DEFAULT_SEGMENT_BYTES = 64 << 20
+DEFAULT_MIN_FREE_BYTES = 16 << 20
+"""Below this much free space on its disk the log reports itself unhealthy: the gateway stops
+admitting requests while records of those in flight still fit."""
+_FREE_CHECK_S = 0.25
+_PROBE_EVERY_S = 1.0
 _READ_CHUNK = 1 << 20
 _AGE_GRANULARITY_S = 1.0
 """Appends within this window share one age bucket, so an outage of hours keeps few buckets."""
@@ -181,10 +195,25 @@ class _Pending(msgspec.Struct):
 class UsageLog:
     """An open usage log directory. Create with `await UsageLog.open(path)`."""
 
-    def __init__(self, directory: Path | str, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES):
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+    ):
         """Not usable until opened: prefer `await UsageLog.open(directory)`."""
         self._directory = Path(directory)
         self._segment_bytes = segment_bytes
+        self._min_free_bytes = min_free_bytes
+        self._write_error: BaseException | None = None
+        """The last group commit failed (cleared by the next one that succeeds)."""
+        self._free_bytes: int | None = None
+        self._free_checked = -_FREE_CHECK_S
+        self._probed = -_PROBE_EVERY_S
+        self._probe: asyncio.Task[None] | None = None
+        self._sealed_in_thread: list[tuple[int, int]] = []
+        """Segments the writer thread sealed while recovering, for the loop to note."""
         self._lock_fd = -1
         self._seg_fd = -1
         self._seg_id = 0
@@ -206,10 +235,14 @@ class UsageLog:
 
     @classmethod
     async def open(
-        cls, directory: Path | str, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES
+        cls,
+        directory: Path | str,
+        *,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     ) -> UsageLog:
         """Lock the directory, recover it after any crash, and start the writer."""
-        self = cls(directory, segment_bytes=segment_bytes)
+        self = cls(directory, segment_bytes=segment_bytes, min_free_bytes=min_free_bytes)
         await asyncio.to_thread(self._open_sync)
         self._opened = True
         self._writer = asyncio.get_running_loop().create_task(
@@ -374,10 +407,9 @@ class UsageLog:
         await asyncio.shield(fut)
 
     def _check_open(self) -> None:
+        # A failed log (`_failed`) still takes appends: the writer first tries to recover it.
         if not self._opened:
             raise UsageLogError("usage log not opened: use `await UsageLog.open(directory)`")
-        if self._failed is not None:
-            raise UsageLogError(f"usage log {self._directory} failed earlier") from self._failed
         if self._closed:
             raise UsageLogError(f"usage log {self._directory} is closed")
         if self._writer is not None and self._writer.done():
@@ -398,12 +430,19 @@ class UsageLog:
             try:
                 sealed = await asyncio.to_thread(self._write_sync, data)
             except BaseException as exc:  # every waiter must hear about it
+                self._note_sealed()
+                self._write_error = exc
+                log.error("usage log %s: write failed: %r", self._directory, exc)
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(UsageLogError(f"usage log write failed: {exc!r}"))
                 if not isinstance(exc, Exception):
                     raise
                 continue
+            self._note_sealed()
+            if self._write_error is not None:
+                log.warning("usage log %s: writing again", self._directory)
+            self._write_error = None
             if sealed is not None:
                 self._sealed_sizes[sealed[0]] = sealed[1]
             self._appended += count
@@ -419,7 +458,7 @@ class UsageLog:
         """Runs in a worker thread; the only code that touches the active segment. Returns the
         (id, size) of a segment it sealed to make room, if any."""
         if self._failed is not None:
-            raise self._failed
+            self._reopen_after_failure()
         sealed = None
         if self._seg_size >= self._segment_bytes:
             sealed = (self._seg_id, self._seg_size)
@@ -429,7 +468,8 @@ class UsageLog:
             _write_all(self._seg_fd, data)
         except OSError as exc:
             # Cut the partial batch off again so later frames are not stranded behind garbage
-            # (recovery stops at the first bad frame). If even that fails, stop for good.
+            # (recovery stops at the first bad frame). If even that fails, the segment is
+            # treated like one whose fsync failed: the next write recovers it first.
             try:
                 os.ftruncate(self._seg_fd, start)
             except OSError as trunc_exc:
@@ -444,6 +484,27 @@ class UsageLog:
             raise
         self._seg_size = start + len(data)
         return sealed
+
+    def _reopen_after_failure(self) -> None:
+        """Runs in the writer thread. After a failed fsync (or segment creation): cut the
+        active segment back to its last acknowledged byte, make that durable, seal it and go
+        on in a new segment. Raises (and stays failed) if the disk still refuses."""
+        if self._seg_fd >= 0:
+            os.ftruncate(self._seg_fd, self._seg_size)
+            os.fdatasync(self._seg_fd)
+            os.close(self._seg_fd)
+            self._seg_fd = -1
+            self._sealed_in_thread.append((self._seg_id, self._seg_size))
+            self._seg_id += 1
+            self._seg_size = 0
+        self._seg_fd = self._create_segment(self._seg_id)
+        log.warning("usage log %s: recovered from %r", self._directory, self._failed)
+        self._failed = None
+
+    def _note_sealed(self) -> None:
+        while self._sealed_in_thread:
+            seg, size = self._sealed_in_thread.pop(0)
+            self._sealed_sizes[seg] = size
 
     def _rotate(self) -> None:
         # The segment being sealed was fsynced by the write that filled it.
@@ -538,6 +599,50 @@ class UsageLog:
             with contextlib.suppress(FileNotFoundError):
                 (self._directory / segment_name(seg)).unlink()
 
+    # --- health ---------------------------------------------------------------------------
+
+    def health(self) -> str | None:
+        """None while the log takes records, else why it may not (a sentence for operators).
+        Cheap: the disk's free space is read at most every 0.25 s."""
+        now = time.monotonic()
+        if now - self._free_checked >= _FREE_CHECK_S:
+            self._free_checked = now
+            try:
+                st = os.statvfs(self._directory)
+                self._free_bytes = st.f_bavail * st.f_frsize
+            except OSError:
+                self._free_bytes = 0
+        if self._closed:
+            return "the usage log is closed"
+        if self._free_bytes is not None and self._free_bytes < self._min_free_bytes:
+            return (
+                f"the usage log's disk has {self._free_bytes >> 20} MiB free, below the "
+                f"{self._min_free_bytes >> 20} MiB it keeps for records in flight"
+            )
+        failure = self._failed or self._write_error
+        if failure is not None:
+            self._maybe_probe(now)
+            return f"the usage log's last write failed ({type(failure).__name__}: {failure})"
+        return None
+
+    @property
+    def healthy(self) -> bool:
+        return self.health() is None
+
+    def _maybe_probe(self, now: float) -> None:
+        # Nothing is admitted while unhealthy, so nothing would ever write again: an empty
+        # group commit (recovering the segment first if needed) tells whether the disk works.
+        if self._probe is not None and not self._probe.done():
+            return
+        if now - self._probed < _PROBE_EVERY_S or self._writer is None:
+            return
+        self._probed = now
+        self._probe = asyncio.get_running_loop().create_task(self._run_probe())
+
+    async def _run_probe(self) -> None:
+        with contextlib.suppress(UsageLogError):
+            await self._enqueue(b"", 0)
+
     # --- introspection --------------------------------------------------------------------
 
     @property
@@ -583,6 +688,8 @@ class UsageLog:
             return
         self._closed = True
         self._wakeup.set()
+        if self._probe is not None:
+            self._probe.cancel()
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 await self._writer

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
-from litestar.response import Stream
 
 from gateway.errors import ModelNotFound
 from gateway.inference import CallContext
@@ -15,6 +14,7 @@ from gateway.protocol.common import decode_request
 from gateway.protocol.completions import CompletionRequest
 from gateway.protocol.models import Model, ModelList
 from gateway.routes.common import JSON, authorize, read_body, services_of
+from gateway.streaming import SSEStream
 from metering.usage import Endpoint
 from serving.registry import ModelRegistry, UnknownModel
 
@@ -27,7 +27,7 @@ async def _serve(request: Request, endpoint: Endpoint, req: InferenceRequest) ->
     ctx = CallContext(request_id_of(request.scope), key, endpoint)
     if req.stream:
         frames = await svc.inference.open_stream(ctx, req)
-        return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+        return SSEStream(frames, headers=SSE_HEADERS)
     return Response(await svc.inference.complete(ctx, req), media_type=JSON)
 
 

@@ -306,6 +306,49 @@ async def test_client_disconnect_mid_stream_records_generated_tokens() -> None:
     assert b"[DONE]" not in b"".join(got)
 
 
+async def test_hang_up_while_the_client_blocks_a_send_closes_the_engine_stream() -> None:
+    """A client that stops reading (its socket full) and then hangs up: the send waiting on
+    it is cancelled, and the engine request is closed and recorded at once, not whenever
+    the abandoned generator is collected."""
+    h = make_harness(token_delay_s=0.005)
+    key = await h.key()
+    app = h.app()
+    body = json.dumps({**CHAT, "max_tokens": 200, "stream": True}).encode()
+    sent = False
+    chunks = 0
+    disconnect = asyncio.Event()
+    never = asyncio.Event()
+
+    async def receive():  # type: ignore[no-untyped-def]
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):  # type: ignore[no-untyped-def]
+        nonlocal chunks
+        if message["type"] == "http.response.body" and message.get("body"):
+            chunks += 1
+            if chunks == 4:
+                asyncio.get_running_loop().call_later(0.05, disconnect.set)
+                await never.wait()  # blocked like a write to a full socket
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("t", 80),
+        "headers": [(b"authorization", f"Bearer {key}".encode()),
+                    (b"content-type", b"application/json")],
+    }  # fmt: skip
+    await asyncio.wait_for(app(scope, receive, send), 10)  # type: ignore[arg-type]
+    assert h.engine.aborted == 1  # closed by the response itself, before any collection
+    await h.services.inference.drain()
+    [rec] = h.records
+    assert rec.status == "client_cancelled" and 1 <= rec.completion_tokens < 200
+
+
 async def test_health_is_open_and_reflects_engines() -> None:
     h = make_harness()
     async with AsyncTestClient(app=h.app()) as c:

@@ -13,6 +13,7 @@ from litestar.testing import AsyncTestClient
 
 from gateway.inference import CompletedResponse
 from metering.usage import prompt_digest
+from metering.usage_recorder import as_usage_sink
 
 CHAT = {"model": "legal", "messages": [{"role": "user", "content": "A clause"}], "max_tokens": 5}
 
@@ -31,10 +32,10 @@ async def gw():
     h = make_harness()
     seen: list[CompletedResponse] = []
     order: list[str] = []
-    sink = h.services.inference.record_usage
+    sink = h.services.inference.usage
 
     async def recording_sink(rec: Any) -> None:
-        await sink(rec)
+        await sink.record(rec)
         order.append("usage")
 
     def observe(done: CompletedResponse) -> None:
@@ -44,7 +45,7 @@ async def gw():
     def broken(done: CompletedResponse) -> None:
         raise RuntimeError("queue full")
 
-    h.services.inference.record_usage = recording_sink
+    h.services.inference.usage = as_usage_sink(recording_sink)
     h.services.inference.observers = (broken, observe)
     async with AsyncTestClient(app=h.app()) as client:
         client.h, client.seen = h, seen  # type: ignore[attr-defined]

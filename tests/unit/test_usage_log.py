@@ -385,7 +385,7 @@ async def test_append_after_close_fails(tmp_path: Path) -> None:
         await log.append(make_record(1))
 
 
-async def test_failed_fsync_poisons_the_log(
+async def test_failed_fsync_seals_the_segment_and_the_next_write_starts_a_new_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def failing_fdatasync(fd: int) -> None:
@@ -394,15 +394,72 @@ async def test_failed_fsync_poisons_the_log(
     log = await UsageLog.open(tmp_path)
     try:
         await log.append(make_record(1))
+        first_segment = log.segment_ids[-1]
         monkeypatch.setattr(usage_log.os, "fdatasync", failing_fdatasync)
         with pytest.raises(UsageLogError):
             await log.append(make_record(2))
+        assert log.health() is not None and "I/O error" in log.health()  # type: ignore[operator]
         monkeypatch.undo()
-        # The kernel may have dropped the unsynced pages; retrying could falsely succeed.
-        with pytest.raises(UsageLogError, match="failed earlier"):
-            await log.append(make_record(3))
+        # The kernel may have dropped the unsynced pages: the segment is cut back to what was
+        # acknowledged and sealed, and record 3 goes to a new segment.
+        await log.append(make_record(3))
+        assert log.health() is None
+        assert log.segment_ids[-1] > first_segment
+        records, _ = await log.read_unshipped(10)
+        assert [r.request_id for r in records] == [make_record(1).request_id,
+                                                   make_record(3).request_id]  # fmt: skip
     finally:
         await log.close()
+    # The sealed segment holds only acknowledged frames: reopening finds no corruption.
+    reopened = await UsageLog.open(tmp_path)
+    try:
+        records, _ = await reopened.read_unshipped(10)
+        assert [r.request_id for r in records] == [make_record(1).request_id,
+                                                   make_record(3).request_id]  # fmt: skip
+    finally:
+        await reopened.close()
+
+
+async def test_unhealthy_log_probes_itself_back_to_health(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing is admitted while the log is unhealthy, so nothing writes: the log must find
+    out by itself that the disk works again."""
+
+    def failing_fdatasync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(usage_log, "_PROBE_EVERY_S", 0.05)
+    log = await UsageLog.open(tmp_path)
+    try:
+        monkeypatch.setattr(usage_log.os, "fdatasync", failing_fdatasync)
+        with pytest.raises(UsageLogError):
+            await log.append(make_record(1))
+        assert log.health() is not None
+        await asyncio.sleep(0.2)  # probes keep failing while the disk refuses
+        assert log.health() is not None
+        monkeypatch.undo()
+        for _ in range(100):  # polls health() as the gateway does, request by request
+            if log.health() is None:
+                break
+            await asyncio.sleep(0.05)
+        assert log.health() is None
+        await log.append(make_record(2))
+        records, _ = await log.read_unshipped(10)
+        assert [r.request_id for r in records] == [make_record(2).request_id]
+    finally:
+        await log.close()
+
+
+async def test_low_free_space_makes_the_log_unhealthy(tmp_path: Path) -> None:
+    log = await UsageLog.open(tmp_path, min_free_bytes=1 << 62)
+    try:
+        reason = log.health()
+        assert reason is not None and "free" in reason
+        await log.append(make_record(1))  # records of requests in flight still go in
+    finally:
+        await log.close()
+    assert (await UsageLog.open(tmp_path, min_free_bytes=0)).health() is None
 
 
 async def test_short_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
