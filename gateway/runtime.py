@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import os
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from attribution.lineage import LineageService
 from attribution.responses import ResponseAttributor
 from attribution.service import DatanetService
+from core.deadletters import PostgresDeadLetterStore
 from gateway.auth import Authenticator, PostgresKeyStore
 from gateway.container import Services
+from gateway.dashboard_sessions import PostgresDashboardSessions
 from gateway.db import create_engine, migrate, resolve_database_url
 from gateway.factory_jobs import AdapterSync
 from gateway.inference import InferenceService
@@ -39,8 +44,10 @@ from metering.service import MeteringService
 from metering.shipper import UsageShipper
 from metering.usage_log import UsageLog
 from metering.usage_queries import UsageQueries
+from metering.usage_recorder import UsageRecorder
 from metering.usage_store import PostgresUsageStore
 from serving.engine import VLLMHttpEngine
+from serving.engine_guard import KILL_WAIT_S, set_parent_death_signal
 from serving.factory.build import DemoModels, ManifestError, load_manifest
 from serving.placement import AdapterPlacement
 from serving.pool import ROUTINGS, EngineHandle, EnginePool
@@ -65,6 +72,7 @@ class Runtime:
     db: AsyncEngine | None = None
     usage_log: UsageLog | None = None
     shipper: UsageShipper | None = None
+    recorder: UsageRecorder | None = None
     supervisors: list[EngineSupervisor] = field(default_factory=list)
     services: Services | None = None
     models_dir: Path | None = None
@@ -85,12 +93,18 @@ class Runtime:
         self.db = create_engine(url)
         await migrate(self.db)
 
-        self.usage_log = await UsageLog.open(s.resolved_usage_log_dir)
+        self.usage_log = await UsageLog.open(
+            s.resolved_usage_log_dir, min_free_bytes=s.usage_log_min_free_mb << 20
+        )
+        usage_store = PostgresUsageStore(self.db)
+        # Records the log refuses (full disk, failed fsync) go straight to Postgres.
+        self.recorder = UsageRecorder(self.usage_log, usage_store)
         self.shipper = UsageShipper(
             self.usage_log,
-            PostgresUsageStore(self.db),
+            usage_store,
             batch_size=s.ship_batch_size,
             interval_s=s.ship_interval_s,
+            dead_letters=PostgresDeadLetterStore(self.db),
         )
         self.shipper.start()
 
@@ -142,19 +156,26 @@ class Runtime:
         self.sampler.start()
 
         if s.influence:
-            self.influence = InfluenceEnqueuer(influence_queue(self.db, s))
+            self.influence = InfluenceEnqueuer(
+                influence_queue(self.db, s), dead_letters=PostgresDeadLetterStore(self.db)
+            )
             self.influence.start()
         inference = InferenceService(
             registry,
             pool,
             self._limiter(),
-            self.usage_log.append,
+            self.recorder,
             default_rpm=s.default_rpm,
             default_tpm=s.default_tpm,
             attributor=attributor.attribute if attributor is not None else None,
             max_tokens_cap=s.max_tokens_cap,
             digest_key=s.prompt_digest_key.encode(),
-            budget=BudgetGate(PostgresBudgets(self.db), PostgresCatalog(self.db))
+            budget=BudgetGate(
+                PostgresBudgets(self.db, hold_s=s.budget_hold_s),
+                PostgresCatalog(self.db),
+                # an external engine's context length is its own: no cap known here
+                context_len=None if s.engine_urls else s.max_model_len,
+            )
             if s.budgets
             else None,
             observers=(self.influence,) if self.influence is not None else (),
@@ -163,8 +184,9 @@ class Runtime:
             self.poster = await _start_ledger_worker(url, s.data_dir / "logs" / "ledger-worker.log")
         if s.influence and s.influence_worker:
             self.influence_worker = await _start_child(
-                ["influence", "worker", "--database-url", url, "--models-dir", str(tree)],
+                ["influence", "worker", "--models-dir", str(tree)],
                 s.data_dir / "logs" / "influence-worker.log",
+                database_url=url,
             )
         self.services = Services(
             settings=s,
@@ -177,6 +199,7 @@ class Runtime:
             usage_queries=UsageQueries(self.db),
             metering=MeteringService(self.db),
             factory_base=built,
+            dashboard_sessions=PostgresDashboardSessions(self.db),
         )
         return self.services
 
@@ -194,7 +217,10 @@ class Runtime:
         s = self.settings
         if s.engine_urls:
             clients = [VLLMHttpEngine(u, timeout_s=s.engine_timeout_s) for u in s.engine_urls]
-            return [EngineHandle(c, AdapterPlacement(c, s.max_loras)) for c in clients]
+            return [
+                EngineHandle(c, AdapterPlacement(c, s.max_loras, wait_s=s.adapter_slot_wait_s))
+                for c in clients
+            ]
         spec = VLLMServerSpec(
             model_path=base_path,
             served_name=base_name,
@@ -204,9 +230,16 @@ class Runtime:
             max_model_len=s.max_model_len,
         )
         client = VLLMHttpEngine(spec.url, name=f"local:{spec.port}", timeout_s=s.engine_timeout_s)
-        handle = EngineHandle(client, AdapterPlacement(client, s.max_loras))
+        handle = EngineHandle(
+            client, AdapterPlacement(client, s.max_loras, wait_s=s.adapter_slot_wait_s)
+        )
         self.supervisors.append(
-            EngineSupervisor(spec, handle, s.data_dir / "logs" / f"vllm-{spec.port}.log")
+            EngineSupervisor(
+                spec,
+                handle,
+                s.data_dir / "logs" / f"vllm-{spec.port}.log",
+                run_dir=s.data_dir / "run",
+            )
         )
         return [handle]
 
@@ -230,6 +263,8 @@ class Runtime:
             await _stop_process(self.influence_worker)
         if self.services is not None:
             await self.services.inference.drain()
+        if self.recorder is not None:  # records held in memory: a last try into log or store
+            await self.recorder.close()
         if self.influence is not None:
             await self.influence.stop(flush=True)
         if self.shipper is not None:
@@ -246,12 +281,15 @@ class Runtime:
             await self.db.dispose()
 
 
-def _die_with_parent() -> None:  # runs in the child, before exec
-    with contextlib.suppress(Exception):
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _die_with_parent(parent_pid: int) -> None:  # runs in the child, before exec
+    """SIGKILL when the parent dies (PR_SET_PDEATHSIG), however it dies: both workers are
+    crash-safe (a ledger batch in flight rolls back, an influence job is redone after its
+    lease), and only SIGKILL cannot be delayed by a busy event loop. The signal follows the
+    thread that forked: `_start_child` forks from the event loop's thread (asyncio and uvloop
+    both spawn from the calling thread), which in `royalty up` is the main thread and lives
+    as long as the process. `parent_pid` is checked after the call, as the parent may have
+    died before it."""
+    set_parent_death_signal(signal.SIGKILL, parent_pid)
 
 
 def _open_log(path: Path) -> BinaryIO:
@@ -260,27 +298,44 @@ def _open_log(path: Path) -> BinaryIO:
 
 
 async def _start_ledger_worker(database_url: str, log_path: Path) -> asyncio.subprocess.Process:
-    return await _start_child(["ledger", "worker", "--database-url", database_url], log_path)
+    return await _start_child(["ledger", "worker"], log_path, database_url=database_url)
 
 
-async def _start_child(args: list[str], log_path: Path) -> asyncio.subprocess.Process:
-    """`royalty ARGS...` as a child process that dies with this one (PDEATHSIG)."""
+async def _start_child(
+    args: list[str], log_path: Path, *, database_url: str
+) -> asyncio.subprocess.Process:
+    """`royalty ARGS...` as a child process that dies with this one (PDEATHSIG). The database
+    URL, password included, goes in its environment (`DATABASE_URL`, which every command's
+    `--database-url` reads), never on its command line: any local user can read those (`ps`)."""
     royalty = Path(sys.executable).with_name("royalty")
+    env = {**os.environ, "DATABASE_URL": database_url}
     log = _open_log(log_path)
     try:
         return await asyncio.create_subprocess_exec(
-            str(royalty), *args, stdout=log, stderr=log, preexec_fn=_die_with_parent
+            str(royalty),
+            *args,
+            stdout=log,
+            stderr=log,
+            env=env,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
     finally:
         log.close()
 
 
 async def _stop_process(proc: asyncio.subprocess.Process, timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout_s`; never waits more than `KILL_WAIT_S` beyond."""
     if proc.returncode is not None:
         return
-    proc.terminate()
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
     try:
         await asyncio.wait_for(proc.wait(), timeout_s)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        log.warning("child %s did not stop in %.0fs; killing it", proc.pid, timeout_s)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        try:
+            await asyncio.wait_for(proc.wait(), KILL_WAIT_S)
+        except TimeoutError:  # uninterruptible sleep: nothing more can be done from here
+            log.error("child %s still running %.0fs after SIGKILL", proc.pid, KILL_WAIT_S)
