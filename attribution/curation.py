@@ -1,5 +1,10 @@
 """Curation: the owner and curators of a datanet decide its pending and flagged records.
 
+No one decides their own record: a curator (the owner included, and an admin acting under
+their own account) who contributed a record is refused (`Forbidden`, 403), whichever way they
+would decide, so approving one's own flagged near duplicate or pending record can never
+raise one's own share; another curator decides it.
+
 Every decision is recorded (append-only) with who, what, why and when. A decision that
 changes which records the near-duplicate index holds bumps the datanet's `index_epoch`, so
 other processes rebuild their index; this process updates its own in place.
@@ -15,6 +20,9 @@ from attribution.datanets import Decision, StoredRecord
 from attribution.errors import Conflict, Forbidden, Invalid, NotFound
 from attribution.ingest import NearDupIndexes
 from attribution.records import RejectReason
+from attribution.textnorm import text_problem
+
+MAX_REASON_CHARS = 2000
 
 
 class Curation:
@@ -46,7 +54,13 @@ class Curation:
     ) -> Decision:
         """Approve (-> accepted) or reject (-> rejected) a pending or flagged record; the
         decision is recorded (append-only) with who, what, why and when. `trusted` (an admin)
-        skips the curator check but is still recorded as the decider."""
+        skips the curator check but is still recorded as the decider; no one, trusted or not,
+        decides a record they contributed."""
+        problem = text_problem(reason)
+        if problem is not None:
+            raise Invalid(f"the reason {problem}")
+        if len(reason) > MAX_REASON_CHARS:
+            raise Invalid(f"a reason has at most {MAX_REASON_CHARS} characters")
         if not reason.strip():
             raise Invalid("a decision needs a reason")
         async with self.engine.begin() as conn:
@@ -56,6 +70,11 @@ class Curation:
             d = await fetch_datanet(conn, row.datanet_id)
             if not trusted and not d.is_curator(curator_account_id):
                 raise Forbidden("only the datanet's curators decide its records")
+            if row.contributor_account_id == curator_account_id:
+                raise Forbidden(
+                    f"record {record_id} is your own contribution: a curator cannot decide "
+                    "their own records; another curator of the datanet must"
+                )
             lock = (await conn.execute(store.LOCK_DATANET, {"id": d.id})).one()
             row = (await conn.execute(store.SELECT_RECORD_FOR_UPDATE, {"id": record_id})).one()
             if row.status not in ("pending", "flagged"):

@@ -3,7 +3,9 @@
 Exact duplicates are caught by the normalised content hash (a unique index in the store);
 this module handles the near ones. Signatures are 128 32-bit values (`datasketch`'s
 `affine32` scheme, seed 1, CRC-32 as the input hash) over word 3-shingles of the normalised
-content (a text shorter than 3 words is one shingle). They are stored with each record as
+content (`attribution.textnorm.dedup_form`: invisible characters, compatibility forms,
+homoglyphs and case folded, so such edits change no shingle; a text shorter than 3 words is
+one shingle). They are stored with each record as
 512 little-endian bytes, so a datanet's index can be rebuilt from the database after a
 restart.
 

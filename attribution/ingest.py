@@ -44,6 +44,7 @@ from attribution.datanets import Datanet
 from attribution.dedup import NearDupIndex
 from attribution.errors import BulkRejected, Conflict, NotFound, RecordRejected
 from attribution.records import (
+    NO_ROW_REASONS,
     Prepared,
     QualityPolicy,
     Record,
@@ -53,9 +54,6 @@ from attribution.records import (
 )
 
 RawRecord = bytes | str | dict[str, Any] | Record
-_NO_ROW_REASONS = frozenset(
-    {RejectReason.INVALID_UTF8, RejectReason.INVALID_SCHEMA, RejectReason.TOO_LARGE}
-)
 RATE_WINDOW_S = 60.0
 CHUNK = 500
 """Records per pipeline stage of a large call."""
@@ -287,7 +285,7 @@ class Ingestion:
         rows: list[store.NewRow] = []
         for it in chunk.items:
             rej = it.rejection
-            if rej is not None and rej.reason in _NO_ROW_REASONS:
+            if rej is not None and rej.reason in NO_ROW_REASONS:
                 results.append(rej)
                 continue
             if state.remaining is not None:
@@ -416,7 +414,7 @@ def _prepare_chunk(raws: Sequence[RawRecord], first_index: int, policy: QualityP
     for i, out in enumerate(prepare_many(raws, policy, first_index)):
         if isinstance(out, RecordRejected):
             items.append(_Item(first_index + i, rejection=out.result, kind=out.kind))
-            if out.result.reason not in _NO_ROW_REASONS:
+            if out.result.reason not in NO_ROW_REASONS:
                 n_rows += 1
         else:
             items.append(_Item(first_index + i, prepared=out, sig_row=len(prepared)))

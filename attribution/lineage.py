@@ -6,6 +6,14 @@ hyperparameters, metrics, weights hash). Lineage queries answer both directions:
 adapter, its datanet, snapshot, records and per-contributor record counts; for a
 contributor, the adapters trained on their records. Metering's baseline split (the data
 share of a response with no finer attribution) uses `contributor_shares`.
+
+Record hashes are not public. A record hash is an unsalted SHA-256 of the record's normalised
+content, so whoever holds it can confirm a guessed text (short records are easily guessed).
+`records` shows a record's hash only to a viewer who may read that record: its contributor
+(who needs it to check their record's inclusion proof against the snapshot root), the
+datanet's owner and curators, and trusted callers (`viewer=None`: admin, CLI, workers).
+Everyone else sees positions, record ids and contributor ids. The lineage document names no
+record hash (only the snapshot root and a hash of the training order).
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attribution import lineage_sql as sql
 from attribution.errors import Conflict, Invalid, NotFound
+from attribution.textnorm import text_problem
+
+MAX_ADAPTER_NAME_CHARS = 256
 
 __all__ = [
     "AdapterContributor",
@@ -76,11 +87,12 @@ class AdapterContributor(msgspec.Struct):
     records: int
 
 
-class AdapterRecord(msgspec.Struct):
+class AdapterRecord(msgspec.Struct, omit_defaults=True):
     position: int
     record_id: int
     contributor_account_id: int
-    record_hash: str
+    record_hash: str | None = None
+    """Absent unless the viewer may read the record (module docstring)."""
 
 
 class Lineage(msgspec.Struct, kw_only=True):
@@ -215,6 +227,9 @@ class LineageService:
         return msgspec.structs.replace(_row(row), status="retired")
 
     async def get(self, name: str) -> RegisteredAdapter:
+        if len(name) > MAX_ADAPTER_NAME_CHARS or text_problem(name) is not None:
+            # no adapter can have such a name; asking the database would only fail there
+            raise NotFound(f"no adapter named {name[:64]!r}")
         async with self.engine.connect() as conn:
             row = (await conn.execute(sql.SELECT_ACTIVE_BY_NAME, {"name": name})).first()
         if row is None:
@@ -286,10 +301,20 @@ class LineageService:
             )
         return [int(x) for x in doc["records"]["training_order"]]
 
-    async def records(self, name: str, *, after: int = 0, limit: int = 1000) -> list[AdapterRecord]:
-        """The adapter's training records (snapshot order), a page at a time."""
+    async def records(
+        self, name: str, *, after: int = 0, limit: int = 1000, viewer: int | None = None
+    ) -> list[AdapterRecord]:
+        """The adapter's training records (snapshot order), a page at a time. A record's hash
+        is shown to a `viewer` who may read the record (module docstring); `None` is a
+        trusted caller and sees every hash."""
         adapter = await self.get(name)
         async with self.engine.connect() as conn:
+            sees_all = viewer is None
+            if not sees_all:
+                d = (
+                    await conn.execute(sql.SELECT_DATANET_CURATORS, {"id": adapter.datanet_id})
+                ).one()
+                sees_all = viewer == d.owner_account_id or viewer in d.curators
             rows = (
                 await conn.execute(
                     sql.SELECT_ADAPTER_RECORDS,
@@ -298,7 +323,12 @@ class LineageService:
             ).all()
         return [
             AdapterRecord(
-                r.position, r.record_id, r.contributor_account_id, bytes(r.record_hash).hex()
+                r.position,
+                r.record_id,
+                r.contributor_account_id,
+                bytes(r.record_hash).hex()
+                if sees_all or r.contributor_account_id == viewer
+                else None,
             )
             for r in rows
         ]

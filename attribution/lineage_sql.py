@@ -86,3 +86,13 @@ SELECT_CONTRIBUTOR_ADAPTERS = text(
     ORDER BY a.status, a.name, a.id
     """  # noqa: S608
 )
+
+# Who may see the record hashes of a datanet's snapshot: its owner and curators.
+SELECT_DATANET_CURATORS = text(
+    """
+    SELECT d.owner_account_id,
+           ARRAY(SELECT c.account_id FROM datanet_curators c WHERE c.datanet_id = d.id)
+               AS curators
+    FROM datanets d WHERE d.id = :id
+    """
+)

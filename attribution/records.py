@@ -3,14 +3,21 @@
 A record is either `{"text": ...}` or `{"prompt": ..., "completion": ...}`, plus an optional
 `metadata` object. Every check that can reject a record names its rule (`RejectReason`).
 
-Normalisation (for hashing and near-duplicate shingles, never for what is stored):
-Unicode NFC, casefold, NFC again (casefolding can denormalise), then every run of whitespace
-becomes one space and the ends are stripped.
+Normalisation (for hashing, near-duplicate shingles and the quality rules, never for what
+is stored): `attribution.textnorm.dedup_form` -- compatibility forms, homoglyphs, case,
+invisible code points, marks on Latin letters and whitespace folded, so that an edit a
+reader cannot see makes no new record.
 
-Content hash: SHA-256 of a kind tag plus the normalised fields, so that a text record and a
-prompt/completion pair with the same words do not collide:
+Content hash (version `textnorm.CONTENT_HASH_VERSION`): SHA-256 of a kind tag plus the
+normalised fields, so that a text record and a prompt/completion pair with the same words do
+not collide:
 ``sha256(b"text\\x00" + norm(text))`` or
 ``sha256(b"pair\\x00" + norm(prompt) + b"\\x00" + norm(completion))`` (UTF-8).
+
+Text that cannot be stored (a NUL, which PostgreSQL's text and jsonb cannot hold; a lone
+surrogate) in any field, metadata keys and values included, is `invalid_text`; metadata
+nested deeper than `MAX_METADATA_DEPTH` is `invalid_schema`. Both are answered per record,
+before anything reaches the database.
 
 Tokens are whitespace-separated words of the raw content (prompt and completion together);
 the token count in snapshots is that count, not a model tokenizer's.
@@ -22,7 +29,6 @@ import enum
 import hashlib
 import math
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -31,10 +37,12 @@ import msgspec
 import numpy as np
 
 from attribution.errors import RecordRejected
+from attribution.textnorm import dedup_words, text_problem
 
 
 class RejectReason(enum.StrEnum):
     INVALID_UTF8 = "invalid_utf8"
+    INVALID_TEXT = "invalid_text"
     INVALID_SCHEMA = "invalid_schema"
     TOO_LARGE = "too_large"
     TOO_SHORT = "too_short"
@@ -45,6 +53,17 @@ class RejectReason(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     CURATOR_REJECTED = "curator_rejected"
 
+
+NO_ROW_REASONS = frozenset(
+    {
+        RejectReason.INVALID_UTF8,
+        RejectReason.INVALID_TEXT,
+        RejectReason.INVALID_SCHEMA,
+        RejectReason.TOO_LARGE,
+    }
+)
+"""Rejections that leave no row: the record never parsed, or holds text the database cannot
+store (a NUL), so there is nothing to keep but the answer."""
 
 Status = Literal["accepted", "pending", "rejected", "flagged"]
 
@@ -118,20 +137,17 @@ _LETTERS = re.compile(r"[^\W\d_]+")
 _RECORD_DECODER = msgspec.json.Decoder(Record)
 
 
+MAX_METADATA_DEPTH = 16
+"""Nesting levels a record's metadata may have (the metadata object itself is level 1)."""
+
+
 def normalise(s: str) -> str:
     return _normalise_words(s)[0]
 
 
 def _normalise_words(s: str) -> tuple[str, list[str]]:
     """The normalised text and its words."""
-    # str.split() and the regex \s both split on exactly the characters str.isspace() calls
-    # whitespace, so the join equals re.sub(r"\s+", " ", s).strip() (checked for every code
-    # point in tests/unit/test_ingest_records.py); ASCII is NFC and casefolds as lower().
-    if s.isascii():
-        words = s.lower().split()
-    else:
-        s = unicodedata.normalize("NFC", s)
-        words = unicodedata.normalize("NFC", s.casefold()).split()
+    words = dedup_words(s)
     return " ".join(words), words
 
 
@@ -177,16 +193,37 @@ def _check_schema(r: Record) -> None:
         )
     for name in ("text", "prompt", "completion"):
         v = getattr(r, name)
-        if v is not None and not _is_valid_unicode(v):
-            raise _reject(RejectReason.INVALID_UTF8, f"{name} holds unpaired surrogates")
+        if v is not None:
+            problem = text_problem(v)
+            if problem is not None:
+                raise _reject(RejectReason.INVALID_TEXT, f"{name} {problem}")
+    if r.metadata is not None:
+        _check_metadata(r.metadata, 1, "metadata")
 
 
-def _is_valid_unicode(s: str) -> bool:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+def _check_metadata(value: Any, depth: int, path: str) -> None:
+    """Every key and string of the metadata storable, nesting at most MAX_METADATA_DEPTH."""
+    if isinstance(value, str):
+        problem = text_problem(value)
+        if problem is not None:
+            raise _reject(RejectReason.INVALID_TEXT, f"{path} {problem}")
+        return
+    if not isinstance(value, dict | list):
+        return
+    if depth > MAX_METADATA_DEPTH:
+        raise _reject(
+            RejectReason.INVALID_SCHEMA,
+            f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep",
+        )
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problem = text_problem(k) if isinstance(k, str) else None
+            if problem is not None:
+                raise _reject(RejectReason.INVALID_TEXT, f"a key of {path} {problem}")
+            _check_metadata(v, depth + 1, f"{path}.{k[:40]}")
+    else:
+        for i, v in enumerate(value):
+            _check_metadata(v, depth + 1, f"{path}[{i}]")
 
 
 def parse_record(raw: bytes | str | dict[str, Any] | Record, policy: QualityPolicy) -> Record:
@@ -199,6 +236,11 @@ def parse_record(raw: bytes | str | dict[str, Any] | Record, policy: QualityPoli
             record = msgspec.convert(raw, Record)
         except msgspec.ValidationError as e:
             raise _reject(RejectReason.INVALID_SCHEMA, str(e)) from None
+        except RecursionError:
+            raise _reject(
+                RejectReason.INVALID_SCHEMA,
+                f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep",
+            ) from None
         size = 0
     else:
         data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
@@ -216,9 +258,17 @@ def parse_record(raw: bytes | str | dict[str, Any] | Record, policy: QualityPoli
         try:
             record = _RECORD_DECODER.decode(data)
         except msgspec.DecodeError as e:
+            if "surrogate" in str(e):  # a \ud800-style escape with no partner
+                raise _reject(RejectReason.INVALID_TEXT, str(e)) from None
             raise _reject(RejectReason.INVALID_SCHEMA, str(e)) from None
+        except RecursionError:
+            raise _reject(
+                RejectReason.INVALID_SCHEMA,
+                f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep",
+            ) from None
     _check_schema(record)
     if size == 0:
+        # the checks above made the record encodable (no lone surrogates, bounded depth)
         size = len(msgspec.json.encode(record))
     if size > policy.max_bytes:
         raise _reject(

@@ -23,6 +23,7 @@ from attribution import store
 from attribution.access import fetch_datanet, readable_record
 from attribution.curation import Curation
 from attribution.datanets import (
+    MAX_ACCOUNT_ID,
     AcceptanceMode,
     Datanet,
     Decision,
@@ -50,6 +51,7 @@ from attribution.publishing import Publishing
 from attribution.publishing import RecordProof as RecordProof
 from attribution.publishing import TrainingRecord as TrainingRecord
 from attribution.records import QualityPolicy, RejectReason, SubmissionResult
+from attribution.rehash import RehashReport, rehash_datanet
 from attribution.snapshots import Snapshot
 
 
@@ -73,7 +75,7 @@ class DatanetService:
         curators: Sequence[int] = (),
         policy: QualityPolicy | None = None,
     ) -> Datanet:
-        check_new_datanet(name, licence, acceptance_mode)
+        check_new_datanet(name, licence, acceptance_mode, description, curators, policy)
         policy = policy or QualityPolicy()
         try:
             async with self.engine.begin() as conn:
@@ -106,6 +108,8 @@ class DatanetService:
     async def add_curators(
         self, datanet_id: int, accounts: Sequence[int], actor_account_id: int | None
     ) -> Datanet:
+        if any(not 1 <= a <= MAX_ACCOUNT_ID for a in accounts):
+            raise Invalid("a curator is an account id (a positive 64-bit integer)")
         async with self.engine.begin() as conn:
             d = await fetch_datanet(conn, datanet_id)
             if actor_account_id is not None and actor_account_id != d.owner_account_id:
@@ -167,6 +171,12 @@ class DatanetService:
             datanet_id, contributor_account_id, records, atomic, rate_limit
         )
 
+    async def rehash(self, datanet_id: int) -> RehashReport:
+        """Bring the datanet's stored content hashes and signatures to the current
+        normalisation, rejecting and flagging the copies it reveals (`attribution.rehash`).
+        Trusted callers only (an operator after an upgrade)."""
+        return await rehash_datanet(self.engine, datanet_id)
+
     def forget_index(self, datanet_id: int) -> None:
         """Drop the in-memory near-duplicate index; the next submission rebuilds it."""
         self._ingestion.indexes.forget(datanet_id)
@@ -189,7 +199,8 @@ class DatanetService:
     ) -> Decision:
         """Approve (-> accepted) or reject (-> rejected) a pending or flagged record; the
         decision is recorded (append-only) with who, what, why and when. `trusted` (an admin)
-        skips the curator check but is still recorded as the decider."""
+        skips the curator check but is still recorded as the decider. No one decides a
+        record they contributed (`Forbidden`)."""
         return await self._curation.decide(
             record_id, curator_account_id, approve, reason, trusted=trusted
         )

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attribution.datanets import AcceptanceMode, Datanet, Decision, StoredRecord
 from attribution.records import SubmissionResult
+from attribution.rehash import RehashReport
 from attribution.service import DatanetService
 from attribution.snapshots import Snapshot
 from gateway.auth import UPSERT_ACCOUNT, PostgresKeyStore, check_scopes
@@ -166,6 +167,14 @@ async def publish_datanet(settings: Settings, name: str) -> Snapshot:
     async with _datanets(settings) as svc:
         d = await svc.get_datanet_by_name(name)
         return await svc.publish(d.id)
+
+
+async def rehash_datanets(settings: Settings, name: str | None) -> list[RehashReport]:
+    """Bring stored content hashes to the current normalisation (one datanet, or all)."""
+    async with _datanets(settings) as svc:
+        if name is not None:
+            return [await svc.rehash((await svc.get_datanet_by_name(name)).id)]
+        return [await svc.rehash(d.id) for d in await svc.list_datanets()]
 
 
 async def pending_records(settings: Settings, name: str) -> list[StoredRecord]:

@@ -340,6 +340,29 @@ def datanet_publish(
     sys.stdout.write(msgspec.json.encode(snap).decode() + "\n")
 
 
+@datanet_app.command("rehash")
+def datanet_rehash(
+    name: Annotated[str | None, typer.Argument(help="Datanet name (default: every one).")] = None,
+    data_dir: DataDir = None,
+    database_url: DbUrl = None,
+) -> None:
+    """Recompute stored content hashes and near-duplicate signatures under the current text
+    normalisation (run once after an upgrade that changes it; idempotent). Copies it reveals
+    are rejected or flagged; one JSON report per datanet."""
+    import msgspec
+
+    from attribution.errors import DatanetError
+    from gateway.admin import rehash_datanets
+
+    try:
+        reports = asyncio.run(rehash_datanets(_settings(data_dir, database_url), name))
+    except DatanetError as e:
+        err.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    for one in reports:
+        sys.stdout.write(msgspec.json.encode(one).decode() + "\n")
+
+
 def _run_fast(coro: Coroutine[Any, Any, None]) -> None:
     """Run the server on uvloop where it is installed (uvicorn's `loop=` setting only applies
     when uvicorn creates the loop itself)."""

@@ -2,8 +2,11 @@
 a contributor's adapters, and the admin API that trains an adapter on a snapshot.
 
 Reading lineage needs a valid key of any scope: it is the public part of the trail (ids,
-hashes and counts, never record content). Training is admin-only and runs as a background
-job in this gateway process; the new adapter is served once registered.
+counts, the snapshot root, never record content). A record's content hash is shown only to
+whoever may read the record (its contributor, the datanet's curators, an admin): an unsalted
+hash of a short record would let anyone confirm a guessed text (`attribution.lineage`).
+Training is admin-only and runs as a background job in this gateway process; the new adapter
+is served once registered.
 """
 
 from __future__ import annotations
@@ -99,11 +102,13 @@ async def adapter_lineage(request: Request, name: FromPath[str]) -> Response[byt
 
 @get("/v1/adapters/{name:str}/records")
 async def adapter_records(request: Request, name: FromPath[str]) -> Response[bytes]:
-    """The adapter's training records (snapshot order), paged by position."""
-    await _authorize_any(request, ANY_KEY)
+    """The adapter's training records (snapshot order), paged by position; `record_hash`
+    only on the records the caller may read."""
+    key = await _authorize_any(request, ANY_KEY)
     after = _int_param(request, "after", 0, 0, 2**31 - 1)
     limit = _int_param(request, "limit", 1000, 1, _MAX_PAGE)
-    rows = await _svc(request).records(name, after=after, limit=limit)
+    viewer = None if "admin" in key.scopes else key.account_id
+    rows = await _svc(request).records(name, after=after, limit=limit, viewer=viewer)
     return _ok(
         {
             "object": "list",

@@ -7,11 +7,15 @@ caller (the service's `None` actor). Domain exceptions (`attribution.errors`) ar
 one handler in `gateway/app.py`.
 
 Path ids are taken as strings and parsed after authorization, so an unauthenticated call gets
-a 401 whatever the path holds.
+a 401 whatever the path holds. Nothing that the database cannot hold reaches it: ids past
+`bigint` and snapshot ids that are not 64 hex digits are 404s, text with a NUL or a lone
+surrogate is a 400 (record fields answer per record, `invalid_text`), JSON nested too deeply
+is a 400.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import msgspec
@@ -31,6 +35,9 @@ ANY_KEY = ("inference", "contributor", "curator")
 RECORD_READERS = ("contributor", "curator")
 BULK_LINES_KEY = "royalty.bulk_lines"
 """ASGI scope key: the JSONL line number of each item of a bulk upload (for error bodies)."""
+_MAX_ID = 2**63 - 1
+"""Ids are PostgreSQL `bigint`s."""
+_SNAPSHOT_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class CreateDatanet(msgspec.Struct, kw_only=True):
@@ -79,9 +86,15 @@ def _id(value: str, what: str) -> int:
         n = int(value)
     except ValueError:
         n = -1
-    if n < 0 or str(n) != value:
-        raise NotFound(f"No {what} {value!r}.")
+    if not 0 <= n <= _MAX_ID or str(n) != value:
+        raise NotFound(f"No {what} {value[:64]!r}.")
     return n
+
+
+def _snapshot_id(value: str) -> str:
+    if not _SNAPSHOT_ID.fullmatch(value):
+        raise NotFound(f"No snapshot {value[:80]!r}.")
+    return value
 
 
 def _ok(payload: Any, status: int = 200) -> Response[bytes]:
@@ -143,6 +156,10 @@ def _split_bulk(body: bytes) -> tuple[list[bytes], list[int] | None]:
         except (msgspec.DecodeError, UnicodeDecodeError) as e:
             raise BadRequest(
                 f"We could not parse the JSON array of records ({e}).", code="invalid_json"
+            ) from None
+        except RecursionError:
+            raise BadRequest(
+                "The JSON array of records is nested too deeply.", code="invalid_json"
             ) from None
         return [bytes(r) for r in raws], None
     items: list[bytes] = []
@@ -274,9 +291,9 @@ async def my_records(request: Request) -> Response[bytes]:
         try:
             did = int(raw)
         except ValueError:
-            raise BadRequest(
-                "Invalid value for 'datanet': expected an id.", param="datanet"
-            ) from None
+            did = -1
+        if not 0 <= did <= _MAX_ID:
+            raise BadRequest("Invalid value for 'datanet': expected an id.", param="datanet")
     records = await _svc(request).records_of(key.account_id, key.account_id, did)
     return _ok({"object": "list", "data": records})
 
@@ -301,7 +318,9 @@ async def inclusion_proof(
     request: Request, snapshot_id: FromPath[str], record_id: FromPath[str]
 ) -> Response[bytes]:
     key = await _authorize_any(request, RECORD_READERS)
-    proof = await _svc(request).inclusion_proof(snapshot_id, _id(record_id, "record"), _actor(key))
+    proof = await _svc(request).inclusion_proof(
+        _snapshot_id(snapshot_id), _id(record_id, "record"), _actor(key)
+    )
     return _ok(proof)
 
 

@@ -502,3 +502,143 @@ async def test_an_admin_decides_records_of_any_datanet(api: Api) -> None:
     r = await api.client.post(url, json={"approve": True, "reason": "ok"}, headers=admin)
     assert r.status_code == 200, r.text
     assert r.json()["to_status"] == "accepted" and r.json()["curator_account_id"]
+
+
+async def test_text_the_database_cannot_store_is_a_400_never_a_500(api: Api) -> None:
+    """Issue 13, item 9: a NUL in a record was a 500 and aborted a non-atomic bulk upload."""
+    cur = await api.key("owner", "curator")
+    did = await api.datanet(cur)
+    alice = await api.key("alice", "contributor")
+    url = f"/v1/datanets/{did}/records"
+    nul = b'{"text": "nul \\u0000 ' + prose(1).encode() + b'"}'
+    err = assert_error(await api.client.post(url, content=nul, headers=alice), 400, "invalid_text")
+    assert "NUL" in err["message"] and err["result"]["reason"] == "invalid_text"
+    r = await api.client.post(
+        url, json={"text": prose(2), "metadata": {"k\u0000": "v"}}, headers=alice
+    )
+    assert_error(r, 400, "invalid_text")
+    deep = (
+        b'{"text": "' + prose(3).encode() + b'", "metadata": ' + b'{"a": ' * 40 + b"1" + b"}" * 41
+    )
+    assert_error(await api.client.post(url, content=deep, headers=alice), 400, "invalid_schema")
+    # a non-atomic bulk upload goes on past the bad lines
+    body = b"\n".join(
+        [
+            b'{"text": "' + prose(4).encode() + b'"}',
+            nul,
+            deep,
+            b'{"text": "' + prose(5).encode() + b'"}',
+        ]
+    )
+    hdr = {**alice, "Content-Type": "application/x-ndjson"}
+    r = await api.client.post(f"{url}/bulk", content=body, headers=hdr)
+    assert r.status_code == 200, r.text
+    assert [(x["line"], x["status"], x.get("reason")) for x in r.json()["data"]] == [
+        (1, "accepted", None),
+        (2, "rejected", "invalid_text"),
+        (3, "rejected", "invalid_schema"),
+        (4, "accepted", None),
+    ]
+    # atomic: rejected as a whole, each line answered
+    r = await api.client.post(f"{url}/bulk", content=body, headers=hdr, params={"atomic": "1"})
+    data = r.json()["data"]
+    assert_error(r, 400, "bulk_rejected")
+    assert [x.get("reason") for x in data] == [
+        "duplicate",
+        "invalid_text",
+        "invalid_schema",
+        "duplicate",
+    ]
+    # a JSON array nested past the decoder's limit
+    r = await api.client.post(
+        f"{url}/bulk", content=b"[" + b"[" * 5000 + b"]" * 5001, headers=alice
+    )
+    assert_error(r, 400, "invalid_json")
+    # the datanet's own fields, ids past bigint, malformed snapshot ids
+    for body_ in (
+        {"name": "x1", "licence": "MIT\u0000"},
+        {"name": "x2", "licence": "MIT", "description": "a\u0000"},
+        {"name": "x3", "licence": "MIT", "description": "d" * 10_001},
+        {"name": "x4\u0000", "licence": "MIT"},
+        {"name": "x5", "licence": "MIT", "curators": [2**63]},
+        {"name": "x6", "licence": "MIT", "policy": {"max_records_per_minute": 2**63}},
+        {"name": "x7", "licence": "MIT", "policy": {"near_duplicate_threshold": 0}},
+    ):
+        assert_error(await api.client.post("/v1/datanets", json=body_, headers=cur), 400)
+    big = str(2**63)
+    assert_error(await api.client.get(f"/v1/datanets/{big}", headers=cur), 404)
+    assert_error(await api.client.get(f"{url}/{big}", headers=alice), 404)
+    assert_error(await api.client.get("/v1/snapshots/ab%00cd/proof/1", headers=alice), 404)
+    assert_error(await api.client.get("/v1/snapshots/" + "a" * 64 + "/proof/1", headers=alice), 404)
+    for bad in ("x%00y", "x" * 9000, "%FF%FE", "%ED%A0%80", "99999999999999999999"):
+        for path in (f"/v1/datanets/{bad}", f"/v1/datanets/{bad}/snapshots", f"{url}/{bad}",
+                     f"/v1/snapshots/{bad}/proof/1"):  # fmt: skip
+            r = await api.client.get(path, headers=alice if "records" in path else cur)
+            assert 400 <= r.status_code < 500, (path, r.text)
+        r = await api.client.post(
+            f"{url}/{bad}/decision", json={"approve": True, "reason": "x"}, headers=cur
+        )
+        assert 400 <= r.status_code < 500, r.text
+    r = await api.client.get("/v1/me/records", params={"datanet": big}, headers=alice)
+    assert assert_error(r, 400)["param"] == "datanet"
+    r = await api.client.post(
+        f"{url}/1/decision", json={"approve": True, "reason": "ok\u0000"}, headers=cur
+    )
+    assert_error(r, 400)
+
+
+async def test_a_curator_cannot_decide_their_own_record(api: Api) -> None:
+    """Issue 13, item 6: self-approval is a 403 in OpenAI's error shape."""
+    owner = await api.key("owner", "curator")
+    did = await api.datanet(owner, acceptance="curated")
+    as_contributor = await api.key("owner", "contributor")  # the same account
+    url = f"/v1/datanets/{did}/records"
+    r = await api.client.post(url, json={"text": prose(11)}, headers=as_contributor)
+    assert r.status_code == 201 and r.json()["status"] == "pending"
+    rid = r.json()["id"]
+    for approve in (True, False):
+        r = await api.client.post(
+            f"{url}/{rid}/decision", json={"approve": approve, "reason": "mine"}, headers=owner
+        )
+        err = assert_error(r, 403, "forbidden")
+        assert err["type"] == "permission_error" and "own" in err["message"]
+    admin_self = await api.key("owner", "admin")
+    r = await api.client.post(
+        f"{url}/{rid}/decision", json={"approve": True, "reason": "mine"}, headers=admin_self
+    )
+    assert_error(r, 403, "forbidden")
+    pending = (await api.client.get(f"{url}/pending", headers=owner)).json()["data"]
+    assert [p["id"] for p in pending] == [rid]
+    # someone else decides it
+    other = await api.key("admin-ops", "admin")
+    r = await api.client.post(
+        f"{url}/{rid}/decision", json={"approve": True, "reason": "checked"}, headers=other
+    )
+    assert r.status_code == 200 and r.json()["to_status"] == "accepted"
+
+
+def test_cli_refuses_a_curators_decision_on_their_own_record(
+    database_url: str, tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    common = ["--database-url", database_url, "--data-dir", str(tmp_path)]
+    r = runner.invoke(
+        cli_app,
+        ["datanet", "create", "--name", "law", "--owner", "judge", "--mode", "curated",
+         "--curator", "clerk", *common],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    f = tmp_path / "records.jsonl"
+    f.write_text(json.dumps({"text": prose(1)}) + "\n")
+    r = runner.invoke(
+        cli_app,
+        ["datanet", "import", str(f), "--datanet", "law", "--contributor", "clerk", *common],
+    )
+    assert r.exit_code == 0, r.output
+    (rec,) = (json.loads(x) for x in runner.invoke(
+        cli_app, ["datanet", "pending", "law", *common]).stdout.splitlines())  # fmt: skip
+    decide = ["datanet", "decide", str(rec["id"]), "--approve", "--reason", "fine", *common]
+    r = runner.invoke(cli_app, [*decide, "--curator", "clerk"])
+    assert r.exit_code == 1 and "own" in r.output, r.output
+    r = runner.invoke(cli_app, [*decide, "--curator", "judge"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["to_status"] == "accepted", r.output

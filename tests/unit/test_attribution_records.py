@@ -30,7 +30,8 @@ def reason_of(raw: object, policy: QualityPolicy = POLICY) -> str:
 
 def test_normalise_nfc_casefold_whitespace() -> None:
     decomposed = "Cafe\u0301  au\tlait\n\nSTRASSE"
-    assert normalise(decomposed) == "café au lait strasse"
+    # accents on Latin letters fold for comparison (attribution.textnorm)
+    assert normalise(decomposed) == "cafe au lait strasse" == normalise("café au lait strasse")
     assert normalise("  ß ") == "ss"
     assert normalise("a\u00a0b") == "a b"  # no-break space is whitespace
 
@@ -60,7 +61,52 @@ def test_accepts_text_and_pair_from_bytes_dict_struct() -> None:
 
 def test_invalid_utf8() -> None:
     assert reason_of(b'{"text": "caf\xc3"}') == "invalid_utf8"
-    assert reason_of(Record(text="bad \ud800 surrogate " + PROSE)) == "invalid_utf8"
+    assert reason_of(Record(text="bad \ud800 surrogate " + PROSE)) == "invalid_text"
+
+
+@pytest.mark.parametrize(
+    ("raw", "where"),
+    [
+        (b'{"text": "nul \\u0000 in the text of a record that is long enough"}', "text"),
+        (b'{"prompt": "why\\u0000", "completion": "because it is so, as it was said"}', "prompt"),
+        (
+            b'{"text": "a fine text that is long enough to pass", "metadata": {"k": "v\\u0000"}}',
+            "metadata.k",
+        ),
+        (
+            b'{"text": "a fine text that is long enough to pass", "metadata": {"k\\u0000": 1}}',
+            "a key of metadata",
+        ),
+        (
+            b'{"text": "a fine text that is long enough to pass", "metadata": {"a": ["\\u0000"]}}',
+            "metadata.a[0]",
+        ),
+        (b'{"text": "a lone surrogate \\ud800 in a text long enough"}', "surrogate"),
+    ],
+)
+def test_text_that_cannot_be_stored_is_invalid_text(raw: bytes, where: str) -> None:
+    with pytest.raises(RecordRejected) as e:
+        prepare(raw, POLICY)
+    assert e.value.result.reason == "invalid_text", e.value.result
+    assert where in (e.value.result.detail or "")
+
+
+def test_metadata_depth_is_bounded() -> None:
+    def nested(depth: int) -> bytes:
+        return (
+            b'{"text": "'
+            + PROSE.encode()
+            + b'", "metadata": '
+            + b'{"a": ' * (depth - 1)
+            + b"{}"
+            + b"}" * (depth - 1)
+            + b"}"
+        )
+
+    assert prepare(nested(16), POLICY).record.metadata is not None
+    assert reason_of(nested(17)) == "invalid_schema"
+    # deeper than the decoder's own recursion limit: still a per-record answer, not a crash
+    assert reason_of(nested(3000), QualityPolicy(max_bytes=1 << 20)) == "invalid_schema"
 
 
 @pytest.mark.parametrize(
