@@ -35,6 +35,11 @@ MAX_RECORD_BYTES = 16 << 20
 MAX_RATE_PER_MINUTE = 1_000_000_000
 
 
+def is_datanet_name(name: str) -> bool:
+    """Whether `name` can name a datanet (anything else names none: a lookup is a 404)."""
+    return _NAME.fullmatch(name) is not None
+
+
 class Datanet(msgspec.Struct):
     id: int
     name: str
@@ -93,7 +98,7 @@ def check_new_datanet(
     curators: Sequence[int] = (),
     policy: QualityPolicy | None = None,
 ) -> None:
-    if not _NAME.fullmatch(name):
+    if not is_datanet_name(name):
         raise Invalid(
             "a datanet name is 1-63 characters of a-z, 0-9, '.', '_' or '-', "
             "starting with a letter or digit"

@@ -86,7 +86,14 @@ async def _banner(runtime: Runtime, settings: Settings) -> None:
     models = [m.name for m in runtime.services.registry.bases] + [
         a.name for a in runtime.services.registry.adapters
     ]
-    out.print(f"[bold green]Royalty is up[/] at [bold]{base}[/]  models: {', '.join(models)}")
+    unrecordable = runtime.services.inference.usage.health()
+    if unrecordable is not None:  # up, but refusing every request: say so, not "up"
+        out.print(
+            f"[bold red]Royalty is running at {base} but refuses requests:[/] usage cannot be "
+            f"recorded ({unrecordable}); /healthz answers 503 until it can."
+        )
+    else:
+        out.print(f"[bold green]Royalty is up[/] at [bold]{base}[/]  models: {', '.join(models)}")
     if not mints_demo_key(settings):
         return
     key, info = await PostgresKeyStore(runtime.db).create(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 from pg import free_port
 
 from serving.supervisor import VLLMServerSpec
@@ -95,12 +97,75 @@ class Gateway:
         self.proc.kill()  # SIGKILL the gateway alone: its log must carry what was answered
         self.proc.wait()
 
+    def kill9_group(self) -> None:
+        """SIGKILL `royalty up`'s whole process group, as an OOM killer or `kill -9 -PGID`
+        would: nothing in the group gets to clean up."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def descendants(self) -> list[psutil.Process]:
+        """Every live process below `royalty up` (engine, workers), whatever its group."""
+        if not self.running():
+            return []
+        assert self.proc is not None
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
     def stop(self) -> int:
         assert self.proc is not None
         return stop(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def engine_processes(port: int) -> list[psutil.Process]:
+    """Live vLLM OpenAI servers started for `port` (by their command line), wherever they
+    are in the process tree: an orphaned engine has no parent to find it by."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        argv = proc.info["cmdline"] or []
+        if any("vllm.entrypoints" in a for a in argv) and _port_arg(argv) == str(port):
+            found.append(proc)
+    return found
+
+
+def _port_arg(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--port" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--port="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of `procs` still running (a zombie has exited: it only awaits its parent)."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def create_key(database_url: str, account: str, *extra: str, credit: str | None = "100") -> str:

@@ -30,6 +30,8 @@ MAX_JSON_DEPTH = 64
 need under ten levels; a JSON schema in `response_format` or `tools` rarely a few dozen."""
 
 MAX_MODEL_NAME = 256
+MAX_STOP_SEQUENCES = 16
+"""OpenAI takes up to 4; engines more. A longer list is a client bug (or an attack)."""
 _MODEL_NAME = re.compile(r"[A-Za-z0-9._:/@+=-]+")
 
 
@@ -60,14 +62,15 @@ def decode_request(body: bytes, type_: type[T]) -> T:
     return decoded
 
 
-def check_model_name(name: str) -> None:
-    """A model name is stored on the usage record and indexed: 1-256 characters of letters,
-    digits and `. _ : / @ + = -` (every OpenAI, Hugging Face and LoRA name fits)."""
+def check_model_name(name: str, param: str = "model") -> None:
+    """A model name (a base model or an adapter) is stored on usage records, prices and
+    lineage, and indexed: 1-256 characters of letters, digits and `. _ : / @ + = -` (every
+    OpenAI, Hugging Face and LoRA name fits)."""
     if len(name) > MAX_MODEL_NAME or not _MODEL_NAME.fullmatch(name):
         raise BadRequest(
-            f"Invalid value for 'model': model names are 1 to {MAX_MODEL_NAME} characters of "
+            f"Invalid value for '{param}': model names are 1 to {MAX_MODEL_NAME} characters of "
             "letters, digits and . _ : / @ + = -",
-            param="model",
+            param=param,
             code="invalid_model",
         )
 
@@ -171,7 +174,7 @@ class SamplingRequest(msgspec.Struct, omit_defaults=True, kw_only=True):
     n: Choices | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    stop: str | list[str] | None = None
+    stop: str | Annotated[list[str], Meta(max_length=MAX_STOP_SEQUENCES)] | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
     logit_bias: dict[str, float] | None = None

@@ -12,6 +12,7 @@ is served once registered.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import time
 from typing import Any
@@ -20,14 +21,19 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
 
+from attribution.datanets import is_datanet_name
 from attribution.lineage import LineageService, RegisteredAdapter
 from gateway.errors import BadRequest, NotFound, ServiceUnavailable
-from gateway.protocol.common import decode_request
+from gateway.protocol.common import check_model_name, decode_request
 from gateway.routes.common import JSON, authorize, read_body, services_of
 from gateway.routes.datanets import ANY_KEY, _authorize_any
 
 _JOBS_KEY = "royalty.factory_jobs"
 _MAX_PAGE = 10_000
+
+
+_OWNER = re.compile(r"[^\x00-\x1f\x7f]{1,200}")
+_SNAPSHOT_ID = re.compile(r"[0-9a-f]{64}")
 
 
 class TrainAdapterRequest(msgspec.Struct, kw_only=True):
@@ -145,6 +151,17 @@ async def train_adapter(request: Request) -> Response[bytes]:
     body = decode_request(await read_body(request), TrainAdapterRequest)
     if body.steps is not None and not 1 <= body.steps <= 100_000:
         raise BadRequest("'steps' must be from 1 to 100000.", param="steps")
+    # Checked before the 202: a job that can only fail in the background is not a job.
+    check_model_name(body.name, "name")
+    if not _OWNER.fullmatch(body.owner) or not body.owner.strip():
+        raise BadRequest(
+            "'owner' must be an account name of 1 to 200 printable characters.", param="owner"
+        )
+    if body.snapshot is not None and not _SNAPSHOT_ID.fullmatch(body.snapshot):
+        raise NotFound(f"No snapshot {body.snapshot[:80]!r}.")
+    if not is_datanet_name(body.datanet):
+        raise NotFound(f"No datanet named {body.datanet[:80]!r}.")
+    await services.datanets.get_datanet_by_name(body.datanet)  # 404 when there is none
     job_id = "ftjob-" + secrets.token_hex(8)
     job: dict[str, Any] = {
         "id": job_id,

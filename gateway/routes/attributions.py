@@ -8,6 +8,7 @@ adjusted to (`null` when no job was queued, e.g. a base-model response)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -28,15 +29,23 @@ def _queries(request: Request) -> UsageQueries:
     return q
 
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
 @get("/v1/attributions/{request_id:str}")
 async def get_attribution(request: Request, request_id: FromPath[str]) -> Response[bytes]:
     key = await _authorize_any(request, (*ANY_KEY, "admin"))
-    event = await _queries(request).attribution(request_id)
+    # An id no request can have (the gateway makes them: `req_` and hex) is not looked up.
+    event = (
+        await _queries(request).attribution(request_id)
+        if _REQUEST_ID.fullmatch(request_id)
+        else None
+    )
     # Someone else's request is as absent as an unknown one: ids are not secrets to probe.
     if event is None or ("admin" not in key.scopes and event.account_id != key.account_id):
         raise NotFound(
-            f"No attribution for request {request_id!r} (usage is recorded within a second "
-            "of the response)."
+            f"No attribution for request {request_id[:80]!r} (usage is recorded within a "
+            "second of the response)."
         )
     body = {
         "object": "attribution.record",

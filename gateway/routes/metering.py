@@ -27,7 +27,7 @@ from litestar import Request, Response, get, post
 
 from gateway.auth import KeyInfo
 from gateway.errors import ApiError, BadRequest, Forbidden, NotFound, ServiceUnavailable
-from gateway.protocol.common import decode_request
+from gateway.protocol.common import check_model_name, decode_request
 from gateway.routes.common import JSON, authorize, read_body, services_of
 from metering.catalog import CatalogError
 from metering.ledger import IdempotencyConflict
@@ -219,6 +219,9 @@ async def list_prices(request: Request) -> Response[bytes]:
 async def set_price(request: Request) -> Response[bytes]:
     await authorize(request, "admin")
     req = decode_request(await read_body(request), SetPrice)
+    check_model_name(req.base_model, "base_model")
+    if req.adapter:
+        check_model_name(req.adapter, "adapter")
     pin = _credits(req.input, "input", allow_zero=True)
     pout = _credits(req.output, "output", allow_zero=True)
     if req.effective_from is not None and req.effective_from.tzinfo is None:
