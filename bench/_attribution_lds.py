@@ -18,10 +18,10 @@ sys.path.insert(0, str(REPO))
 
 from attribution.influence.gradients import InfluenceParams, build_influence_index  # noqa: E402
 from attribution.influence.scorer import GradientInfluence  # noqa: E402
-from serving.factory import FactoryConfig, build_demo_models  # noqa: E402
-from serving.factory.adapters import AdapterRecipe, SnapshotRef, TrainingExample, build_adapter  # noqa: E402
-from serving.factory.corpus import domain_records  # noqa: E402
-from serving.factory.training import TrainParams  # noqa: E402
+from factory import FactoryConfig, build_demo_models  # noqa: E402
+from factory.adapters import AdapterRecipe, SnapshotRef, TrainingExample, build_adapter  # noqa: E402
+from factory.corpus import domain_records  # noqa: E402
+from factory.training import TrainParams  # noqa: E402
 
 NO_WHITENING = 1e6
 """Damping so large that (F + lambda I)^-1 ~ I / lambda: plain gradient inner products."""

@@ -33,7 +33,7 @@ def main() -> None:
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)
     sys.argv = ["royalty", *sys.argv[2:]]
-    from gateway.cli import main as royalty
+    from royalty.cli.main import main as royalty
 
     royalty()
 

@@ -64,16 +64,16 @@ sys.path.insert(0, str(REPO))
 from attribution.influence.gradients import InfluenceParams, build_influence_index  # noqa: E402
 from attribution.influence.scorer import GradientInfluence  # noqa: E402
 from attribution.responses import ResponseAttributor, build_adapter_index  # noqa: E402
-from serving.factory import build_demo_models  # noqa: E402
-from serving.factory.adapters import (  # noqa: E402
+from factory import build_demo_models  # noqa: E402
+from factory.adapters import (  # noqa: E402
     AdapterRecipe,
     SnapshotRef,
     TrainingExample,
     build_adapter,
 )
-from serving.factory.corpus import domain_records, general_corpus  # noqa: E402
-from serving.factory.lora import LoraShape  # noqa: E402
-from serving.factory.training import TrainParams  # noqa: E402
+from factory.corpus import domain_records, general_corpus  # noqa: E402
+from factory.lora import LoraShape  # noqa: E402
+from factory.training import TrainParams  # noqa: E402
 
 SYLLABLES = ["zor", "blax", "quin", "vel", "morb", "thex", "ulun", "grib", "dravo", "kesh",
              "plon", "yute", "fasq", "orrin", "twel", "nubo"]  # fmt: skip

@@ -31,8 +31,8 @@ from pg import create_database, drop_database, migrated
 
 from attribution.influence.api import InfluenceResult
 from attribution.influence.queue import NewJob, PostgresInfluenceQueue
-from gateway.db import create_engine
-from gateway.influence_worker import InfluenceWorker
+from royalty.db import create_engine
+from royalty.workers.influence import InfluenceWorker
 
 
 class NoScorer:

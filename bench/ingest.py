@@ -16,7 +16,7 @@ records):
   (`DatanetService.inclusion_proof`) against rebuilding the whole tree (the previous proof).
 
 Records are realistic and varied: the factory's recipe, astronomy and legal generators
-(`serving/factory/corpus.py`) with random variation (a contributor's note of 8-20 words from
+(`factory/corpus.py`) with random variation (a contributor's note of 8-20 words from
 the corpus vocabulary, random recasing), 20 % prompt/completion pairs, some metadata, and
 planted exact duplicates (2 %, recased and respaced), near duplicates (3 %, one or two words
 changed) and junk (1 %: too short, repetitive, non-text). After each bulk run the script
@@ -72,7 +72,7 @@ BACKEND_PIDS = "SELECT pid FROM pg_stat_activity WHERE datname = current_databas
 # --- records ---------------------------------------------------------------------------------
 def make_records(n: int, seed: int) -> tuple[list[bytes], dict[str, int]]:
     """`n` JSONL lines and how many of each planted kind they hold."""
-    from serving.factory import corpus
+    from factory import corpus
 
     rng = random.Random(seed)
     pool_size = min(20_000, max(2_000, n // 30))
@@ -186,7 +186,7 @@ async def fresh_database(url: str) -> None:
 async def run_rounds(args: argparse.Namespace, label: str) -> list[dict[str, Any]]:
     from attribution.records import QualityPolicy
     from attribution.service import DatanetService
-    from gateway.db import create_engine
+    from royalty.db import create_engine
 
     engine = create_engine(args.database_url)
     svc = DatanetService(engine)
@@ -368,7 +368,7 @@ def main() -> None:
     print(f"machine: {machine()}", flush=True)
 
     async def setup() -> None:
-        from gateway.db import create_engine, migrate
+        from royalty.db import create_engine, migrate
 
         await fresh_database(args.database_url)
         engine = create_engine(args.database_url)

@@ -1,5 +1,5 @@
 """Metering benchmark: usage events priced, split and posted per second, batched
-(`metering.posting.PostingWorker`: COPY of postings + per-batch aggregated entries) against a
+(`metering.ledger.posting.PostingWorker`: COPY of postings + per-batch aggregated entries) against a
 naive row-by-row baseline (one transaction per event, one INSERT per entry, one UPDATE per
 balance) in the same run on the same database; then the month close (statements, Merkle root
 and proofs) at the event count asked for.
@@ -8,7 +8,7 @@ and proofs) at the event count asked for.
 
 Needs a PostgreSQL it may create a database on (`--database-url`, default the machine's
 server at 127.0.0.1:5432); the database is dropped at the end. Both posting paths use the
-same pricing and split code (`metering.posting.compute_postings`); only the storage strategy
+same pricing and split code (`metering.ledger.posting.compute_postings`); only the storage strategy
 differs. Generating and shipping the usage events (COPY via `PostgresUsageStore`) is not timed.
 
 Before/after: `--previous N` posts N events with the posting worker's previous statements
@@ -37,10 +37,9 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.db import create_engine, migrate
-from metering.audit import violations
 from metering.catalog import PostgresCatalog, load_price_book
-from metering.ledger import (
+from metering.ledger.audit import violations
+from metering.ledger.book import (
     CLOSE_LOCK_KEY,
     INSERT_TXN,
     LOCK_SHARED,
@@ -49,12 +48,13 @@ from metering.ledger import (
     penalties,
     system_payees,
 )
-from metering.payouts import PostgresPayouts
+from metering.ledger.posting import POSTING_COLUMNS, PostingWorker, compute_postings
+from metering.ledger.sources import AdapterInfo, InMemoryAdapterDirectory
+from metering.payouts.close import PostgresPayouts
 from metering.pg import driver
-from metering.posting import POSTING_COLUMNS, PostingWorker, compute_postings
-from metering.sources import AdapterInfo, InMemoryAdapterDirectory
-from metering.usage import UsageRecord
-from metering.usage_store import PostgresUsageStore
+from metering.usage.record import UsageRecord
+from metering.usage.store import PostgresUsageStore
+from royalty.db import create_engine, migrate
 
 MONTH = dt.date(2026, 10, 1)
 T0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
@@ -74,7 +74,7 @@ SELECT e.request_id, e.account_id, e.base_model, e.adapter, e.status,
        e.prompt_tokens, e.completion_tokens, e.started_at
 FROM taken JOIN usage_events e ON e.request_id = taken.event_id
 """
-_MIGRATION_0009 = importlib.import_module("gateway.migrations.versions.0009_wash_traffic")
+_MIGRATION_0009 = importlib.import_module("royalty.migrations.versions.0009_wash_traffic")
 # (the migration holds both versions of the balance check: its upgrade and its downgrade)
 PREVIOUS_CHECK_BALANCED = _MIGRATION_0009.CHECK_BALANCED_EVERY_ROW
 CURRENT_CHECK_BALANCED = _MIGRATION_0009.CHECK_BALANCED_ONCE

@@ -43,7 +43,7 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     sa_exc.SQLAlchemyError,
 )
 """Everything the database path raises, transient or not: what "the database cannot answer
-this now" looks like to a caller that fails open (`metering.budget_gate`)."""
+this now" looks like to a caller that fails open (`metering.budgets.gate`)."""
 
 _CLIENT_DATA_ERRORS = (ValueError, ArithmeticError)
 MAX_ERROR_CHARS = 4000

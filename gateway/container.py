@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 from attribution.lineage import LineageService
 from attribution.service import DatanetService
+from factory.build import DemoModels
 from gateway.auth import Authenticator
 from gateway.dashboard_sessions import DashboardSessions
 from gateway.inference import InferenceService
-from gateway.settings import Settings
 from metering.service import MeteringService
-from metering.usage_queries import UsageQueries
-from serving.factory.build import DemoModels
+from metering.usage.queries import UsageQueries
+from royalty.settings import Settings
 from serving.pool import EnginePool
 from serving.registry import ModelRegistry
 

@@ -13,7 +13,7 @@ session (`gateway.dashboard_sessions`): the HttpOnly, SameSite=Strict cookie sco
 the key's id. A session ends after 8 h idle or 24 h in all, at sign-out (deleted), and as soon as
 its key is revoked. The cookie is `Secure` when the connection is https: the connection's own
 scheme, which uvicorn takes from `X-Forwarded-Proto` only for the proxies listed in
-`ROYALTY_TRUSTED_PROXIES` (`gateway.server.uvicorn_config`); a client's header alone never counts.
+`ROYALTY_TRUSTED_PROXIES` (`royalty.server.uvicorn_config`); a client's header alone never counts.
 
 Both forms carry a CSRF token. Sign-in: double-submit; the login page sets a random token in an
 HttpOnly, SameSite=Strict cookie and in the form, and a sign-in whose two copies differ is

@@ -40,9 +40,9 @@ from gateway.protocol import chat, completions
 from gateway.protocol.common import UsageMode
 from gateway.ratelimit import Limiter, RateLimiter
 from metering import metrics as metering_metrics
-from metering.budget_gate import BudgetGate, InsufficientCredit
-from metering.usage import Endpoint, UsageRecord, UsageStatus, prompt_digest
-from metering.usage_recorder import UsageNotRecorded, UsageSink, as_usage_sink
+from metering.budgets.gate import BudgetGate, InsufficientCredit
+from metering.usage.record import Endpoint, UsageRecord, UsageStatus, prompt_digest
+from metering.usage.recorder import UsageNotRecorded, UsageSink, as_usage_sink
 from serving.engine import EngineHTTPError, EngineUnavailable
 from serving.placement import AdapterLoadFailed, AdapterSlotsBusy
 from serving.pool import EngineHandle, EnginePool, NoEngineAvailable

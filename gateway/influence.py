@@ -50,7 +50,7 @@ from gateway.inference import CompletedResponse
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from gateway.settings import Settings
+    from royalty.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -53,8 +53,8 @@ from serving import metrics as serving_metrics
 from serving.registry import ModelRegistry, UnknownModel
 
 if TYPE_CHECKING:
-    from metering.usage import UsageRecord
-    from metering.usage_log import UsageLog
+    from metering.usage.log import UsageLog
+    from metering.usage.record import UsageRecord
     from serving.pool import EnginePool
 
 log = logging.getLogger(__name__)

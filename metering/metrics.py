@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-# The ledger's kinds (metering.ledger), plus the older names dashboards may still use.
+# The ledger's kinds (metering.ledger.book), plus the older names dashboards may still use.
 PAYEE_KINDS = frozenset({
     "contributor", "adapter_owner", "operator", "treasury", "withheld", "consumer",
     "adapter_builder", "datanet_owner", "platform",

@@ -9,11 +9,11 @@ import datetime as dt
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering.budgets import PostgresBudgets
+from metering.budgets.store import PostgresBudgets
 from metering.catalog import PostgresCatalog
-from metering.ledger import PostgresLedger
+from metering.ledger.book import PostgresLedger
 from metering.money import format_micros, month_label
-from metering.payouts import PostgresPayouts, decode_proof
+from metering.payouts.close import PostgresPayouts, decode_proof
 from metering.pg import driver
 
 EARNINGS_BY_MONTH = """

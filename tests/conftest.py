@@ -22,7 +22,7 @@ from pg import (
     reachable,
 )
 
-from gateway.db import create_engine
+from royalty.db import create_engine
 
 
 @pytest.fixture(scope="session")

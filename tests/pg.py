@@ -25,7 +25,7 @@ from pathlib import Path
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from gateway.db import create_engine, migrate
+from royalty.db import create_engine, migrate
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ miniature: an `EngineSupervisor` on an event loop (`uvloop` or `asyncio`) superv
 stand-in engine. Once the engine is ready it prints `{"guard": PID}` and waits to be killed.
 
 `python supervision.py workers DATABASE_URL LOG_DIR LOOP` starts the ledger worker the way
-`royalty up` does (`gateway.runtime._start_ledger_worker`), prints `{"worker": PID}` and waits
+`royalty up` does (`royalty.runtime._start_ledger_worker`), prints `{"worker": PID}` and waits
 to be killed.
 """
 
@@ -151,7 +151,7 @@ async def _parent(port: int, run_dir: Path, log_path: Path, stubborn: bool) -> N
 
 async def _workers(database_url: str, log_dir: Path) -> None:
     sys.path.insert(0, str(REPO))
-    from gateway.runtime import _start_ledger_worker
+    from royalty.runtime import _start_ledger_worker
 
     proc = await _start_ledger_worker(database_url, log_dir / "ledger-worker.log")
     sys.stdout.write(json.dumps({"worker": proc.pid}) + "\n")

@@ -1,4 +1,4 @@
-"""One way for tests to make a usage event (`metering.usage.UsageRecord`).
+"""One way for tests to make a usage event (`metering.usage.record.UsageRecord`).
 
 The defaults are a plain successful completion on the `tiny` base model through the `recipes`
 adapter, with no timing, output or attribution worth checking. The payer, the start and the token
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from metering.usage import Endpoint, UsageRecord, UsageStatus
+from metering.usage.record import Endpoint, UsageRecord, UsageStatus
 
 
 def usage_event(

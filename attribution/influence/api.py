@@ -2,7 +2,7 @@
 
 The scorer (`attribution.influence.scorer`, built at adapter build time from per-record
 projected LoRA gradients) answers: how much did each training record of this adapter help
-produce this response? The queue worker (`gateway.influence_worker`) calls it for each
+produce this response? The queue worker (`royalty.workers.influence`) calls it for each
 answered response, turns the result into refined weights and posts the ledger adjustment.
 `FakeInfluence` (`attribution.influence.fake`) is the in-memory double for tests.
 """

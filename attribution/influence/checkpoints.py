@@ -53,7 +53,7 @@ class Checkpoint:
 
 
 def _sha256_file(path: Path) -> str:
-    from serving.factory.build import _sha256_file as sha256_file
+    from factory.build import _sha256_file as sha256_file
 
     return sha256_file(path)
 

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from serving.factory.adapters import TrainingExample
+    from factory.adapters import TrainingExample
 
 INDEX_FORMAT = 2
 READABLE_FORMATS = (1, 2)
@@ -230,7 +230,7 @@ def pad_id(tokenizer: Any) -> int:
 
 
 def record_tokens(tokenizer: Any, docs: Sequence[str], max_tokens: int) -> list[list[int]]:
-    """`<s> doc </s>` ids, as `serving.factory.training.pack_documents` lays documents out."""
+    """`<s> doc </s>` ids, as `factory.training.pack_documents` lays documents out."""
     encoded = tokenizer(list(docs), add_special_tokens=True)["input_ids"]
     return [[*ids, tokenizer.eos_token_id][:max_tokens] for ids in encoded]
 
@@ -350,8 +350,8 @@ def _build_into(
     import numpy as np
     from transformers import AutoTokenizer
 
-    from serving.factory.build import _Progress, _quiet_offline_hf
-    from serving.factory.training import deterministic_torch
+    from factory.build import _Progress, _quiet_offline_hf
+    from factory.training import deterministic_torch
 
     t0 = time.perf_counter()
     checkpoints = ckpt.adapter_checkpoints(adapter_dir, ensemble=params.ensemble)

@@ -93,7 +93,7 @@ class GradientInfluence:
             adapter_dir / ADAPTER_WEIGHTS
         ) != index.header.get("adapter_weights_sha256"):
             raise NoInfluenceIndex(f"{index.path} was built for other weights than {adapter_dir}")
-        from serving.factory.build import _quiet_offline_hf
+        from factory.build import _quiet_offline_hf
 
         with self._lock, _quiet_offline_hf():
             self.forget(adapter)
@@ -176,7 +176,7 @@ class GradientInfluence:
         (checkpoints, dim), or None when the output has no tokens."""
         import numpy as np
 
-        from serving.factory.training import deterministic_torch
+        from factory.training import deterministic_torch
 
         loaded = self._adapters.get(adapter)
         if loaded is None:

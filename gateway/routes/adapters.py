@@ -181,9 +181,9 @@ async def train_adapter(request: Request) -> Response[bytes]:
 async def _run_job(request: Request, job: dict[str, Any], body: TrainAdapterRequest) -> None:
     import dataclasses
 
-    from gateway.admin import account_id
-    from gateway.factory_jobs import train_on_snapshot
-    from serving.factory.adapters import AdapterRecipe
+    from factory.adapters import AdapterRecipe
+    from royalty.admin import account_id
+    from royalty.factory_jobs import train_on_snapshot
 
     services = services_of(request)
     assert services.datanets and services.lineage and services.factory_base

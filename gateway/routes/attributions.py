@@ -19,7 +19,7 @@ from attribution.influence.queue import PostgresInfluenceQueue
 from gateway.errors import BadRequest, NotFound, ServiceUnavailable
 from gateway.routes.common import JSON, authorize, services_of
 from gateway.routes.datanets import ANY_KEY, _authorize_any
-from metering.usage_queries import UsageQueries
+from metering.usage.queries import UsageQueries
 
 
 def _queries(request: Request) -> UsageQueries:

@@ -13,7 +13,7 @@ says `"create": true`). With an `Idempotency-Key` header it credits at most once
 Stripe does: the same key with the same body answers the first result again (with
 `Idempotent-Replayed: true`), with another body a 422 `idempotency_key_reused`; concurrent
 requests with one key credit once. Keys are kept at least 24 h (`TOPUP_KEY_RETENTION`), in the
-same transaction as the top-up (`metering.ledger.PostgresLedger.top_up_once`).
+same transaction as the top-up (`metering.ledger.book.PostgresLedger.top_up_once`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from gateway.errors import ApiError, BadRequest, Forbidden, NotFound, ServiceUna
 from gateway.protocol.common import check_model_name, decode_request
 from gateway.routes.common import JSON, authorize, read_body, services_of
 from metering.catalog import CatalogError
-from metering.ledger import IdempotencyConflict
+from metering.ledger.book import IdempotencyConflict
 from metering.money import MoneyError, format_micros, parse_credits, parse_month
 from metering.pricing import Price
 from metering.service import MeteringService
@@ -158,7 +158,7 @@ async def add_credits(request: Request) -> Response[bytes]:
     req = decode_request(await read_body(request), TopUpRequest)
     micros = _credits(req.amount, "amount")
     name = _account_name(req.account)
-    from gateway.admin import account_id, existing_account_id  # the gateway owns `accounts`
+    from royalty.admin import account_id, existing_account_id  # the gateway owns `accounts`
 
     service = _metering(request)
     if req.create:

@@ -15,7 +15,7 @@ from gateway.protocol.completions import CompletionRequest
 from gateway.protocol.models import Model, ModelList
 from gateway.routes.common import JSON, authorize, read_body, services_of
 from gateway.streaming import SSEStream
-from metering.usage import Endpoint
+from metering.usage.record import Endpoint
 from serving.registry import ModelRegistry, UnknownModel
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -3,7 +3,7 @@
 A client "received a response whole" when it read a complete non-streaming body with status
 200, or a stream that ended with `data: [DONE]`. For every such response the money trail must
 hold: exactly one `usage_events` row (status `ok`), posted once (`usage_postings`), and the
-ledger's invariants (`royalty ledger check`, metering/audit.py) intact. Money is conserved
+ledger's invariants (`royalty ledger check`, metering/ledger/audit.py) intact. Money is conserved
 when, on top of that, every ledger entry sums to zero and each of the suite's consumer
 accounts spent exactly the charges posted against it; after a fault that kills nothing, no
 credit may stay held either.

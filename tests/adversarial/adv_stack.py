@@ -19,10 +19,10 @@ from pathlib import Path
 import psutil
 from procs import REPO, Gateway, alive, engine_processes, free_port
 
-from gateway.admin import account_id, create_key
-from gateway.db import create_engine
-from gateway.settings import Settings
-from metering.ledger import PostgresLedger
+from metering.ledger.book import PostgresLedger
+from royalty.admin import account_id, create_key
+from royalty.db import create_engine
+from royalty.settings import Settings
 
 log = logging.getLogger(__name__)
 

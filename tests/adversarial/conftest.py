@@ -24,7 +24,7 @@ few CPUs), then starts the engine."""
 
 @pytest.fixture(scope="module")
 def demo_models():  # type: ignore[no-untyped-def]
-    from serving.factory import build_demo_models
+    from factory import build_demo_models
 
     return build_demo_models(REPO / ".royalty" / "models", progress=False)
 

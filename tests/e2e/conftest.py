@@ -28,7 +28,7 @@ def demo_world_env() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def demo_models():  # type: ignore[no-untyped-def]
-    from serving.factory import build_demo_models
+    from factory import build_demo_models
 
     return build_demo_models(REPO / ".royalty" / "models", progress=False)
 

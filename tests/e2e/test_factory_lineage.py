@@ -15,8 +15,8 @@ import openai
 import pytest
 from procs import REPO, ROYALTY, create_key
 
-from gateway.demo import DEMO_CONTRIBUTORS
-from serving.factory.corpus import DOMAINS, domain_records
+from factory.corpus import DOMAINS, domain_records
+from royalty.demo import DEMO_CONTRIBUTORS
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ import pytest
 from openai_schema import assert_conforms
 from procs import create_key
 
-from serving.factory.corpus import DOMAINS
+from factory.corpus import DOMAINS
 
 pytestmark = pytest.mark.e2e
 
@@ -87,7 +87,7 @@ def _words(text: str) -> set[str]:
 
 
 def test_adapters_are_specialised(client: openai.OpenAI, demo_models) -> None:  # type: ignore[no-untyped-def]
-    from serving.factory.corpus import domain_records
+    from factory.corpus import domain_records
 
     vocab = {d: Counter(w for r in domain_records(d, 0, 300) for w in _words(r))
              for d in DOMAINS}  # fmt: skip

@@ -22,14 +22,14 @@ from usage_events import usage_event
 from attribution.errors import NotFound
 from attribution.influence.fake import FakeInfluence
 from attribution.influence.queue import NewJob, PostgresInfluenceQueue, QueuePolicy
-from gateway.db import create_engine
-from gateway.influence_worker import Adjust, InfluenceWorker
-from metering.adjustments import reattribute
 from metering.catalog import PostgresCatalog
+from metering.ledger.adjustments import reattribute
+from metering.ledger.posting import PostingWorker
+from metering.ledger.sources import AdapterInfo, InMemoryAdapterDirectory, UsageEventAttribution
 from metering.pg import driver
-from metering.posting import PostingWorker
-from metering.sources import AdapterInfo, InMemoryAdapterDirectory, UsageEventAttribution
-from metering.usage_store import PostgresUsageStore
+from metering.usage.store import PostgresUsageStore
+from royalty.db import create_engine
+from royalty.workers.influence import Adjust, InfluenceWorker
 
 T0 = dt.datetime(2026, 10, 5, tzinfo=dt.UTC)
 OCTOBER = dt.date(2026, 10, 1)

@@ -18,12 +18,12 @@ from unit.gateway_harness import make_harness
 
 from attribution.lineage import LineageService
 from attribution.service import DatanetService
+from factory.build import DemoModels, FactoryConfig, build_demo_models, demo_contributions
 from gateway.app import create_app
 from gateway.auth import Authenticator, PostgresKeyStore
-from gateway.db import create_engine
-from gateway.factory_jobs import AdapterSync
-from gateway.settings import Settings
-from serving.factory.build import DemoModels, FactoryConfig, build_demo_models, demo_contributions
+from royalty.db import create_engine
+from royalty.factory_jobs import AdapterSync
+from royalty.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -19,12 +19,12 @@ from unit.gateway_harness import make_harness
 
 from gateway.app import create_app
 from gateway.auth import Authenticator, PostgresKeyStore
-from gateway.cli import app as cli
-from gateway.db import create_engine
-from metering import audit
-from metering.ledger import TOPUP_KEY_RETENTION
+from metering.ledger import audit
+from metering.ledger.book import TOPUP_KEY_RETENTION
 from metering.pg import driver
 from metering.service import MeteringService
+from royalty.cli.main import app as cli
+from royalty.db import create_engine
 
 pytestmark = pytest.mark.integration
 

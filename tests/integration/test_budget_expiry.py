@@ -23,16 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
 from usage_events import usage_event
 
-from gateway.cli import app
-from metering.audit import violations
-from metering.budget_expiry import HoldSweeper, Swept
-from metering.budgets import PostgresBudgets
+from metering.budgets.expiry import HoldSweeper, Swept
+from metering.budgets.store import PostgresBudgets
 from metering.catalog import PostgresCatalog
-from metering.ledger import PostgresLedger
+from metering.ledger.audit import violations
+from metering.ledger.book import PostgresLedger
+from metering.ledger.posting import RELEASE_RESERVATIONS, PostingWorker
+from metering.ledger.sources import InMemoryAdapterDirectory
 from metering.pg import driver
-from metering.posting import RELEASE_RESERVATIONS, PostingWorker
-from metering.sources import InMemoryAdapterDirectory
-from metering.usage_store import PostgresUsageStore
+from metering.usage.store import PostgresUsageStore
+from royalty.cli.main import app
 
 pytestmark = pytest.mark.integration
 
@@ -175,7 +175,7 @@ async def test_sweeper_and_posting_worker_racing_over_many_holds_keep_held_exact
     """Every hold expired; half of the requests' usage events ship while a posting worker and
     two sweepers (another process's pool too) run. Every hold is released exactly once: none
     is left, `held` is 0, the balance lost exactly the posted charges, and the audit holds."""
-    from gateway.db import create_engine
+    from royalty.db import create_engine
 
     accounts = [await new_account(engine, f"c{i}", 10**9) for i in range(3)]
     await PostgresCatalog(engine).set_price("tiny", "", 1_000_000, 1_000_000, T0)

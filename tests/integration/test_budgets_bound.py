@@ -23,16 +23,16 @@ from gateway.auth import KeyInfo
 from gateway.errors import PaymentRequired
 from gateway.inference import CallContext
 from gateway.protocol.chat import ChatCompletionRequest
-from metering.audit import violations
-from metering.budget_gate import BudgetGate
-from metering.budgets import PostgresBudgets
+from metering.budgets.gate import BudgetGate
+from metering.budgets.store import PostgresBudgets
 from metering.catalog import PostgresCatalog
-from metering.ledger import PostgresLedger
+from metering.ledger.audit import violations
+from metering.ledger.book import PostgresLedger
+from metering.ledger.posting import PostingWorker
+from metering.ledger.sources import InMemoryAdapterDirectory
 from metering.pg import driver
-from metering.posting import PostingWorker
 from metering.pricing import PriceBook
-from metering.sources import InMemoryAdapterDirectory
-from metering.usage_store import PostgresUsageStore
+from metering.usage.store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
 
@@ -178,7 +178,7 @@ class Book:
 
 
 def test_the_context_length_caps_both_estimates() -> None:
-    from metering.budgets import InMemoryBudgets
+    from metering.budgets.store import InMemoryBudgets
     from metering.pricing import Price
 
     book = PriceBook(

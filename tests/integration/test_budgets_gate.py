@@ -14,10 +14,10 @@ from openai_schema import assert_conforms
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import PaymentRequired
-from metering.budget_gate import BudgetGate, BudgetUnavailable, InsufficientCredit
-from metering.budgets import PostgresBudgets
+from metering.budgets.gate import BudgetGate, BudgetUnavailable, InsufficientCredit
+from metering.budgets.store import PostgresBudgets
 from metering.catalog import PostgresCatalog
-from metering.ledger import PostgresLedger
+from metering.ledger.book import PostgresLedger
 from metering.pg import driver
 from metering.pricing import PriceBook
 
@@ -83,7 +83,7 @@ async def test_the_gateway_answers_402_without_credit_and_settles_after_serving(
 
     from gateway.app import create_app
     from gateway.auth import Authenticator, PostgresKeyStore
-    from gateway.db import create_engine
+    from royalty.db import create_engine
 
     h = make_harness()
     engines: list[AsyncEngine] = []

@@ -13,11 +13,11 @@ import pytest
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering.audit import violations
-from metering.budget_gate import BudgetGate, BudgetUnavailable
-from metering.budgets import InMemoryBudgets, InsufficientCredit, PostgresBudgets
+from metering.budgets.gate import BudgetGate, BudgetUnavailable
+from metering.budgets.store import InMemoryBudgets, InsufficientCredit, PostgresBudgets
 from metering.catalog import PostgresCatalog
-from metering.ledger import PostgresLedger
+from metering.ledger.audit import violations
+from metering.ledger.book import PostgresLedger
 from metering.pg import driver
 from metering.pricing import Price, PriceBook
 
@@ -210,7 +210,7 @@ async def test_reserve_many_holds_a_prefix_that_fits_and_nothing_more(engine: As
 async def test_grouped_reservations_from_two_gateways_never_overspend(
     engine: AsyncEngine, database_url: str
 ) -> None:
-    from gateway.db import create_engine
+    from royalty.db import create_engine
 
     acct = await new_account(engine, "spender")
     await PostgresLedger(engine).top_up(acct, 5_000)

@@ -17,8 +17,8 @@ from gateway.app import create_app
 from gateway.auth import Authenticator, KeyStoreUnavailable, PostgresKeyStore
 from gateway.dashboard import COOKIE
 from gateway.dashboard_sessions import PostgresDashboardSessions, session_digest
-from gateway.db import create_engine
 from metering.pg import driver
+from royalty.db import create_engine
 
 pytestmark = pytest.mark.integration
 CSRF_FIELD = re.compile(r'name="csrf" value="([^"]+)"')

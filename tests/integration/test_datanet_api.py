@@ -23,8 +23,8 @@ from attribution.service import DatanetService
 from attribution.snapshots import InclusionProof, verify_inclusion
 from gateway.app import create_app
 from gateway.auth import Authenticator, PostgresKeyStore
-from gateway.cli import app as cli_app
-from gateway.db import create_engine
+from royalty.cli.main import app as cli_app
+from royalty.db import create_engine
 
 pytestmark = pytest.mark.integration
 

@@ -16,16 +16,16 @@ from usage_events import usage_event
 
 from attribution.influence.queue import PostgresInfluenceQueue
 from core.deadletters import PostgresDeadLetterStore
-from gateway.cli import app
 from gateway.inference import CompletedResponse
 from gateway.influence import InfluenceEnqueuer
 from metering.catalog import PostgresCatalog
+from metering.ledger.posting import PostingWorker
+from metering.ledger.sources import InMemoryAdapterDirectory, NoAttribution
 from metering.pg import driver
-from metering.posting import PostingWorker
-from metering.shipper import UsageShipper
-from metering.sources import InMemoryAdapterDirectory, NoAttribution
-from metering.usage_log import UsageLog
-from metering.usage_store import PostgresUsageStore
+from metering.usage.log import UsageLog
+from metering.usage.shipper import UsageShipper
+from metering.usage.store import PostgresUsageStore
+from royalty.cli.main import app
 
 pytestmark = pytest.mark.integration
 T0 = dt.datetime(2026, 10, 5, tzinfo=dt.UTC)

@@ -22,22 +22,22 @@ from attribution.influence.queue import NewJob, PostgresInfluenceQueue
 from core.deadletters import PostgresDeadLetterStore
 from gateway.inference import CompletedResponse
 from gateway.influence import InfluenceEnqueuer, replay_dead_letter
-from metering.audit import violations
-from metering.budgets import PostgresBudgets
+from metering.budgets.store import PostgresBudgets
 from metering.catalog import PostgresCatalog
-from metering.ledger import PostgresLedger
+from metering.ledger.audit import violations
+from metering.ledger.book import PostgresLedger
+from metering.ledger.posting import PostingWorker, discard_dead_letter, requeue_dead_letter
+from metering.ledger.sources import InMemoryAdapterDirectory, NoAttribution
 from metering.pg import driver
-from metering.posting import PostingWorker, discard_dead_letter, requeue_dead_letter
-from metering.shipper import UsageShipper
-from metering.sources import InMemoryAdapterDirectory, NoAttribution
-from metering.usage import UsageRecord
-from metering.usage_log import UsageLog
-from metering.usage_store import (
+from metering.usage.log import UsageLog
+from metering.usage.record import UsageRecord
+from metering.usage.shipper import UsageShipper
+from metering.usage.store import (
     INVALID_MODEL,
     PostgresUsageStore,
     decode_dead_letter,
 )
-from metering.usage_store import replay_dead_letter as replay_usage
+from metering.usage.store import replay_dead_letter as replay_usage
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,8 @@ from integration.influence_world import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attribution.influence.queue import QueuePolicy
-from gateway.db import create_engine, migrate
-from metering.audit import violations
+from metering.ledger.audit import violations
+from royalty.db import create_engine, migrate
 
 if TYPE_CHECKING:
     from conftest import PrivatePostgres

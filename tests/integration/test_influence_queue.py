@@ -27,9 +27,9 @@ from attribution.influence.queue import (
     QueuePolicy,
 )
 from attribution.influence.queue_memory import MemoryInfluenceQueue
-from gateway.db import create_engine, migrate
 from gateway.inference import CompletedResponse
 from gateway.influence import InfluenceEnqueuer
+from royalty.db import create_engine, migrate
 
 if TYPE_CHECKING:
     from conftest import PrivatePostgres

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.inference import CompletedResponse
-from gateway.runtime import Runtime
-from gateway.settings import Settings
 from metering.pg import driver
+from royalty.runtime import Runtime
+from royalty.settings import Settings
 
 pytestmark = pytest.mark.integration
 

@@ -31,12 +31,12 @@ from typer.testing import CliRunner
 
 from attribution.influence.api import INFLUENCE_METHOD
 from attribution.influence.queue import NewJob, PostgresInfluenceQueue, QueuePolicy
-from gateway.cli import app
-from gateway.cli_influence import settle_month
-from gateway.db import create_engine
-from gateway.settings import Settings
-from metering.audit import violations
-from metering.payouts import PostgresPayouts
+from metering.ledger.audit import violations
+from metering.payouts.close import PostgresPayouts
+from royalty.cli.influence import settle_month
+from royalty.cli.main import app
+from royalty.db import create_engine
+from royalty.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -226,7 +226,7 @@ async def test_the_attribution_record_shows_the_influence_job(
     from attribution.lineage import LineageService
     from gateway.app import create_app
     from gateway.auth import Authenticator, PostgresKeyStore
-    from metering.usage_queries import UsageQueries
+    from metering.usage.queries import UsageQueries
 
     w = await make_world(engine)
     done, waiting = await add_events(w, 2)

@@ -9,15 +9,15 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from usage_events import usage_event
 
-from metering.adjustments import AdjustmentError, reattribute
-from metering.audit import violations
 from metering.catalog import PostgresCatalog
-from metering.payouts import PostgresPayouts
+from metering.ledger.adjustments import AdjustmentError, reattribute
+from metering.ledger.audit import violations
+from metering.ledger.posting import PostingWorker
+from metering.ledger.sources import AdapterInfo, InMemoryAdapterDirectory
+from metering.payouts.close import PostgresPayouts
 from metering.pg import driver
-from metering.posting import PostingWorker
 from metering.service import MeteringService
-from metering.sources import AdapterInfo, InMemoryAdapterDirectory
-from metering.usage_store import PostgresUsageStore
+from metering.usage.store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
 T0 = dt.datetime(2026, 10, 5, tzinfo=dt.UTC)

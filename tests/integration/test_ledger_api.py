@@ -16,14 +16,14 @@ from usage_events import usage_event
 
 from gateway.app import create_app
 from gateway.auth import Authenticator, PostgresKeyStore
-from gateway.db import create_engine
-from metering import payout_merkle
 from metering.catalog import PostgresCatalog
-from metering.payouts import PostgresPayouts
-from metering.posting import PostingWorker
+from metering.ledger.posting import PostingWorker
+from metering.ledger.sources import AdapterInfo, InMemoryAdapterDirectory
+from metering.payouts import merkle as payout_merkle
+from metering.payouts.close import PostgresPayouts
 from metering.service import MeteringService
-from metering.sources import AdapterInfo, InMemoryAdapterDirectory
-from metering.usage_store import PostgresUsageStore
+from metering.usage.store import PostgresUsageStore
+from royalty.db import create_engine
 
 pytestmark = pytest.mark.integration
 T0 = dt.datetime(2026, 10, 2, tzinfo=dt.UTC)

@@ -10,13 +10,13 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from usage_events import usage_event
 
-from metering.audit import violations
 from metering.catalog import PostgresCatalog
+from metering.ledger.audit import violations
+from metering.ledger.posting import PostingWorker
+from metering.ledger.sources import AdapterInfo, InMemoryAdapterDirectory, UsageEventAttribution
 from metering.pg import driver
-from metering.posting import PostingWorker
-from metering.sources import AdapterInfo, InMemoryAdapterDirectory, UsageEventAttribution
-from metering.usage import UsageRecord
-from metering.usage_store import PostgresUsageStore
+from metering.usage.record import UsageRecord
+from metering.usage.store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
 T0 = dt.datetime(2026, 10, 5, tzinfo=dt.UTC)

@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from metering.audit import violations
+from metering.ledger.audit import violations
 from metering.pg import driver
 
 pytestmark = pytest.mark.integration

@@ -12,15 +12,15 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from usage_events import usage_event
 
-from gateway.db import create_engine
-from metering.audit import violations
-from metering.budgets import InsufficientCredit, PostgresBudgets
+from metering.budgets.store import InsufficientCredit, PostgresBudgets
 from metering.catalog import PostgresCatalog
-from metering.ledger import PostgresLedger
+from metering.ledger.audit import violations
+from metering.ledger.book import PostgresLedger
+from metering.ledger.posting import PostingWorker
+from metering.ledger.sources import AdapterInfo, InMemoryAdapterDirectory
 from metering.pg import driver
-from metering.posting import PostingWorker
-from metering.sources import AdapterInfo, InMemoryAdapterDirectory
-from metering.usage_store import PostgresUsageStore
+from metering.usage.store import PostgresUsageStore
+from royalty.db import create_engine
 
 pytestmark = pytest.mark.integration
 T0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)

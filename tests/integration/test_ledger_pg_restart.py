@@ -13,13 +13,13 @@ import pytest
 from pg import PrivatePostgres
 from usage_events import usage_event
 
-from gateway.db import create_engine, migrate
-from metering.audit import violations
 from metering.catalog import PostgresCatalog
+from metering.ledger.audit import violations
+from metering.ledger.posting import PostingWorker
+from metering.ledger.sources import AdapterInfo, InMemoryAdapterDirectory
 from metering.pg import driver
-from metering.posting import PostingWorker
-from metering.sources import AdapterInfo, InMemoryAdapterDirectory
-from metering.usage_store import PostgresUsageStore
+from metering.usage.store import PostgresUsageStore
+from royalty.db import create_engine, migrate
 
 pytestmark = pytest.mark.integration
 T0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)

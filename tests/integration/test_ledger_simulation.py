@@ -2,7 +2,7 @@
 
 Random usage (duplicates, replays, late events for closed months, several price versions),
 posting batches that crash after the COPY or are cancelled mid-flight, top-ups, a penalty
-and month closes; after every step every ledger invariant (metering.audit) must hold, closed
+and month closes; after every step every ledger invariant (metering.ledger.audit) must hold, closed
 months must be unchanged, and at the end every event is posted exactly once with the charge
 an independent oracle computes.
 """
@@ -18,17 +18,17 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from usage_events import usage_event
 
-from metering.audit import violations
 from metering.catalog import PostgresCatalog
-from metering.holds import WashPolicy
-from metering.ledger import PostgresLedger
+from metering.ledger.audit import violations
+from metering.ledger.book import PostgresLedger
+from metering.ledger.posting import PostingWorker
+from metering.ledger.sources import AdapterInfo, InMemoryAdapterDirectory, InMemoryAttributionSource
 from metering.money import month_start
-from metering.payouts import PostgresPayouts
+from metering.payouts.close import PostgresPayouts
+from metering.payouts.holds import WashPolicy
 from metering.pg import driver
-from metering.posting import PostingWorker
-from metering.sources import AdapterInfo, InMemoryAdapterDirectory, InMemoryAttributionSource
-from metering.usage import UsageRecord, prompt_digest
-from metering.usage_store import PostgresUsageStore
+from metering.usage.record import UsageRecord, prompt_digest
+from metering.usage.store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
 

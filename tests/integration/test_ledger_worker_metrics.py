@@ -20,7 +20,7 @@ from usage_events import usage_event
 
 from metering.catalog import PostgresCatalog
 from metering.pg import driver
-from metering.usage_store import PostgresUsageStore
+from metering.usage.store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
 T0 = dt.datetime(2026, 10, 2, tzinfo=dt.UTC)

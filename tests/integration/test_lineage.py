@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from attribution.errors import Conflict, Invalid, NotFound
 from attribution.lineage import LineageService
 from attribution.service import DatanetService
-from gateway.demo import DEMO_CONTRIBUTORS, ensure_demo_world
-from gateway.factory_jobs import AdapterSync, train_on_snapshot
-from serving.factory.adapters import AdapterRecipe
-from serving.factory.build import DemoModels, FactoryConfig, build_demo_models, demo_contributions
+from factory.adapters import AdapterRecipe
+from factory.build import DemoModels, FactoryConfig, build_demo_models, demo_contributions
+from royalty.demo import DEMO_CONTRIBUTORS, ensure_demo_world
+from royalty.factory_jobs import AdapterSync, train_on_snapshot
 from serving.registry import ModelRegistry, UnknownModel
 
 pytestmark = pytest.mark.integration
@@ -248,7 +248,7 @@ async def test_demo_world_recovers_from_a_half_done_import(
 
 
 def test_damaged_adapter_build_is_rebuilt(tiny_base: DemoModels, tmp_path: Path) -> None:
-    from serving.factory.adapters import SnapshotRef, TrainingExample, build_adapter
+    from factory.adapters import SnapshotRef, TrainingExample, build_adapter
 
     ex = [TrainingExample(i + 1, **r) for i, r in enumerate(demo_contributions("legal", TINY))]  # type: ignore[arg-type]
     ref = SnapshotRef("s", "00" * 32, 1, "legal", len(ex), 0)

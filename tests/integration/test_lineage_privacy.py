@@ -22,7 +22,7 @@ from attribution.service import DatanetService
 from attribution.snapshots import InclusionProof, leaf_hash, verify_inclusion
 from gateway.app import create_app
 from gateway.auth import Authenticator, PostgresKeyStore
-from gateway.db import create_engine
+from royalty.db import create_engine
 
 pytestmark = pytest.mark.integration
 

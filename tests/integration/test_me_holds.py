@@ -17,13 +17,13 @@ from usage_events import usage_event
 
 from gateway.auth import PostgresKeyStore
 from metering.catalog import PostgresCatalog
-from metering.ledger import PostgresLedger
-from metering.payouts import PostgresPayouts
+from metering.ledger.book import PostgresLedger
+from metering.ledger.posting import PostingWorker
+from metering.ledger.sources import AdapterInfo, InMemoryAdapterDirectory
+from metering.payouts.close import PostgresPayouts
 from metering.pg import driver
-from metering.posting import PostingWorker
-from metering.sources import AdapterInfo, InMemoryAdapterDirectory
-from metering.usage import UsageRecord
-from metering.usage_store import PostgresUsageStore
+from metering.usage.record import UsageRecord
+from metering.usage.store import PostgresUsageStore
 
 pytestmark = pytest.mark.integration
 OCT = dt.datetime(2026, 10, 2, tzinfo=dt.UTC)

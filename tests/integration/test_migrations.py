@@ -8,7 +8,7 @@ from alembic import command
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db import alembic_config
+from royalty.db import alembic_config
 
 pytestmark = pytest.mark.integration
 

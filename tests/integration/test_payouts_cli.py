@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner, Result
 from usage_events import usage_event
 
-from gateway.cli import app
 from metering.pg import driver
-from metering.usage_store import PostgresUsageStore
+from metering.usage.store import PostgresUsageStore
+from royalty.cli.main import app
 
 pytestmark = pytest.mark.integration
 

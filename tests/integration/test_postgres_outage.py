@@ -19,11 +19,11 @@ import asyncpg
 import pytest
 from usage_events import usage_event
 
-from gateway.db import create_engine, migrate
-from metering.shipper import UsageShipper
-from metering.usage import UsageRecord
-from metering.usage_log import UsageLog
-from metering.usage_store import PostgresUsageStore
+from metering.usage.log import UsageLog
+from metering.usage.record import UsageRecord
+from metering.usage.shipper import UsageShipper
+from metering.usage.store import PostgresUsageStore
+from royalty.db import create_engine, migrate
 
 if TYPE_CHECKING:
     from conftest import PrivatePostgres

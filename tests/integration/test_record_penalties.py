@@ -1,5 +1,5 @@
 """Penalising one training record: the open month's credits from it are reversed to
-`withheld` exactly (its part, by the rule in metering.record_penalties, of each response that
+`withheld` exactly (its part, by the rule in metering.payouts.record_penalties, of each response that
 names it), a closed month is untouched, later events withhold its part at posting, an
 influence re-split does not hand it back, and the ledger's invariants hold after."""
 
@@ -15,19 +15,19 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 from usage_events import usage_event
 
-from gateway.cli import app
-from metering.adjustments import reattribute
-from metering.audit import violations
 from metering.catalog import PostgresCatalog
-from metering.ledger import LedgerError
-from metering.payouts import PostgresPayouts
+from metering.ledger.adjustments import reattribute
+from metering.ledger.audit import violations
+from metering.ledger.book import LedgerError
+from metering.ledger.posting import PostingWorker
+from metering.ledger.sources import AdapterInfo, InMemoryAdapterDirectory, UsageEventAttribution
+from metering.payouts.close import PostgresPayouts
+from metering.payouts.record_penalties import penalize_record, record_part
 from metering.pg import driver
-from metering.posting import PostingWorker
-from metering.record_penalties import penalize_record, record_part
 from metering.service import MeteringService
-from metering.sources import AdapterInfo, InMemoryAdapterDirectory, UsageEventAttribution
-from metering.usage import UsageRecord
-from metering.usage_store import PostgresUsageStore
+from metering.usage.record import UsageRecord
+from metering.usage.store import PostgresUsageStore
+from royalty.cli.main import app
 
 pytestmark = pytest.mark.integration
 SEP = dt.datetime(2026, 9, 10, tzinfo=dt.UTC)

@@ -15,7 +15,6 @@ from pg import PrivatePostgres
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.db import create_engine, migrate
 from gateway.ratelimit import (
     CounterStore,
     CounterStoreError,
@@ -23,6 +22,7 @@ from gateway.ratelimit import (
     RedisCounters,
     SharedRateLimiter,
 )
+from royalty.db import create_engine, migrate
 
 pytestmark = pytest.mark.integration
 

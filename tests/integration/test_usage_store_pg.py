@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from usage_events import usage_event
 
-from gateway.db import create_engine
-from metering.shipper import UsageShipper
-from metering.usage import USAGE_COLUMNS, UsageRecord
-from metering.usage_log import UsageLog
-from metering.usage_store import PostgresUsageStore, UsageRejected, UsageStoreUnavailable
+from metering.usage.log import UsageLog
+from metering.usage.record import USAGE_COLUMNS, UsageRecord
+from metering.usage.shipper import UsageShipper
+from metering.usage.store import PostgresUsageStore, UsageRejected, UsageStoreUnavailable
+from royalty.db import create_engine
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """The ledger worker `royalty up` starts as a child ends with it, SIGKILL included
-(PR_SET_PDEATHSIG from `gateway.runtime._start_child`; DESIGN invariant 8)."""
+(PR_SET_PDEATHSIG from `royalty.runtime._start_child`; DESIGN invariant 8)."""
 
 from __future__ import annotations
 

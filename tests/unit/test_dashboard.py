@@ -25,9 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.dashboard import COOKIE, CSRF_COOKIE, _quantile, summarise
 from gateway.dashboard_sessions import ABSOLUTE_S, IDLE_S, InMemoryDashboardSessions
-from gateway.server import uvicorn_config
-from gateway.settings import Settings
 from metering import metrics as metering_metrics
+from royalty.server import uvicorn_config
+from royalty.settings import Settings
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 

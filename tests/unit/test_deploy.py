@@ -141,7 +141,7 @@ def _worker_options(group_name: str) -> set[str]:
     import click
     import typer.main
 
-    from gateway.cli import app
+    from royalty.cli.main import app
 
     group = typer.main.get_command(app)
     sub = group.commands[group_name]  # type: ignore[attr-defined]
@@ -330,9 +330,9 @@ def runs_demo_key_path(argv: list[str], env: dict[str, str]) -> bool:
     `royalty up` builds them, then the rule `royalty up` applies."""
     import typer.main
 
-    from gateway.cli import app
-    from gateway.server import mints_demo_key
-    from gateway.settings import Settings
+    from royalty.cli.main import app
+    from royalty.server import mints_demo_key
+    from royalty.settings import Settings
 
     assert argv[0] == "royalty", argv
     if argv[1:2] != ["up"]:

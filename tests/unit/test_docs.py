@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from gateway.cli import app
+from royalty.cli.main import app
 
 README = Path(__file__).parents[2] / "README.md"
 

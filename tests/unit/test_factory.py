@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from serving.factory import (
+from factory import (
     DOMAIN_PROMPTS,
     DOMAINS,
     FACTORY_VERSION,
@@ -31,9 +31,9 @@ from serving.factory import (
     general_corpus,
     load_manifest,
 )
-from serving.factory import build as build_mod
-from serving.factory.build import content_hash, training_texts
-from serving.factory.corpus import chat_layout, pretraining_view
+from factory import build as build_mod
+from factory.build import content_hash, training_texts
+from factory.corpus import chat_layout, pretraining_view
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -130,9 +130,9 @@ def test_content_hash_covers_config_and_corpus() -> None:
 _TINY_BUILD_SCRIPT = """
 import sys
 from pathlib import Path
-from serving.factory import FactoryConfig, build_demo_models
-from serving.factory.adapters import AdapterRecipe, SnapshotRef, TrainingExample, build_adapter
-from serving.factory.build import demo_contributions
+from factory import FactoryConfig, build_demo_models
+from factory.adapters import AdapterRecipe, SnapshotRef, TrainingExample, build_adapter
+from factory.build import demo_contributions
 m = build_demo_models(Path(sys.argv[1]) / "models", config=FactoryConfig.tiny(), progress=False)
 for d in sorted(DOMAINS := ("recipes", "astronomy", "legal")):
     ex = [TrainingExample(i + 1, **r) for i, r in enumerate(demo_contributions(d, FactoryConfig.tiny()))]
@@ -145,8 +145,8 @@ print(m.root)
 def _build_tiny_adapters(models: DemoModels, out: Path) -> dict[str, Path]:
     """Each domain's adapter trained on its demo records (record ids 1..n) through the
     snapshot path, as the demo datanets would (the same code the subprocess runs)."""
-    from serving.factory.adapters import AdapterRecipe, SnapshotRef, TrainingExample, build_adapter
-    from serving.factory.build import demo_contributions
+    from factory.adapters import AdapterRecipe, SnapshotRef, TrainingExample, build_adapter
+    from factory.build import demo_contributions
 
     paths = {}
     for d in sorted(DOMAINS):
@@ -269,7 +269,7 @@ def test_cache_hit_does_not_rebuild(tiny: DemoModels, monkeypatch: pytest.Monkey
 
 
 def test_checkpoint_steps() -> None:
-    from serving.factory.training import checkpoint_steps
+    from factory.training import checkpoint_steps
 
     assert checkpoint_steps(40, 4) == (10, 20, 30, 40)
     assert checkpoint_steps(100, 4) == (25, 50, 75, 100)
@@ -281,7 +281,7 @@ def test_checkpoint_steps() -> None:
 
 
 def test_adapters_keep_their_checkpoints(tiny_adapters: dict[str, Path]) -> None:
-    from serving.factory.adapters import load_adapter_build
+    from factory.adapters import load_adapter_build
 
     for path in tiny_adapters.values():
         build = load_adapter_build(path)
@@ -298,7 +298,7 @@ def test_adapters_keep_their_checkpoints(tiny_adapters: dict[str, Path]) -> None
 
 
 def test_lineage_verifies_the_checkpoints(tmp_path: Path, tiny_adapters: dict[str, Path]) -> None:
-    from serving.factory.adapters import LineageError, load_adapter_build
+    from factory.adapters import LineageError, load_adapter_build
 
     copy = tmp_path / "legal"
     shutil.copytree(tiny_adapters["legal"], copy)
@@ -322,8 +322,8 @@ def test_lineage_verifies_the_checkpoints(tmp_path: Path, tiny_adapters: dict[st
 def test_saving_checkpoints_leaves_the_weights_alone(tmp_path: Path, tiny: DemoModels) -> None:
     import dataclasses
 
-    from serving.factory.adapters import AdapterRecipe, SnapshotRef, TrainingExample, build_adapter
-    from serving.factory.build import demo_contributions
+    from factory.adapters import AdapterRecipe, SnapshotRef, TrainingExample, build_adapter
+    from factory.build import demo_contributions
 
     recs = demo_contributions("recipes", FactoryConfig.tiny())[:40]
     ex = [TrainingExample(i + 1, **r) for i, r in enumerate(recs)]  # type: ignore[arg-type]
@@ -364,7 +364,7 @@ def test_damaged_cache_is_rebuilt(tmp_path: Path, tiny: DemoModels) -> None:
 
 
 def test_interrupted_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import serving.factory.pretrain as pretrain_mod
+    import factory.pretrain as pretrain_mod
 
     def boom(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -477,8 +477,8 @@ def test_full_build_writes_domain_text() -> None:
             out = model.generate(ids, max_new_tokens=48, do_sample=False)
         return str(tok.decode(out[0][ids.shape[1] :], skip_special_tokens=True))
 
-    from serving.factory.adapters import SnapshotRef, TrainingExample, build_adapter
-    from serving.factory.build import demo_contributions
+    from factory.adapters import SnapshotRef, TrainingExample, build_adapter
+    from factory.build import demo_contributions
 
     base = LlamaForCausalLM.from_pretrained(str(models.base_path)).eval()
     for name in DOMAINS:

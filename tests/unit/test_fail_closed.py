@@ -15,10 +15,10 @@ from litestar.testing import AsyncTestClient
 from openai_schema import assert_conforms
 from usage_events import usage_event
 
-from metering import usage_log
-from metering.usage_log import UsageLog
-from metering.usage_recorder import MemoryUsageSink, UsageNotRecorded, UsageRecorder
-from metering.usage_store import InMemoryUsageStore, UsageStoreUnavailable
+from metering.usage import log as usage_log
+from metering.usage.log import UsageLog
+from metering.usage.recorder import MemoryUsageSink, UsageNotRecorded, UsageRecorder
+from metering.usage.store import InMemoryUsageStore, UsageStoreUnavailable
 
 CHAT = {"model": "recipes", "messages": [{"role": "user", "content": "Recipe:"}], "max_tokens": 6}
 T0 = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)

@@ -10,7 +10,7 @@ from gateway_harness import Harness, make_harness
 from litestar.testing import AsyncTestClient
 from openai_schema import assert_conforms
 
-from gateway.settings import Settings
+from royalty.settings import Settings
 
 CHAT = {"model": "recipes", "messages": [{"role": "user", "content": "Recipe:"}], "max_tokens": 6}
 

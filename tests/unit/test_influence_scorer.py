@@ -42,15 +42,15 @@ from attribution.influence.gradients import (  # noqa: E402
 )
 from attribution.influence.projection import CountSketch  # noqa: E402
 from attribution.influence.scorer import GradientInfluence  # noqa: E402
-from serving.factory import FactoryConfig, build_demo_models  # noqa: E402
-from serving.factory.adapters import (  # noqa: E402
+from factory import FactoryConfig, build_demo_models  # noqa: E402
+from factory.adapters import (  # noqa: E402
     AdapterRecipe,
     SnapshotRef,
     TrainingExample,
     build_adapter,
 )
-from serving.factory.build import DemoModels, demo_contributions  # noqa: E402
-from serving.factory.training import TrainParams  # noqa: E402
+from factory.build import DemoModels, demo_contributions  # noqa: E402
+from factory.training import TrainParams  # noqa: E402
 
 PARAMS = InfluenceParams(dim=512, batch_tokens=2048)
 STEPS = (10, 20, 30, 40)

@@ -8,9 +8,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from metering.ledger.sources import AdapterInfo
+from metering.ledger.split_batch import compute_postings
 from metering.pricing import EventParties, Payees, Price, PriceBook, SplitPolicy, split_event
-from metering.sources import AdapterInfo
-from metering.split_batch import compute_postings
 
 T0 = dt.datetime(2026, 10, 1, tzinfo=dt.UTC)
 SYSTEM = Payees(treasury=1, operator=2, withheld=3)

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from metering import payout_merkle as pm
 from metering.money import MoneyError, format_micros, parse_credits, parse_month
+from metering.payouts import merkle as pm
 from metering.pricing import (
     EventParties,
     Payees,

@@ -27,10 +27,10 @@ from usage_events import usage_event
 
 from gateway.metrics import InferenceMetrics, MetricsSampler, parse_vllm_queue
 from metering import metrics as metering_metrics
-from metering.shipper import UsageShipper
-from metering.usage import UsageRecord
-from metering.usage_log import UsageLog
-from metering.usage_store import InMemoryUsageStore
+from metering.usage.log import UsageLog
+from metering.usage.record import UsageRecord
+from metering.usage.shipper import UsageShipper
+from metering.usage.store import InMemoryUsageStore
 from serving.engine import VLLMHttpEngine
 from serving.placement import AdapterPlacement
 from serving.pool import EngineHandle, EnginePool

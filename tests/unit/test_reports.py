@@ -11,10 +11,10 @@ from pathlib import Path
 import pypdfium2 as pdfium
 import pytest
 
-from metering.payouts import Statement
-from metering.report_data import OperatorReport, PayeeReport, _days
-from metering.report_pdf import render_pdf
-from metering.report_render import render_text
+from metering.payouts.close import Statement
+from metering.reports.data import OperatorReport, PayeeReport, _days
+from metering.reports.pdf import render_pdf
+from metering.reports.render import render_text
 
 NOV = dt.date(2026, 11, 1)
 

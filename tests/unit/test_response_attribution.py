@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from attribution.responses import ResponseAttributor, build_adapter_index
 from attribution.weights import DENOMINATOR
-from serving.factory.build import DemoModels, FactoryConfig, build_demo_models, demo_contributions
-from serving.factory.corpus import chat_layout
+from factory.build import DemoModels, FactoryConfig, build_demo_models, demo_contributions
+from factory.corpus import chat_layout
 
 CONTRIBUTORS = (101, 102, 103)
 

@@ -12,8 +12,8 @@ from gateway_harness import make_harness
 from litestar.testing import AsyncTestClient
 
 from gateway.inference import CompletedResponse
-from metering.usage import prompt_digest
-from metering.usage_recorder import as_usage_sink
+from metering.usage.record import prompt_digest
+from metering.usage.recorder import as_usage_sink
 
 CHAT = {"model": "legal", "messages": [{"role": "user", "content": "A clause"}], "max_tokens": 5}
 

@@ -17,8 +17,8 @@ from gateway.auth import Authenticator, InMemoryKeyStore
 from gateway.container import Services
 from gateway.inference import InferenceService
 from gateway.ratelimit import RateLimiter
-from gateway.settings import Settings
-from metering.usage import UsageRecord
+from metering.usage.record import UsageRecord
+from royalty.settings import Settings
 from serving import metrics
 from serving.fake import FakeEngine
 from serving.placement import AdapterPlacement

@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from gateway import runtime as runtime_module
-from gateway.server import DEMO_KEY_FILE, _banner, mints_demo_key, show_demo_key
-from gateway.settings import Settings
+from metering.usage.recorder import MemoryUsageSink
+from royalty import runtime as runtime_module
+from royalty.server import DEMO_KEY_FILE, _banner, mints_demo_key, show_demo_key
+from royalty.settings import Settings
 from serving.registry import Adapter, BaseModel, ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,8 +72,11 @@ def _runtime() -> Any:
     async def wait_ready(timeout_s: float) -> None:
         return None
 
+    usage = MemoryUsageSink()  # healthy: the banner says "up"
     return SimpleNamespace(
-        wait_ready=wait_ready, services=SimpleNamespace(registry=registry), db=_FakeDb()
+        wait_ready=wait_ready,
+        services=SimpleNamespace(registry=registry, inference=SimpleNamespace(usage=usage)),
+        db=_FakeDb(),
     )
 
 

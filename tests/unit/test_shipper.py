@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from usage_events import usage_event
 
-from metering.shipper import UsageShipper
-from metering.usage import UsageRecord
-from metering.usage_log import UsageLog
-from metering.usage_store import InMemoryUsageStore, UsageStore, UsageStoreUnavailable
+from metering.usage.log import UsageLog
+from metering.usage.record import UsageRecord
+from metering.usage.shipper import UsageShipper
+from metering.usage.store import InMemoryUsageStore, UsageStore, UsageStoreUnavailable
 
 T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
@@ -319,7 +319,7 @@ async def test_a_rejected_record_is_dead_lettered_and_everything_else_ships(
     tmp_path: Path,
 ) -> None:
     from core.deadletters import InMemoryDeadLetterStore
-    from metering.usage_store import decode_dead_letter
+    from metering.usage.store import decode_dead_letter
 
     store = RecordingStore()
     dead = InMemoryDeadLetterStore()

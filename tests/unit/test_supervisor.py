@@ -372,7 +372,7 @@ def test_the_pid_file_round_trips(tmp_path: Path) -> None:
 
 # --- the gateway's worker children -----------------------------------------------------------
 async def test_stopping_a_worker_that_ignores_sigterm_is_bounded() -> None:
-    from gateway.runtime import _stop_process
+    from royalty.runtime import _stop_process
 
     ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
     proc = await asyncio.create_subprocess_exec(

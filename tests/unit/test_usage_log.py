@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 from usage_events import usage_event
 
-from metering import usage_log
-from metering.usage import UsageRecord
-from metering.usage_log import (
+from metering.usage import log as usage_log
+from metering.usage.log import (
     CURSOR_NAME,
     HEADER_SIZE,
     UsageLog,
@@ -30,6 +29,7 @@ from metering.usage_log import (
     encode_frame,
     segment_name,
 )
+from metering.usage.record import UsageRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
@@ -212,7 +212,7 @@ async def test_torn_tail_is_truncated(
     with seg.open("ab") as f:
         f.write(tail)
 
-    with caplog.at_level(logging.WARNING, logger="metering.usage_log"):
+    with caplog.at_level(logging.WARNING, logger="metering.usage.log"):
         log = await UsageLog.open(tmp_path)
     try:
         assert "torn" in caplog.text
@@ -355,7 +355,7 @@ async def test_second_process_is_refused(tmp_path: Path) -> None:
     code = textwrap.dedent(
         f"""
         import asyncio
-        from metering.usage_log import UsageLog, UsageLogLocked
+        from metering.usage.log import UsageLog, UsageLogLocked
         async def main():
             try:
                 await UsageLog.open({str(tmp_path)!r})
@@ -490,7 +490,7 @@ async def test_short_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.Mo
 
 CHILD = """
 import asyncio, datetime as dt, sys
-from metering.usage_log import UsageLog
+from metering.usage.log import UsageLog
 from tests.usage_events import usage_event
 
 def rec(rid):

@@ -1,0 +1,1 @@
+"""The month close: statements and Merkle proofs, anti-gaming holds, per-record penalties."""

@@ -1,0 +1,1 @@
+"""The `royalty` command line: thin commands that parse arguments and call package APIs."""

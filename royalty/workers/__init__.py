@@ -1,0 +1,1 @@
+"""Worker processes that `royalty up` starts as children (or that run as their own service)."""
