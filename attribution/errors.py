@@ -1,32 +1,30 @@
-"""Domain exceptions of the attribution package; the gateway maps them to HTTP statuses
-(`status_code` is the suggested one)."""
+"""Domain exceptions of the attribution package, each of one kind of `core.errors` (the
+gateway's error table maps the kinds to HTTP)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from attribution.records import SubmissionResult
+from attribution.results import SubmissionResult
+from core import errors as kinds
 
 
-class DatanetError(Exception):
-    status_code = 400
+class DatanetError(kinds.DomainError):
+    """Any failure of the attribution package a caller can be told about."""
 
 
-class NotFound(DatanetError):
-    status_code = 404
+class NotFound(DatanetError, kinds.NotFound):
+    pass
 
 
-class Forbidden(DatanetError):
-    status_code = 403
+class Forbidden(DatanetError, kinds.Forbidden):
+    pass
 
 
-class Conflict(DatanetError):
-    status_code = 409
+class Conflict(DatanetError, kinds.Conflict):
+    pass
 
 
-class Invalid(DatanetError):
-    status_code = 400
+class Invalid(DatanetError, kinds.Invalid):
+    pass
 
 
 class Rejected(DatanetError):
@@ -39,21 +37,20 @@ class Rejected(DatanetError):
 
 
 class DuplicateRecord(Rejected, Conflict):
-    status_code = 409
+    pass
 
 
 class RecordRejected(Rejected, Invalid):
-    """Validation or quality rejection; 413 when the record is too large."""
+    """Validation or quality rejection (`too_large` when the record is too large)."""
 
     def __init__(self, result: SubmissionResult) -> None:
         super().__init__(result)
-        self.status_code = 413 if result.reason == "too_large" else 400
         self.kind: str | None = None
         """'text' or 'pair' when the record parsed (a quality rejection), else None."""
 
 
-class RateLimited(Rejected):
-    status_code = 429
+class RateLimited(Rejected, kinds.RateLimited):
+    pass
 
 
 class BulkRejected(Invalid):

@@ -37,6 +37,7 @@ import msgspec
 import numpy as np
 
 from attribution.errors import RecordRejected
+from attribution.results import SubmissionResult
 from attribution.textnorm import dedup_words, text_problem
 
 
@@ -64,8 +65,6 @@ NO_ROW_REASONS = frozenset(
 )
 """Rejections that leave no row: the record never parsed, or holds text the database cannot
 store (a NUL), so there is nothing to keep but the answer."""
-
-Status = Literal["accepted", "pending", "rejected", "flagged"]
 
 
 class Record(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -107,21 +106,6 @@ class QualityPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     as a near duplicate."""
     max_records_per_minute: int | None = 600
     """Per contributor and datanet, over a sliding minute -> `rate_limited`."""
-
-
-class SubmissionResult(msgspec.Struct, omit_defaults=True, gc=False):
-    """The answer for one submitted record. (`gc=False` on this and the other per-record
-    structs: they never form reference cycles, and a million of them tracked by the cyclic
-    garbage collector made every full collection of a large import slower.)"""
-
-    index: int
-    status: Status
-    record_id: int | None = None
-    reason: str | None = None
-    detail: str | None = None
-    duplicate_of: int | None = None
-    near_duplicate_of: int | None = None
-    content_hash: str | None = None
 
 
 class Prepared(msgspec.Struct, gc=False):

@@ -9,24 +9,13 @@ from typing import Any, cast
 import msgspec
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException
 from litestar.types import LifespanHook, Message, Scope
 
 from attribution import errors as domain
-from attribution.service import RATE_WINDOW_S
 from gateway.container import Services
 from gateway.dashboard import ROUTES as DASHBOARD_ROUTES
-from gateway.errors import (
-    ApiError,
-    BadRequest,
-    InternalError,
-    MethodNotAllowed,
-    NotFound,
-    PayloadTooLarge,
-    ServiceUnavailable,
-    Unauthorized,
-    UnsupportedMediaType,
-)
+from gateway.error_table import api_error
+from gateway.errors import ApiError, InternalError, ServiceUnavailable
 from gateway.metrics import count_response_start, metrics_endpoint
 from gateway.middleware import set_request_id_header
 from gateway.routes.adapters import ROUTES as ADAPTER_ROUTES
@@ -40,78 +29,31 @@ from gateway.routes.openai import ROUTES as OPENAI_ROUTES
 log = logging.getLogger(__name__)
 
 
-def _render(err: ApiError) -> Response[bytes]:
-    return Response(err.body(), status_code=err.status, media_type=JSON, headers=err.headers)
+def _render(
+    err: ApiError, extra: dict[str, Any] | None = None, top: dict[str, Any] | None = None
+) -> Response[bytes]:
+    body = err.body()
+    if extra or top:
+        error = {"message": err.message, "type": err.type, "param": err.param, "code": err.code}
+        body = msgspec.json.encode({"error": {**error, **(extra or {})}, **(top or {})})
+    return Response(body, status_code=err.status, media_type=JSON, headers=err.headers)
 
 
-def _api_error(_: Request[Any, Any, Any], exc: ApiError) -> Response[bytes]:
-    return _render(exc)
-
-
-_BY_STATUS: dict[int, type[ApiError]] = {
-    400: BadRequest,
-    401: Unauthorized,
-    404: NotFound,
-    405: MethodNotAllowed,
-    413: PayloadTooLarge,
-    415: UnsupportedMediaType,
-    503: ServiceUnavailable,
-}
-
-
-def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    cls = _BY_STATUS.get(exc.status_code)
-    if cls is None:
-        cls = BadRequest if exc.status_code < 500 else InternalError
-    message = exc.detail or "Request failed."
-    if exc.status_code == 404:
-        message = f"Unknown route: {request.method} {request.url.path}"
-    elif exc.status_code == 413:
-        message = "Request body is too large."
-    err = cls(message)
-    err.status = exc.status_code
-    return _render(err)
-
-
-def _domain_error(request: Request[Any, Any, Any], exc: domain.DatanetError) -> Response[bytes]:
-    """Every `attribution.errors` exception, in OpenAI's error shape with its `status_code`.
-    A rejected record names its rule as `code` and carries the per-record answer (`result`,
-    e.g. `duplicate_of`); an all-or-nothing bulk upload carries every line's answer."""
-    status = exc.status_code
-    type_ = "invalid_request_error"
-    code: str | None = None
-    headers: dict[str, str] = {}
-    extra: dict[str, Any] = {}
-    top: dict[str, Any] = {}
-    message = str(exc)
-    if status == 403:
-        type_, code = "permission_error", "forbidden"
-    elif status == 404:
-        code = "not_found"
-    elif status == 409:
-        code = "conflict"
+def _error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The app's one exception handler: an `ApiError` as it is, any other exception as the
+    error table (`gateway.error_table`) says, else a logged 500. A rejected record carries
+    its per-record answer (`result`, e.g. `duplicate_of`); an all-or-nothing bulk upload
+    carries every line's answer (`data`)."""
+    err = api_error(exc, request)
+    if err is None:
+        log.exception("unhandled error", exc_info=exc)
+        err = InternalError("The server had an error while processing your request.")
     if isinstance(exc, domain.Rejected):
-        r = exc.result
-        code = r.reason
-        message = f"Record rejected ({r.reason}): {r.detail}"
-        extra["result"] = result_json(r)
-        if isinstance(exc, domain.RateLimited):
-            type_ = "rate_limit_error"
-            headers["Retry-After"] = str(int(RATE_WINDOW_S))
-    elif isinstance(exc, domain.BulkRejected):
-        code = "bulk_rejected"
+        return _render(err, extra={"result": result_json(exc.result)})
+    if isinstance(exc, domain.BulkRejected):
         lines = cast("list[int] | None", request.scope.get(BULK_LINES_KEY))
-        top["data"] = bulk_results_json(exc.results, lines)
-    body = {
-        "error": {"message": message, "type": type_, "param": None, "code": code, **extra},
-        **top,
-    }
-    return Response(msgspec.json.encode(body), status_code=status, media_type=JSON, headers=headers)
-
-
-def _unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.exception("unhandled error", exc_info=exc)
-    return _render(InternalError("The server had an error while processing your request."))
+        return _render(err, top={"data": bulk_results_json(exc.results, lines)})
+    return _render(err)
 
 
 async def on_send(message: Message, scope: Scope) -> None:
@@ -161,12 +103,7 @@ def create_app(
             *extra_routes,
         ],
         before_send=[on_send],
-        exception_handlers={
-            ApiError: _api_error,
-            domain.DatanetError: _domain_error,
-            HTTPException: _http_error,
-            Exception: _unexpected,
-        },
+        exception_handlers={Exception: _error_response},
         request_max_body_size=services.settings.max_body_bytes,
         state=State({"services": services}),
         on_startup=list(on_startup),

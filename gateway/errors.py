@@ -1,4 +1,6 @@
-"""Domain errors of the HTTP surface, each rendered in OpenAI's error shape by one handler."""
+"""The errors a client receives, in OpenAI's shape (`{"error": {message, type, param,
+code}}`), one class per HTTP status. Routes raise them directly; every other exception is
+turned into one by `gateway.error_table`, the one table from domain errors to HTTP."""
 
 from __future__ import annotations
 
@@ -69,6 +71,11 @@ class ModelNotFound(NotFound):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model `{model}` does not exist.", param="model")
+
+
+class Conflict(ApiError):
+    status = 409
+    code = "conflict"
 
 
 class MethodNotAllowed(ApiError):

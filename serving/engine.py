@@ -14,13 +14,17 @@ from typing import Any, Protocol, runtime_checkable
 import aiohttp
 import msgspec
 
+from core.errors import Unavailable
 
-class EngineUnavailable(Exception):
+
+class EngineUnavailable(Unavailable):
     """The engine cannot be reached or died mid-request."""
 
 
-class EngineHTTPError(Exception):
-    """The engine answered with an error status before any output."""
+class EngineHTTPError(Unavailable):
+    """The engine answered with an error status before any output. (A kind of
+    `Unavailable` to the caller, except where the engine refused the request itself: the
+    gateway's error table reads `status`.)"""
 
     def __init__(self, status: int, body: bytes) -> None:
         super().__init__(f"engine answered {status}")

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from core.errors import Unavailable
 from serving import metrics
 from serving.engine import EngineClient, EngineHTTPError
 from serving.registry import Adapter
@@ -36,7 +37,7 @@ DEFAULT_WAIT_S = 30.0
 """How long a request may wait for a LoRA slot (or for its turn to load) by default."""
 
 
-class AdapterLoadFailed(Exception):
+class AdapterLoadFailed(Unavailable):
     """The engine refused to load an adapter (bad files, incompatible rank, ...)."""
 
     def __init__(self, adapter: str, reason: str) -> None:

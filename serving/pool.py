@@ -17,8 +17,8 @@ for a free LoRA slot at most the placement's `wait_s` in all (`AdapterSlotsBusy`
 
 An engine is marked down at once when a request to it fails to connect or breaks
 (`EngineUnavailable`); the health loop marks it up again when `/health` answers, assuming a
-restart (its adapters are reloaded on demand). Retrying on another engine is the caller's
-decision (`gateway.inference`), which passes the failed engine in `exclude`.
+restart (its adapters are reloaded on demand). Retrying on another engine is
+`serving.failover`'s decision, which passes the failed engine in `exclude`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Literal
 
+from core.errors import Unavailable
 from serving import metrics
 from serving.engine import EngineClient, EngineUnavailable
 from serving.placement import AdapterPlacement, AdapterSlotsBusy
@@ -92,8 +93,8 @@ class EngineHandle:
         return len(p.loaded) + len(p._loading) < p.slots
 
 
-class NoEngineAvailable(Exception):
-    pass
+class NoEngineAvailable(Unavailable):
+    """No healthy engine serves the base model (`args[0]`), or every one was excluded."""
 
 
 async def _acquire_before(

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.errors import NotFound
+
 
 @dataclass(frozen=True, slots=True)
 class BaseModel:
@@ -46,8 +48,8 @@ class Target:
         return self.adapter.engine_name if self.adapter else self.base.name
 
 
-class UnknownModel(LookupError):
-    pass
+class UnknownModel(NotFound, LookupError):
+    """No base model or adapter has this name (`args[0]`)."""
 
 
 class ModelRegistry:

@@ -5,44 +5,38 @@ from __future__ import annotations
 from litestar import Request, Response, get, post
 from litestar.params import FromPath
 
-from gateway.errors import ModelNotFound
 from gateway.inference import CallContext
-from gateway.inference import Request as InferenceRequest
+from gateway.inference.endpoints import CHAT, COMPLETIONS, EndpointSpec
 from gateway.middleware import request_id_of
-from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.common import decode_request
-from gateway.protocol.completions import CompletionRequest
 from gateway.protocol.models import Model, ModelList
 from gateway.routes.common import JSON, authorize, read_body, services_of
 from gateway.streaming import SSEStream
-from metering.usage.record import Endpoint
-from serving.registry import ModelRegistry, UnknownModel
+from serving.registry import ModelRegistry
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-async def _serve(request: Request, endpoint: Endpoint, req: InferenceRequest) -> Response:
+async def _serve(request: Request, spec: EndpointSpec) -> Response:
+    await authorize(request, "inference")
+    req = decode_request(await read_body(request), spec.request_type)
     svc = services_of(request)
     key = request.scope["royalty.key"]  # type: ignore[typeddict-item]
-    ctx = CallContext(request_id_of(request.scope), key, endpoint)
+    ctx = CallContext(request_id_of(request.scope), key, spec.name)
     if req.stream:
         frames = await svc.inference.open_stream(ctx, req)
         return SSEStream(frames, headers=SSE_HEADERS)
     return Response(await svc.inference.complete(ctx, req), media_type=JSON)
 
 
-@post("/v1/chat/completions", status_code=200)
+@post(CHAT.path, status_code=200)
 async def chat_completions(request: Request) -> Response:
-    await authorize(request, "inference")
-    req = decode_request(await read_body(request), ChatCompletionRequest)
-    return await _serve(request, "chat.completions", req)
+    return await _serve(request, CHAT)
 
 
-@post("/v1/completions", status_code=200)
+@post(COMPLETIONS.path, status_code=200)
 async def completions(request: Request) -> Response:
-    await authorize(request, "inference")
-    req = decode_request(await read_body(request), CompletionRequest)
-    return await _serve(request, "completions", req)
+    return await _serve(request, COMPLETIONS)
 
 
 def _models(registry: ModelRegistry) -> list[Model]:
@@ -75,10 +69,7 @@ async def retrieve_model(request: Request, model_id: FromPath[str]) -> Model:
     await authorize(request, "inference")
     name = model_id.lstrip("/")
     registry = services_of(request).registry
-    try:
-        registry.resolve(name)
-    except UnknownModel:
-        raise ModelNotFound(name) from None
+    registry.resolve(name)  # an unknown model is a 404 (`gateway.error_table`)
     return next(m for m in _models(registry) if m.id == name)
 
 

@@ -27,6 +27,7 @@ from typing import Protocol, runtime_checkable
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.errors import QuotaExceeded
 from metering.pg import driver
 
 DEFAULT_HOLD_S = 900.0
@@ -34,7 +35,7 @@ DEFAULT_HOLD_S = 900.0
 usage record to ship (`ROYALTY_BUDGET_HOLD_S`)."""
 
 
-class InsufficientCredit(Exception):
+class InsufficientCredit(QuotaExceeded):
     def __init__(self, account_id: int, needed: int, available: int) -> None:
         super().__init__(
             f"account {account_id} has {available} micro-credits available, {needed} needed"

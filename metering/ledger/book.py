@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.errors import Conflict
 from metering import metrics
 from metering.money import month_start, next_month
 from metering.pg import driver
@@ -120,7 +121,7 @@ class LedgerError(Exception):
     pass
 
 
-class IdempotencyConflict(LedgerError):
+class IdempotencyConflict(LedgerError, Conflict):
     """An idempotency key already used for a different request."""
 
 

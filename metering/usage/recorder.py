@@ -22,6 +22,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
+from core.errors import Unavailable
 from metering import metrics
 from metering.usage.log import UsageLog, UsageLogError
 from metering.usage.record import UsageRecord
@@ -30,7 +31,7 @@ from metering.usage.store import UsageStore
 log = logging.getLogger(__name__)
 
 
-class UsageNotRecorded(Exception):
+class UsageNotRecorded(Unavailable):
     """Neither the log nor the store took the record (it may be held for retry)."""
 
 
