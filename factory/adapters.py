@@ -34,18 +34,16 @@ from pathlib import Path
 from typing import Any
 
 from factory.build import (
-    ADAPTER_WEIGHTS,
     FACTORY_VERSION,
     DemoModels,
     _build_lock,
-    _Progress,
-    _quiet_offline_hf,
     _remove_stale_temps,
-    _sha256_file,
     _versions,
 )
 from factory.corpus import chat_layout
+from factory.layout import ADAPTER_WEIGHTS, LINEAGE, sha256_file
 from factory.lora import LoraShape, checkpoint_file
+from factory.progress import ProgressBars, quiet_offline_hf
 from factory.training import TrainParams, document_order
 
 __all__ = [
@@ -61,7 +59,6 @@ __all__ = [
     "load_adapter_build",
 ]
 
-LINEAGE = "lineage.json"
 LINEAGE_FORMAT = 1
 
 
@@ -183,7 +180,7 @@ def load_adapter_build(directory: Path, *, verify: bool = True) -> AdapterBuild:
     if verify:
         files = [(directory / ADAPTER_WEIGHTS, weights)] + [(c.path, c.sha256) for c in checkpoints]
         for path, digest in files:
-            if not path.is_file() or _sha256_file(path) != digest:
+            if not path.is_file() or sha256_file(path) != digest:
                 raise LineageError(f"{path}: missing or does not match lineage")
     raw_sha = hashlib.sha256(raw).hexdigest()
     return AdapterBuild(name, directory, weights, lineage, raw_sha, checkpoints=checkpoints)
@@ -256,7 +253,7 @@ def _train_into(
     docs = [ex.document() for ex in examples]
     order = document_order(len(docs), recipe.seed)
     t0 = time.perf_counter()
-    with _quiet_offline_hf(), _Progress(progress) as bars:
+    with quiet_offline_hf(), ProgressBars(progress) as bars:
         tokenizer = AutoTokenizer.from_pretrained(str(base.base_path))
         tick = bars.stage(f"adapter {name}", recipe.train.steps)
 
@@ -303,7 +300,7 @@ def _train_into(
             "train_seconds": round(result.seconds, 1),
             "build_seconds": round(time.perf_counter() - t0, 1),
         },
-        "weights_sha256": _sha256_file(tmp / ADAPTER_WEIGHTS),
+        "weights_sha256": sha256_file(tmp / ADAPTER_WEIGHTS),
         "versions": _versions(),
     }
     if steps:  # absent, not empty, when none were saved: such a lineage reads as before
@@ -311,7 +308,7 @@ def _train_into(
             {
                 "step": n,
                 "file": checkpoint_file(n),
-                "sha256": _sha256_file(tmp / checkpoint_file(n)),
+                "sha256": sha256_file(tmp / checkpoint_file(n)),
             }
             for n in steps
         ]

@@ -42,8 +42,10 @@ from factory.corpus import (
     pretraining_records,
 )
 from factory.corpus import general_corpus as make_general_corpus
+from factory.layout import ADAPTER_WEIGHTS, BASE_WEIGHTS, sha256_file
 from factory.pretrain import ModelShape
-from factory.training import StepCallback, TrainParams
+from factory.progress import ProgressBars, quiet_offline_hf
+from factory.training import TrainParams
 
 __all__ = [
     "FACTORY_VERSION",
@@ -61,8 +63,6 @@ __all__ = [
 FACTORY_VERSION = "royalty-factory/2"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-BASE_WEIGHTS = "model.safetensors"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -186,14 +186,6 @@ class ManifestError(ValueError):
     """The directory holds no complete, intact build."""
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_manifest(directory: Path, *, verify: bool = True) -> DemoModels:
     """The build in `directory`, from its manifest.json. With `verify`, every weights file
     must exist with the recorded sha256. Raises `ManifestError` otherwise."""
@@ -216,7 +208,7 @@ def load_manifest(directory: Path, *, verify: bool = True) -> DemoModels:
         raise ManifestError(f"{directory}: no valid {MANIFEST}: {e}") from e
     if verify:
         for path, digest in entries:
-            if not path.is_file() or _sha256_file(path) != digest:
+            if not path.is_file() or sha256_file(path) != digest:
                 raise ManifestError(f"{path}: missing or does not match the manifest")
     return DemoModels(directory, base["name"], base_path, adapters, prompts, manifest)
 
@@ -233,54 +225,6 @@ def _versions() -> dict[str, str]:
         "peft": peft.__version__,
         "tokenizers": tokenizers.__version__,
     }
-
-
-class _Progress:
-    """rich progress bars per stage, or nothing."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._bar: Any = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-            )
-
-            # On stderr: stdout carries the commands' results (paths, JSON).
-            self._bar = Progress(
-                TextColumn("[bold]{task.description:<20}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[note]}"),
-                TimeElapsedColumn(),
-                console=Console(stderr=True),
-            )
-
-    def __enter__(self) -> _Progress:
-        if self._bar is not None:
-            self._bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-    def stage(self, description: str, total: int) -> StepCallback:
-        """A new bar; the returned callback advances it to (done, loss)."""
-        if self._bar is None:
-            return lambda done, loss: None
-        bar = self._bar
-        task = bar.add_task(description, total=total, note="")
-
-        def update(done: int, loss: float) -> None:
-            note = f"loss {loss:.3f}" if loss == loss and loss >= 0 else ""
-            bar.update(task, completed=done, note=note)
-
-        return update
 
 
 def _pid_alive(pid: int) -> bool:
@@ -363,28 +307,6 @@ def build_demo_models(
     return load_manifest(out)
 
 
-@contextlib.contextmanager
-def _quiet_offline_hf() -> Iterator[None]:
-    """No Hub access and no transformers progress bars while building; restored after."""
-    from transformers.utils import logging as hf_logging
-
-    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM")}
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _build_into(
     tmp: Path,
     cfg: FactoryConfig,
@@ -397,7 +319,7 @@ def _build_into(
     from factory.pretrain import pretrain_base
     from factory.tokenizer import train_tokenizer
 
-    with _quiet_offline_hf(), _Progress(progress) as bars:
+    with quiet_offline_hf(), ProgressBars(progress) as bars:
         tick = bars.stage("tokenizer", 1)
         tokenizer = train_tokenizer(
             texts.all(),
@@ -428,7 +350,7 @@ def _build_into(
         "base": {
             "name": cfg.base_name,
             "path": "base",
-            "weights_sha256": _sha256_file(base_dir / BASE_WEIGHTS),
+            "weights_sha256": sha256_file(base_dir / BASE_WEIGHTS),
             "documents": len(texts.pretrain),
             "final_loss": round(base_result.final_loss, 4),
             "train_seconds": round(base_result.seconds, 1),

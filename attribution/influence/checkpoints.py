@@ -31,12 +31,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attribution.influence.api import NoInfluenceIndex
+from factory.layout import ADAPTER_WEIGHTS, LINEAGE, sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-LINEAGE = "lineage.json"
 
 
 @dataclass(frozen=True)
@@ -50,12 +48,6 @@ class Checkpoint:
 
     def to_json(self) -> dict[str, Any]:
         return {"step": self.step, "file": self.file, "sha256": self.sha256}
-
-
-def _sha256_file(path: Path) -> str:
-    from factory.build import _sha256_file as sha256_file
-
-    return sha256_file(path)
 
 
 def checkpoint_path(adapter_dir: Path, file: str) -> Path:
@@ -84,7 +76,7 @@ def adapter_checkpoints(adapter_dir: Path, *, ensemble: bool = True) -> list[Che
         except (OSError, ValueError, AttributeError) as e:
             raise NoInfluenceIndex(f"{adapter_dir / LINEAGE}: unreadable: {e}") from e
     if not listed:
-        return [Checkpoint(None, ADAPTER_WEIGHTS, _sha256_file(final))]
+        return [Checkpoint(None, ADAPTER_WEIGHTS, sha256_file(final))]
     out = []
     for entry in listed:
         c = Checkpoint(int(entry["step"]), str(entry["file"]), str(entry["sha256"]))
@@ -96,7 +88,7 @@ def adapter_checkpoints(adapter_dir: Path, *, ensemble: bool = True) -> list[Che
 def verify(adapter_dir: Path, checkpoint: Checkpoint) -> Path:
     """The checkpoint's file, if it holds the bytes the index was built from."""
     path = checkpoint_path(adapter_dir, checkpoint.file)
-    if not path.is_file() or _sha256_file(path) != checkpoint.sha256:
+    if not path.is_file() or sha256_file(path) != checkpoint.sha256:
         raise NoInfluenceIndex(f"{path}: missing or not the checkpoint the index was built from")
     return path
 

@@ -52,8 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 from attribution.influence import checkpoints as ckpt
 from attribution.influence.api import INFLUENCE_METHOD, READABLE_METHODS, NoInfluenceIndex
-from attribution.influence.checkpoints import ADAPTER_WEIGHTS, _sha256_file
 from attribution.influence.projection import CountSketch
+from factory.layout import ADAPTER_WEIGHTS, BASE_WEIGHTS, sha256_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -66,7 +66,6 @@ READABLE_FORMATS = (1, 2)
 """1: /1 and /2 indexes, one feature matrix at the final weights; 2: one per checkpoint."""
 HEADER = "header.json"
 FEATURES = "features.f32"
-BASE_WEIGHTS = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -255,8 +254,8 @@ def index_key(
     h = hashlib.sha256()
     h.update(f"{INFLUENCE_METHOD}\0{INDEX_FORMAT}\0".encode())
     h.update(json.dumps(asdict(params), sort_keys=True).encode())
-    h.update(_sha256_file(Path(base_dir) / BASE_WEIGHTS).encode())
-    h.update(_sha256_file(Path(adapter_dir) / ADAPTER_WEIGHTS).encode())
+    h.update(sha256_file(Path(base_dir) / BASE_WEIGHTS).encode())
+    h.update(sha256_file(Path(adapter_dir) / ADAPTER_WEIGHTS).encode())
     for c in ckpt.adapter_checkpoints(adapter_dir, ensemble=params.ensemble):
         h.update(f"\0{c.step}\0{c.file}\0{c.sha256}".encode())
     for rid, doc in records:
@@ -350,14 +349,14 @@ def _build_into(
     import numpy as np
     from transformers import AutoTokenizer
 
-    from factory.build import _Progress, _quiet_offline_hf
+    from factory.progress import ProgressBars, quiet_offline_hf
     from factory.training import deterministic_torch
 
     t0 = time.perf_counter()
     checkpoints = ckpt.adapter_checkpoints(adapter_dir, ensemble=params.ensemble)
     lams: list[float] = []
     gradient_s = 0.0
-    with _quiet_offline_hf(), deterministic_torch(params.seed, params.threads):
+    with quiet_offline_hf(), deterministic_torch(params.seed, params.threads):
         tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
         model = load_lora_model(base_dir, adapter_dir)
         names = ckpt.add_checkpoint_adapters(model, adapter_dir, "default", checkpoints)
@@ -365,7 +364,7 @@ def _build_into(
         sketch = CountSketch(tensors, params.dim, params.seed)  # one sketch: same tensors
         tokens = record_tokens(tokenizer, [doc for _, doc in records], params.max_tokens)
         psi = np.zeros((len(checkpoints), len(records), params.dim), dtype=np.float32)
-        with _Progress(progress) as bars:
+        with ProgressBars(progress) as bars:
             tick = bars.stage("influence gradients", len(records) * len(checkpoints))
             for k, name in enumerate(names):
                 model.set_adapter(name)
@@ -399,7 +398,7 @@ def _build_into(
         ],
         "tensors": tensors,
         "record_ids": [rid for rid, _ in records],
-        "adapter_weights_sha256": _sha256_file(adapter_dir / ADAPTER_WEIGHTS),
+        "adapter_weights_sha256": sha256_file(adapter_dir / ADAPTER_WEIGHTS),
         "gradient_seconds": round(gradient_s, 2),
         "build_seconds": round(time.perf_counter() - t0, 2),
     }

@@ -33,7 +33,6 @@ from attribution.influence.api import (
     UnknownAdapter,
 )
 from attribution.influence.gradients import (
-    ADAPTER_WEIGHTS,
     InfluenceIndex,
     find_index,
     lora_linears,
@@ -42,6 +41,7 @@ from attribution.influence.gradients import (
     sketch_for,
 )
 from attribution.influence.projection import CountSketch
+from factory.layout import ADAPTER_WEIGHTS, sha256_file
 
 
 @dataclass
@@ -85,17 +85,15 @@ class GradientInfluence:
         from peft import PeftModel
         from transformers import AutoTokenizer, LlamaForCausalLM
 
-        from attribution.influence.gradients import _sha256_file
-
         adapter_dir = Path(adapter_dir).absolute()
         index = InfluenceIndex.open(find_index(adapter_dir))
-        if not (adapter_dir / ADAPTER_WEIGHTS).is_file() or _sha256_file(
+        if not (adapter_dir / ADAPTER_WEIGHTS).is_file() or sha256_file(
             adapter_dir / ADAPTER_WEIGHTS
         ) != index.header.get("adapter_weights_sha256"):
             raise NoInfluenceIndex(f"{index.path} was built for other weights than {adapter_dir}")
-        from factory.build import _quiet_offline_hf
+        from factory.progress import quiet_offline_hf
 
-        with self._lock, _quiet_offline_hf():
+        with self._lock, quiet_offline_hf():
             self.forget(adapter)
             self._names += 1
             peft_name = f"influence{self._names}"
