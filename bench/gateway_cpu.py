@@ -47,24 +47,9 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from gateway_overhead import (
-    BENCH,
-    ROOT,
-    VENV_BIN,
-    Endpoint,
-    Layout,
-    Proc,
-    Stack,
-    chat_body,
-    console,
-    free_port,
-    http_post,
-    md_table,
-    pct,
-    rich_table,
-    run_round,
-    wait_http,
-)
+from _loadgen import Endpoint, chat_body, pct, run_round
+from _report import console, md_table, rich_table
+from _stack import BENCH, ROOT, VENV_BIN, Layout, Proc, Stack, free_port, http_post, wait_http
 
 CONFIGS: dict[str, dict[str, str]] = {
     "default": {},

@@ -33,7 +33,9 @@ from typing import Any
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import Proc, ensure_database, free_port, machine_info, md_table, pct
+from _loadgen import pct
+from _report import machine_info, md_table
+from _stack import Proc, ensure_database, free_port
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent

@@ -26,7 +26,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from metering.ledger.apportion import largest_remainder
+from metering.apportion import largest_remainder
 
 PPM = 1_000_000
 

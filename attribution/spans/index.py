@@ -35,16 +35,14 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from attribution.spans._load import LOAD_MODES, default_load, load_array
 from attribution.spans._search import build_gram_filter, longest_matches
-
-if TYPE_CHECKING:
-    from attribution.spans.trace import Span, TokenIds, TraceParams
+from attribution.spans.trace import Span, TokenIds, TraceParams, trace
 
 FORMAT_VERSION = 1
 HEADER = "header.json"
@@ -360,6 +358,4 @@ class SpanIndex:
 
     def trace(self, output_token_ids: TokenIds, params: TraceParams | None = None) -> list[Span]:
         """Maximal rare verbatim spans of the output; see `attribution.spans.trace`."""
-        from attribution.spans.trace import TraceParams, trace
-
         return trace(self, output_token_ids, params or TraceParams())

@@ -15,6 +15,9 @@ and at most `max(min_spans, ceil(spans_per_token * len(output)))` spans are retu
 by the lowest unigram log-probability of their tokens (long spans of rare tokens first, as
 OLMoTrace ranks them; ties by earlier start), then listed by start offset. Each span names the
 records it occurs in (ascending record id) and their contributors.
+
+Imports go one way: `index` (the opened index, whose `SpanIndex.trace` calls `trace`) imports
+this module; tracing sees an index only through `SearchableIndex`, what it reads of one.
 """
 
 from __future__ import annotations
@@ -22,14 +25,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from attribution.spans._search import select_spans
 
-if TYPE_CHECKING:
-    from attribution.spans.index import SpanIndex
+
+class SearchableIndex(Protocol):
+    """What tracing reads of an opened index (`attribution.spans.index.SpanIndex`): its length
+    in tokens (separators excluded), its arrays, and the longest match of every output start."""
+
+    sa: NDArray[Any]
+    first_bounds: NDArray[Any]
+    record_starts: NDArray[Any]
+    record_ids: NDArray[Any]
+    contributor_ids: NDArray[Any]
+
+    def __len__(self) -> int: ...
+
+    def longest_matches(
+        self, query: NDArray[np.int64], min_tokens: int
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]: ...
 
 
 @dataclass(frozen=True)
@@ -94,17 +112,17 @@ def as_query(output_token_ids: TokenIds) -> np.ndarray[Any, np.dtype[np.int64]]:
     return arr.astype(np.int64, copy=False)
 
 
-def trace(index: SpanIndex, output_token_ids: TokenIds, params: TraceParams) -> list[Span]:
+def trace(index: SearchableIndex, output_token_ids: TokenIds, params: TraceParams) -> list[Span]:
     query = as_query(output_token_ids)
     n = query.size
-    if n == 0 or index.header.token_count == 0:
+    if n == 0 or len(index) == 0:
         return []
     ends, los, his = index.longest_matches(query, params.min_tokens)
     return spans_from_matches(index, query, ends, los, his, params)
 
 
 def spans_from_matches(
-    index: SpanIndex,
+    index: SearchableIndex,
     query: np.ndarray[Any, np.dtype[np.int64]],
     ends: np.ndarray[Any, np.dtype[np.int64]],
     los: np.ndarray[Any, np.dtype[np.int64]],
@@ -123,7 +141,7 @@ def spans_from_matches(
         index.record_starts,
         index.record_ids,
         index.contributor_ids,
-        float(max(index.header.token_count, 1)),
+        float(max(len(index), 1)),
         params.min_tokens,
         params.max_occurrences,
         params.max_records,
@@ -150,7 +168,7 @@ def spans_from_matches(
     ]
 
 
-def warm_up(index: SpanIndex) -> None:
+def warm_up(index: SearchableIndex) -> None:
     """Compile (or load from numba's cache) the search and selection kernels for this index's
     dtypes, so the first response does not pay for it (loading them from the cache alone
     takes milliseconds: the p99 of the first traces after an open)."""

@@ -26,9 +26,9 @@ from metering.ledger.book import (
     post_entries,
     system_payees,
 )
+from metering.ledger.record_penalties import withhold_in_split
 from metering.ledger.sources import AdapterDirectory, AdapterInfo
 from metering.ledger.split_batch import group_parties
-from metering.payouts.record_penalties import withhold_in_split
 from metering.pg import driver
 from metering.pricing import SplitPolicy, split_event
 
@@ -55,6 +55,14 @@ class AdjustmentError(LookupError):
     pass
 
 
+class EventNotPosted(AdjustmentError):
+    """The event is not in the ledger yet: adjust it after it posts."""
+
+
+class MonthClosed(AdjustmentError):
+    """The event's month is closed: its statements are final."""
+
+
 async def reattribute(
     engine: AsyncEngine, adapters: AdapterDirectory, event_id: str, weights: Mapping[int, int]
 ) -> int | None:
@@ -66,11 +74,11 @@ async def reattribute(
         await conn.execute(LOCK_SHARED, CLOSE_LOCK_KEY)
         posting = await conn.fetchrow(SELECT_POSTING, event_id)
         if posting is None:
-            raise AdjustmentError(f"event {event_id!r} is not posted")
+            raise EventNotPosted(f"event {event_id!r} is not posted")
         closed = await _closed(conn)
         if posting["month"] in closed:
             # Influence runs before the close; after it, the month's statements are final.
-            raise AdjustmentError(f"event {event_id!r} belongs to a closed month")
+            raise MonthClosed(f"event {event_id!r} belongs to a closed month")
         adapter = posting["adapter"]
         info = await adapters.adapter(adapter) if adapter else None
         if info is None:

@@ -54,9 +54,9 @@ from metering.ledger.book import (
     post_entries,
     system_payees,
 )
+from metering.ledger.record_penalties import withhold_in_batch
 from metering.ledger.sources import AdapterDirectory, AttributionSource, NoAttribution
 from metering.ledger.split_batch import compute_postings
-from metering.payouts.record_penalties import withhold_in_batch
 from metering.pg import driver
 from metering.usage.record import USAGE_COLUMNS, UsageRecord
 from metering.usage.store import dead_letter_payload, decode_dead_letter

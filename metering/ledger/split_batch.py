@@ -1,5 +1,5 @@
 """A whole batch of events priced and split at once (numpy), identical to the per-event
-reference (`metering.pricing.split_event`, `metering.ledger.apportion.largest_remainder`), which
+reference (`metering.pricing.split_event`, `metering.apportion.largest_remainder`), which
 tests compare it with.
 
 Events are grouped by what their split depends on besides the charge: the policy version and
@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from metering.ledger.apportion import h64
+from metering.apportion import h64
 from metering.ledger.book import open_month_for
 from metering.ledger.sources import AdapterInfo
 from metering.money import month_start
