@@ -18,6 +18,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core.accounts import UPSERT_ACCOUNT
+
 SCOPES = frozenset({"inference", "contributor", "curator", "admin"})
 KEY_PREFIX = "rk-"
 
@@ -65,14 +67,7 @@ class KeyStore(Protocol):
     async def revoke(self, key_id: int) -> bool: ...
 
 
-# --- named SQL (gateway owns `accounts` and `api_keys`) ------------------------------------
-UPSERT_ACCOUNT = text(
-    """
-    INSERT INTO accounts (name) VALUES (:name)
-    ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-    RETURNING id
-    """
-)
+# --- named SQL (gateway owns `api_keys`; `accounts` is core's, `core.accounts`) ------------
 INSERT_KEY = text(
     """
     INSERT INTO api_keys (account_id, key_sha256, prefix, scopes, rpm_limit, tpm_limit)

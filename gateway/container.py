@@ -6,20 +6,20 @@ from dataclasses import dataclass
 
 from attribution.lineage import LineageService
 from attribution.service import DatanetService
-from factory.build import DemoModels
+from attribution.training_jobs import TrainingJobs
 from gateway.auth import Authenticator
+from gateway.config import HttpSettings
 from gateway.dashboard_sessions import DashboardSessions
 from gateway.inference import InferenceService
 from metering.service import MeteringService
 from metering.usage.queries import UsageQueries
-from royalty.settings import Settings
 from serving.pool import EnginePool
 from serving.registry import ModelRegistry
 
 
 @dataclass
 class Services:
-    settings: Settings
+    settings: HttpSettings
     auth: Authenticator
     registry: ModelRegistry
     pool: EnginePool
@@ -28,7 +28,8 @@ class Services:
     metering: MeteringService | None = None
     lineage: LineageService | None = None
     usage_queries: UsageQueries | None = None
-    factory_base: DemoModels | None = None
-    """The served base model's build, for training adapters in this process (admin API)."""
+    training_jobs: TrainingJobs | None = None
+    """The adapter training queue (admin API); None: this gateway cannot train adapters (its
+    base model is not a model factory build)."""
     dashboard_sessions: DashboardSessions | None = None
     """Dashboard sign-in sessions (Postgres under `royalty up`); None: in memory, one process."""

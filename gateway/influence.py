@@ -50,8 +50,6 @@ from gateway.inference import CompletedResponse
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-    from royalty.settings import Settings
-
 log = logging.getLogger(__name__)
 
 JOBS_DROPPED = Counter(
@@ -72,9 +70,10 @@ JOBS_BUFFERED = Gauge(
 )
 
 
-def influence_queue(engine: AsyncEngine, settings: Settings) -> PostgresInfluenceQueue:
-    """The queue as configured (text retention from the settings)."""
-    return PostgresInfluenceQueue(engine, QueuePolicy(retention_s=settings.influence_retention_s))
+def influence_queue(engine: AsyncEngine, retention_s: float = 0.0) -> PostgresInfluenceQueue:
+    """The queue as configured: text kept `retention_s` after a job finishes
+    (`ROYALTY_INFLUENCE_RETENTION_S`)."""
+    return PostgresInfluenceQueue(engine, QueuePolicy(retention_s=retention_s))
 
 
 class InfluenceEnqueuer:

@@ -21,11 +21,11 @@ from attribution.errors import NotFound
 from attribution.lineage import LineageService
 from attribution.records import QualityPolicy
 from attribution.service import DatanetService
+from core.accounts import account_id
 from factory.adapters import AdapterRecipe
 from factory.build import DemoModels, FactoryConfig, demo_contributions
 from factory.corpus import DOMAIN_PROMPTS, DOMAINS
-from royalty.admin import account_id
-from royalty.factory_jobs import train_on_snapshot
+from royalty.training import train_on_snapshot
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from attribution.lineage import LineageService
 from attribution.responses import ResponseAttributor
 from attribution.service import DatanetService
+from attribution.training_jobs import PostgresTrainingJobs
 from core.deadletters import PostgresDeadLetterStore
 from factory.build import DemoModels, ManifestError, load_manifest
 from gateway.auth import Authenticator, PostgresKeyStore
@@ -44,8 +45,8 @@ from metering.usage.queries import UsageQueries
 from metering.usage.recorder import UsageRecorder
 from metering.usage.shipper import UsageShipper
 from metering.usage.store import PostgresUsageStore
+from royalty.adapter_sync import AdapterSync
 from royalty.db import create_engine, migrate, resolve_database_url
-from royalty.factory_jobs import AdapterSync
 from royalty.settings import Settings
 from serving.engine import VLLMHttpEngine
 from serving.engine_guard import KILL_WAIT_S, set_parent_death_signal
@@ -59,8 +60,8 @@ log = logging.getLogger(__name__)
 
 def demo_models_dir(settings: Settings, *, progress: bool = True) -> Path:
     """The model tree to serve: the configured one, or the demo models (built once)."""
-    if settings.models_dir is not None:
-        return settings.models_dir
+    if settings.models.dir is not None:
+        return settings.models.dir
     from factory import build_demo_models
 
     return build_demo_models(settings.data_dir / "models", progress=progress).root
@@ -84,17 +85,19 @@ class Runtime:
     influence: InfluenceEnqueuer | None = None
     influence_worker: asyncio.subprocess.Process | None = None
     """The influence worker (`royalty influence worker`), a child process like the poster."""
+    training_worker: asyncio.subprocess.Process | None = None
+    """The adapter training worker (`royalty training worker`): torch never runs in here."""
     redis_counters: RedisCounters | None = None
 
     async def start(self, *, models_dir: Path | None = None) -> Services:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
-        url = resolve_database_url(s.database_url, s.data_dir)
+        url = resolve_database_url(s.database.url, s.data_dir)
         self.db = create_engine(url)
         await migrate(self.db)
 
         self.usage_log = await UsageLog.open(
-            s.resolved_usage_log_dir, min_free_bytes=s.usage_log_min_free_mb << 20
+            s.resolved_usage_log_dir, min_free_bytes=s.usage.log_min_free_mb << 20
         )
         usage_store = PostgresUsageStore(self.db)
         # Records the log refuses (full disk, failed fsync) go straight to Postgres.
@@ -102,14 +105,14 @@ class Runtime:
         self.shipper = UsageShipper(
             self.usage_log,
             usage_store,
-            batch_size=s.ship_batch_size,
-            interval_s=s.ship_interval_s,
+            batch_size=s.usage.ship_batch_size,
+            interval_s=s.usage.ship_interval_s,
             dead_letters=PostgresDeadLetterStore(self.db),
         )
         self.shipper.start()
 
         tree = self.models_dir = models_dir or demo_models_dir(s)
-        registry = ModelRegistry.from_manifest(tree, s.base_model)
+        registry = ModelRegistry.from_manifest(tree, s.models.base_model)
         base = registry.bases[0]
         # A model factory build (the demo models, or one made like them) can train adapters
         # and carries its weights hash; any other tree (a real base model with a hand-written
@@ -118,15 +121,17 @@ class Runtime:
             built: DemoModels | None = load_manifest(tree, verify=False)
         except ManifestError:
             built = None
-        demo = s.demo_datanets
+        demo = s.demo.datanets
         if demo is None:  # by default, the demo world comes with the demo models
-            demo = models_dir is None and s.models_dir is None
+            demo = models_dir is None and s.models.dir is None
         if demo:
             if built is None:
                 raise ValueError(f"{tree} is not a model factory build: no demo world on it")
             from royalty.demo import ensure_demo_world
 
-            await ensure_demo_world(self.db, built, s.resolved_adapters_dir, progress=s.progress)
+            await ensure_demo_world(
+                self.db, built, s.resolved_adapters_dir, progress=s.demo.progress
+            )
         lineage = LineageService(self.db)
         tokenizer = Path(base.path) / "tokenizer.json"
         attributor = ResponseAttributor(tokenizer) if tokenizer.is_file() else None
@@ -139,14 +144,14 @@ class Runtime:
         )
         await self.adapter_sync.sync_once()
         self.adapter_sync.start()
-        if s.routing not in ROUTINGS:
+        if s.engines.routing not in ROUTINGS:
             raise ValueError(f"ROYALTY_ROUTING must be one of {', '.join(ROUTINGS)}")
         pool = EnginePool(
             self._engines(base.name, base.path),
-            routing=s.routing,
-            spill_at=s.spill_at,
+            routing=s.engines.routing,
+            spill_at=s.engines.spill_at,
         )
-        if s.engine_urls:
+        if s.engines.urls:
             pool.start_health_checks()
         else:
             for sup in self.supervisors:
@@ -155,9 +160,10 @@ class Runtime:
         self.sampler = MetricsSampler(pool, self.usage_log)
         self.sampler.start()
 
-        if s.influence:
+        if s.influence.enabled:
             self.influence = InfluenceEnqueuer(
-                influence_queue(self.db, s), dead_letters=PostgresDeadLetterStore(self.db)
+                influence_queue(self.db, s.influence.retention_s),
+                dead_letters=PostgresDeadLetterStore(self.db),
             )
             self.influence.start()
         inference = InferenceService(
@@ -165,32 +171,39 @@ class Runtime:
             pool,
             self._limiter(),
             self.recorder,
-            default_rpm=s.default_rpm,
-            default_tpm=s.default_tpm,
+            default_rpm=s.limits.default_rpm,
+            default_tpm=s.limits.default_tpm,
             attributor=attributor.attribute if attributor is not None else None,
-            max_tokens_cap=s.max_tokens_cap,
-            digest_key=s.prompt_digest_key.encode(),
+            max_tokens_cap=s.http.max_tokens_cap,
+            digest_key=s.usage.prompt_digest_key.encode(),
             budget=BudgetGate(
-                PostgresBudgets(self.db, hold_s=s.budget_hold_s),
+                PostgresBudgets(self.db, hold_s=s.budgets.hold_s),
                 PostgresCatalog(self.db),
                 # an external engine's context length is its own: no cap known here
-                context_len=None if s.engine_urls else s.max_model_len,
+                context_len=None if s.engines.urls else s.engines.max_model_len,
             )
-            if s.budgets
+            if s.budgets.enabled
             else None,
             observers=(self.influence,) if self.influence is not None else (),
         )
-        if s.post_usage:
+        if s.usage.post:
             self.poster = await _start_ledger_worker(url, s.data_dir / "logs" / "ledger-worker.log")
-        if s.influence and s.influence_worker:
+        if s.influence.enabled and s.influence.worker:
             self.influence_worker = await _start_child(
                 ["influence", "worker", "--models-dir", str(tree)],
                 s.data_dir / "logs" / "influence-worker.log",
                 database_url=url,
             )
+        if built is not None and s.models.training_worker:
+            adapters = str(s.resolved_adapters_dir)
+            self.training_worker = await _start_child(
+                ["training", "worker", "--models-dir", str(tree), "--adapters-dir", adapters],
+                s.data_dir / "logs" / "training-worker.log",
+                database_url=url,
+            )
         self.services = Services(
-            settings=s,
-            auth=Authenticator(PostgresKeyStore(self.db), ttl_s=s.key_cache_ttl_s),
+            settings=s.http,
+            auth=Authenticator(PostgresKeyStore(self.db), ttl_s=s.http.key_cache_ttl_s),
             registry=registry,
             pool=pool,
             inference=inference,
@@ -198,40 +211,44 @@ class Runtime:
             lineage=lineage,
             usage_queries=UsageQueries(self.db),
             metering=MeteringService(self.db),
-            factory_base=built,
+            training_jobs=PostgresTrainingJobs(self.db) if built is not None else None,
             dashboard_sessions=PostgresDashboardSessions(self.db),
         )
         return self.services
 
     def _limiter(self) -> Limiter:
         s = self.settings
-        if not s.shared_limits:
+        if not s.limits.shared:
             return RateLimiter()
-        if s.redis_url:
-            self.redis_counters = RedisCounters.from_url(s.redis_url)
+        if s.limits.redis_url:
+            self.redis_counters = RedisCounters.from_url(s.limits.redis_url)
             return SharedRateLimiter(self.redis_counters)
         assert self.db is not None
         return SharedRateLimiter(PostgresCounters(self.db))
 
     def _engines(self, base_name: str, base_path: str) -> list[EngineHandle]:
         s = self.settings
-        if s.engine_urls:
-            clients = [VLLMHttpEngine(u, timeout_s=s.engine_timeout_s) for u in s.engine_urls]
+        if s.engines.urls:
+            clients = [VLLMHttpEngine(u, timeout_s=s.engines.timeout_s) for u in s.engines.urls]
             return [
-                EngineHandle(c, AdapterPlacement(c, s.max_loras, wait_s=s.adapter_slot_wait_s))
+                EngineHandle(
+                    c,
+                    AdapterPlacement(c, s.engines.max_loras, wait_s=s.engines.adapter_slot_wait_s),
+                )
                 for c in clients
             ]
         spec = VLLMServerSpec(
             model_path=base_path,
             served_name=base_name,
-            port=s.engine_port,
-            max_loras=s.max_loras,
-            max_lora_rank=s.max_lora_rank,
-            max_model_len=s.max_model_len,
+            port=s.engines.port,
+            max_loras=s.engines.max_loras,
+            max_lora_rank=s.engines.max_lora_rank,
+            max_model_len=s.engines.max_model_len,
         )
-        client = VLLMHttpEngine(spec.url, name=f"local:{spec.port}", timeout_s=s.engine_timeout_s)
+        client = VLLMHttpEngine(spec.url, name=f"local:{spec.port}", timeout_s=s.engines.timeout_s)
         handle = EngineHandle(
-            client, AdapterPlacement(client, s.max_loras, wait_s=s.adapter_slot_wait_s)
+            client,
+            AdapterPlacement(client, s.engines.max_loras, wait_s=s.engines.adapter_slot_wait_s),
         )
         self.supervisors.append(
             EngineSupervisor(
@@ -261,6 +278,8 @@ class Runtime:
             await self.sampler.stop()
         if self.influence_worker is not None:  # its job in flight is redone after the lease
             await _stop_process(self.influence_worker)
+        if self.training_worker is not None:  # its job in flight is given back to the queue
+            await _stop_process(self.training_worker)
         if self.services is not None:
             await self.services.inference.drain()
         if self.recorder is not None:  # records held in memory: a last try into log or store

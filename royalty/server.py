@@ -43,31 +43,31 @@ def mints_demo_key(settings: Settings) -> bool:
     """Whether `royalty up` creates the demo key and demo credit: only for the demo models
     (no model tree of the operator's) on the engine it supervises itself (no external engines),
     and only when not switched off."""
-    return settings.demo_key and settings.models_dir is None and not settings.engine_urls
+    return settings.demo.key and settings.models.dir is None and not settings.engines.urls
 
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
-    """uvicorn believes `X-Forwarded-Proto`/`-For` only from `settings.trusted_proxies` (none by
-    default): the scheme the dashboard's `Secure` cookie flag follows is the connection's own,
-    or what a trusted TLS proxy says, never what any client claims."""
+    """uvicorn believes `X-Forwarded-Proto`/`-For` only from `settings.http.trusted_proxies`
+    (none by default): the scheme the dashboard's `Secure` cookie flag follows is the
+    connection's own, or what a trusted TLS proxy says, never what any client claims."""
     return uvicorn.Config(
         app,
-        host=settings.host,
-        port=settings.port,
+        host=settings.http.host,
+        port=settings.http.port,
         lifespan="on",
         access_log=False,
         log_level="warning",
         http="httptools",
         timeout_graceful_shutdown=30,
-        proxy_headers=bool(settings.trusted_proxies),
-        forwarded_allow_ips=list(settings.trusted_proxies) or None,
+        proxy_headers=bool(settings.http.trusted_proxies),
+        forwarded_allow_ips=list(settings.http.trusted_proxies) or None,
     )
 
 
 async def serve(settings: Settings, *, demo_key: bool = True) -> None:
     """`demo_key=False` (`--no-demo-key`) switches the demo key off like ROYALTY_DEMO_KEY=0."""
     if not demo_key:
-        settings = settings.with_(demo_key=False)
+        settings = settings.with_(demo={"key": False})
     runtime = Runtime(settings)
     services = await runtime.start()
     app = create_app(services, on_shutdown=[runtime.stop])
@@ -82,7 +82,7 @@ async def serve(settings: Settings, *, demo_key: bool = True) -> None:
 async def _banner(runtime: Runtime, settings: Settings) -> None:
     await runtime.wait_ready(timeout_s=900)
     assert runtime.services is not None and runtime.db is not None
-    base = f"http://{settings.host}:{settings.port}/v1"
+    base = f"http://{settings.http.host}:{settings.http.port}/v1"
     models = [m.name for m in runtime.services.registry.bases] + [
         a.name for a in runtime.services.registry.adapters
     ]

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from pg import (
+from support.pg import (
     DEFAULT_TEST_DATABASE_URL,
     PrivatePostgres,
     create_database,

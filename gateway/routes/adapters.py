@@ -5,16 +5,14 @@ Reading lineage needs a valid key of any scope: it is the public part of the tra
 counts, the snapshot root, never record content). A record's content hash is shown only to
 whoever may read the record (its contributor, the datanet's curators, an admin): an unsalted
 hash of a short record would let anyone confirm a guessed text (`attribution.lineage`).
-Training is admin-only and runs as a background job in this gateway process; the new adapter
-is served once registered.
+Training is admin-only: the gateway validates the request and queues a job in Postgres
+(`attribution.training_jobs`); a training worker process trains and registers the adapter, and
+every gateway serves it once registered (`AdapterSync`) and reads the job from the queue.
 """
 
 from __future__ import annotations
 
-import asyncio
 import re
-import secrets
-import time
 from typing import Any
 
 import msgspec
@@ -23,12 +21,13 @@ from litestar.params import FromPath
 
 from attribution.datanets import is_datanet_name
 from attribution.lineage import LineageService, RegisteredAdapter
+from attribution.training_jobs import KeyReused, TrainingJob, TrainingRequest, is_job_id
 from gateway.errors import BadRequest, NotFound, ServiceUnavailable
 from gateway.protocol.common import check_model_name, decode_request
 from gateway.routes.common import JSON, authorize, read_body, services_of
 from gateway.routes.datanets import ANY_KEY, _authorize_any
+from gateway.routes.metering import IDEMPOTENCY_HEADER, IdempotencyKeyReused, idempotency_key
 
-_JOBS_KEY = "royalty.factory_jobs"
 _MAX_PAGE = 10_000
 
 
@@ -133,21 +132,37 @@ async def my_adapters(request: Request) -> Response[bytes]:
 
 
 # --- admin: training jobs --------------------------------------------------------------------
-def _jobs(request: Request) -> dict[str, dict[str, Any]]:
-    state = request.app.state
-    if _JOBS_KEY not in state:
-        state[_JOBS_KEY] = {}
-    jobs: dict[str, dict[str, Any]] = state[_JOBS_KEY]
-    return jobs
+def job_json(job: TrainingJob) -> dict[str, Any]:
+    """A training job as the API shows it: `status` is queued, running, succeeded or failed;
+    `loss` once a step ran, `result` (the adapter) on success, `error` on failure."""
+    out: dict[str, Any] = {
+        "id": job.id,
+        "object": "adapter.training_job",
+        "adapter": job.request.adapter,
+        "datanet": job.request.datanet,
+        "status": job.state,
+        "step": job.step,
+        "created": int(job.created_at.timestamp()),
+    }
+    if job.loss is not None:
+        out["loss"] = round(job.loss, 4)
+    if job.result is not None:
+        out["result"] = adapter_json(job.result)
+    if job.state == "failed":
+        out["error"] = {"message": job.error, "type": job.error_type}
+    return out
 
 
 @post("/v1/adapters")
 async def train_adapter(request: Request) -> Response[bytes]:
-    """Start training an adapter on a snapshot (admin). 202 with a job to poll."""
+    """Queue training an adapter on a snapshot (admin): 202 with a job to poll, which a
+    training worker (`royalty training worker`) runs. With an `Idempotency-Key` header a
+    retried request gets the same job (`Idempotent-Replayed: true`)."""
     await authorize(request, "admin")
     services = services_of(request)
-    if services.datanets is None or services.lineage is None or services.factory_base is None:
+    if services.datanets is None or services.training_jobs is None:
         raise ServiceUnavailable("The model factory is not available on this gateway.")
+    idem = idempotency_key(request)
     body = decode_request(await read_body(request), TrainAdapterRequest)
     if body.steps is not None and not 1 <= body.steps <= 100_000:
         raise BadRequest("'steps' must be from 1 to 100000.", param="steps")
@@ -162,72 +177,34 @@ async def train_adapter(request: Request) -> Response[bytes]:
     if not is_datanet_name(body.datanet):
         raise NotFound(f"No datanet named {body.datanet[:80]!r}.")
     await services.datanets.get_datanet_by_name(body.datanet)  # 404 when there is none
-    job_id = "ftjob-" + secrets.token_hex(8)
-    job: dict[str, Any] = {
-        "id": job_id,
-        "object": "adapter.training_job",
-        "adapter": body.name,
-        "datanet": body.datanet,
-        "status": "running",
-        "step": 0,
-        "created": int(time.time()),
-    }
-    _jobs(request)[job_id] = job
-    task = asyncio.create_task(_run_job(request, job, body), name=job_id)
-    job["_task"] = task
-    return _ok(_public(job), status=202)
-
-
-async def _run_job(request: Request, job: dict[str, Any], body: TrainAdapterRequest) -> None:
-    import dataclasses
-
-    from factory.adapters import AdapterRecipe
-    from royalty.admin import account_id
-    from royalty.factory_jobs import train_on_snapshot
-
-    services = services_of(request)
-    assert services.datanets and services.lineage and services.factory_base
-    recipe = AdapterRecipe()
-    if body.steps is not None:
-        recipe = dataclasses.replace(
-            recipe, train=dataclasses.replace(recipe.train, steps=body.steps)
-        )
-
-    def on_step(done: int, loss: float) -> None:
-        job["step"], job["loss"] = done, round(loss, 4)
-
+    wanted = TrainingRequest(
+        datanet=body.datanet, adapter=body.name, owner=body.owner, snapshot_id=body.snapshot,
+        steps=body.steps, replace=body.replace,
+    )  # fmt: skip
     try:
-        owner = await account_id(services.lineage.engine, body.owner)
-        trained = await train_on_snapshot(
-            services.datanets,
-            services.lineage,
-            services.factory_base,
-            services.settings.resolved_adapters_dir,
-            datanet=body.datanet,
-            name=body.name,
-            owner_account_id=owner,
-            snapshot_id=body.snapshot,
-            recipe=recipe,
-            replace=body.replace,
-            progress=False,
-            on_step=on_step,
-        )
-        job.update(status="succeeded", result=adapter_json(trained.adapter))
-    except Exception as e:  # reported on the job; the gateway keeps serving
-        job.update(status="failed", error={"message": str(e), "type": type(e).__name__})
-
-
-def _public(job: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in job.items() if not k.startswith("_")}
+        queued = await services.training_jobs.enqueue(wanted, idempotency_key=idem)
+    except KeyReused:
+        raise IdempotencyKeyReused(
+            f"This {IDEMPOTENCY_HEADER} was already used with a different request; "
+            "use a new key for a new training job.",
+            param=IDEMPOTENCY_HEADER,
+        ) from None
+    headers = {"Idempotent-Replayed": "true"} if queued.replayed else {}
+    return Response(
+        msgspec.json.encode(job_json(queued.job)), status_code=202, media_type=JSON,
+        headers=headers,
+    )  # fmt: skip
 
 
 @get("/v1/adapters/jobs/{job_id:str}")
 async def get_training_job(request: Request, job_id: FromPath[str]) -> Response[bytes]:
+    """A training job, from the queue: any gateway answers for any job."""
     await authorize(request, "admin")
-    job = _jobs(request).get(job_id)
+    jobs = services_of(request).training_jobs
+    job = await jobs.get(job_id) if jobs is not None and is_job_id(job_id) else None
     if job is None:
-        raise NotFound(f"No training job {job_id!r}.")
-    return _ok(_public(job))
+        raise NotFound(f"No training job {job_id[:80]!r}.")
+    return _ok(job_json(job))
 
 
 ROUTES = [

@@ -25,6 +25,7 @@ import unicodedata
 import msgspec
 from litestar import Request, Response, get, post
 
+from core.accounts import account_id, existing_account_id
 from gateway.auth import KeyInfo
 from gateway.errors import ApiError, BadRequest, Forbidden, NotFound, ServiceUnavailable
 from gateway.protocol.common import check_model_name, decode_request
@@ -158,8 +159,6 @@ async def add_credits(request: Request) -> Response[bytes]:
     req = decode_request(await read_body(request), TopUpRequest)
     micros = _credits(req.amount, "amount")
     name = _account_name(req.account)
-    from royalty.admin import account_id, existing_account_id  # the gateway owns `accounts`
-
     service = _metering(request)
     if req.create:
         who = await account_id(service.engine, name)

@@ -1,9 +1,9 @@
 """`royalty deadletters list|show|replay|discard`: what no store would take, for operators.
 
-Thin: parses arguments, opens the database, calls the owning packages' APIs (`core.deadletters`
-for the store; `metering.usage.store`, `metering.ledger.posting` and `gateway.influence` to put an
-item back on its queue). Registered in `royalty/cli/main.py`. Lists print one JSON object a line;
-`show` prints one JSON object with the decoded payload.
+Thin: parses arguments, opens the database, reads the store (`core.deadletters`); a replay or
+a discard goes through `royalty.admin`, which hands the item to the package that owns its
+queue. Lists print one JSON object a line; `show` prints one JSON object with the decoded
+payload.
 """
 
 from __future__ import annotations
@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from royalty.cli.options import DataDir, DbUrl, err, migrated_engine, settings_for
+from royalty.cli.options import (
+    DataDir,
+    DbUrl,
+    err,
+    run_with_engine,
+    run_with_settings,
+    settings_for,
+)
 
 if TYPE_CHECKING:
     from core.deadletters import DeadLetter
@@ -70,16 +77,6 @@ def _decoded(payload: bytes) -> Any:
         return {"base64": base64.b64encode(payload).decode()}
 
 
-def _run(data_dir: Any, database_url: Any, fn: Any) -> Any:
-    import asyncio
-
-    async def go() -> Any:
-        async with migrated_engine(settings_for(data_dir, database_url)) as engine:
-            return await fn(engine)
-
-    return asyncio.run(go())
-
-
 @deadletters_app.command("list")
 def deadletters_list(
     queue: Annotated[
@@ -105,7 +102,7 @@ def deadletters_list(
         store = PostgresDeadLetterStore(engine)
         return list(await store.list(queue=queue, state=state, limit=limit, after_id=after))
 
-    for letter in _run(data_dir, database_url, go):
+    for letter in run_with_engine(data_dir, database_url, go):
         _out(_summary(letter))
 
 
@@ -119,7 +116,7 @@ def deadletters_show(
     async def go(engine: Any) -> DeadLetter | None:
         return await PostgresDeadLetterStore(engine).get(letter_id)
 
-    letter = _run(data_dir, database_url, go)
+    letter = run_with_engine(data_dir, database_url, go)
     if letter is None:
         raise _fail(f"no dead letter {letter_id}")
     _out({**_summary(letter), "error": letter.error, "payload": _decoded(letter.payload)})
@@ -136,33 +133,14 @@ def deadletters_replay(
     text made storable; a model name that still cannot be stored becomes "<invalid>") and then
     posted; an influence job is queued again (text made storable); a posting event goes back
     on the posting queue. Exit 1 if it is not a dead letter or is still refused."""
-    from core.deadletters import PostgresDeadLetterStore
     from core.sqlstate import DataRejected
+    from royalty.admin import replay_dead_letter
 
-    async def go(engine: Any) -> str:
-        store = PostgresDeadLetterStore(engine)
-        letter = await store.get(letter_id)
-        if letter is None or letter.state != "dead":
-            state = "no such letter" if letter is None else f"it is {letter.state}"
-            raise LookupError(f"dead letter {letter_id} cannot be replayed: {state}")
-        if letter.queue == "usage":
-            from metering.usage.store import replay_dead_letter
-
-            record = await replay_dead_letter(engine, letter_id, note)
-            return f"usage record {record.request_id} stored (model {record.model!r})"
-        if letter.queue == "posting":
-            from metering.ledger.posting import requeue_dead_letter
-
-            return f"usage event {await requeue_dead_letter(engine, letter_id, note)} queued"
-        from gateway.influence import influence_queue
-        from gateway.influence import replay_dead_letter as replay_job
-
-        queue = influence_queue(engine, settings_for(data_dir, database_url))
-        job = await replay_job(queue, store, letter_id, note)
-        return f"influence job {job.request_id} queued"
-
+    settings = settings_for(data_dir, database_url)
     try:
-        done = _run(data_dir, database_url, go)
+        done = run_with_settings(
+            settings, lambda e: replay_dead_letter(e, settings, letter_id, note)
+        )
     except (LookupError, ValueError, DataRejected) as e:
         raise _fail(str(e)) from None
     sys.stdout.write(f"replayed {letter_id}: {done}\n")
@@ -178,24 +156,15 @@ def deadletters_discard(
     """Give a dead item up for good, with the reason: a discarded posting event is never
     charged (its budget reservation is released); a discarded influence job's text is
     deleted. Exit 1 if it is not a dead letter."""
-    from core.deadletters import PostgresDeadLetterStore
+    from royalty.admin import discard_dead_letter
 
     if not reason.strip():
         raise _fail("--reason must say why", 2)
 
-    async def go(engine: Any) -> bool:
-        store = PostgresDeadLetterStore(engine)
-        letter = await store.get(letter_id)
-        if letter is not None and letter.state == "dead" and letter.queue == "posting":
-            from metering.ledger.posting import discard_dead_letter
-
-            await discard_dead_letter(engine, letter_id, reason)
-            return True
-        forget = letter is not None and letter.queue == "influence"
-        return await store.mark_discarded(letter_id, reason, forget_payload=forget) is not None
-
     try:
-        done = _run(data_dir, database_url, go)
+        done = run_with_engine(
+            data_dir, database_url, lambda e: discard_dead_letter(e, letter_id, reason)
+        )
     except LookupError as e:
         raise _fail(str(e)) from None
     if not done:

@@ -1,34 +1,20 @@
 """`royalty influence worker|status|run`: the gradient influence queue from the command line.
 
-Thin: parses arguments, opens the database, builds the worker (`royalty.workers.influence`)
+Thin: parses arguments, opens the database and runs the worker (`royalty.workers.influence`)
 over the real scorer (`attribution.influence.scorer.GradientInfluence` on the served base
-model) and runs it. `settle_month` is what `royalty payouts close` calls before a close.
-Registered in `royalty/cli/main.py`.
+model). The month close settles the month's jobs itself (`royalty.month_close`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import datetime as dt
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import Annotated
 
 import typer
 
 from gateway.influence import influence_queue
-from royalty.cli.options import DataDir, DbUrl, err, migrated_engine, settings_for
-
-if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
-
-    from attribution.influence.api import InfluenceScorer
-    from royalty.settings import Settings
-    from royalty.workers.influence import InfluenceWorker
-
-T = TypeVar("T")
+from royalty.cli.options import DataDir, DbUrl, err, run_with_settings, settings_for
 
 influence_app = typer.Typer(
     no_args_is_help=True, help="Gradient influence: the job queue and its worker."
@@ -38,71 +24,6 @@ ModelsDir = Annotated[
     Path | None,
     typer.Option(help="Model tree with manifest.json (its base model); default: the demo models."),
 ]
-
-
-def gradient_scorer(settings: Settings) -> InfluenceScorer:
-    """The real scorer over the served base model (the demo models unless configured)."""
-    from attribution.influence.scorer import GradientInfluence
-    from royalty.runtime import demo_models_dir
-    from serving.registry import ModelRegistry
-
-    tree = demo_models_dir(settings, progress=False)
-    base = ModelRegistry.from_manifest(tree, settings.base_model).bases[0]
-    return GradientInfluence(Path(base.path))
-
-
-def build_worker(
-    engine: AsyncEngine, settings: Settings, scorer: InfluenceScorer | None = None
-) -> InfluenceWorker:
-    from attribution.lineage import LineageService
-    from royalty.workers.influence import InfluenceWorker, ledger_adjuster
-
-    return InfluenceWorker(
-        influence_queue(engine, settings),
-        scorer if scorer is not None else gradient_scorer(settings),
-        LineageService(engine),
-        ledger_adjuster(engine),
-    )
-
-
-async def settle_month(
-    engine: AsyncEngine,
-    settings: Settings,
-    month: dt.date,
-    *,
-    skip: bool = False,
-    timeout_s: float = 300.0,
-    worker: InfluenceWorker | None = None,
-) -> str:
-    """Before `month` closes: run its queued influence jobs (and earlier months') to the end,
-    or with `skip` expire them. Returns what happened, one line for the operator. `worker`:
-    one built elsewhere (tests); by default the real scorer's, built only if jobs wait."""
-    queue = influence_queue(engine, settings)
-    waiting = (await queue.counts(month=month)).depth
-    label = month.strftime("%Y-%m")
-    if waiting == 0:
-        return f"influence: no jobs of {label} or earlier waiting"
-    if skip:
-        n = await queue.expire_month(month, f"month {label} closed with --skip-influence")
-        return f"influence: {n} jobs of {label} or earlier expired (--skip-influence)"
-    worker = worker or build_worker(engine, settings)
-    outcomes, left = await worker.settle(month, timeout_s=timeout_s)
-    done = ", ".join(f"{k}={v}" for k, v in sorted(outcomes.items())) or "nothing to do"
-    line = f"influence: {waiting} jobs of {label} or earlier: {done}"
-    if left:
-        line += (
-            f"; {left} left unfinished (their usage events are not posted yet, or the "
-            "timeout ran out): adjustments of events posted later go to a later month"
-        )
-    return line
-
-
-def _run_with_engine(settings: Settings, fn: Callable[[AsyncEngine], Awaitable[T]]) -> T:
-    async def go() -> T:
-        async with migrated_engine(settings) as engine:
-            return await fn(engine)
-
-    return asyncio.run(go())
 
 
 @influence_app.command("worker")
@@ -128,38 +49,31 @@ def influence_worker(
     process; run more anywhere: they share the queue with SKIP LOCKED and leases)."""
     import logging
     import os
-    import signal
+
+    from royalty.workers.influence import run_worker
 
     if nice > 0:
         # Scoring takes up to seconds of torch CPU per response; at full priority it competes
         # with the gateway's streams and a CPU engine on small machines.
         os.nice(min(nice, 19))
-
-    if metrics_port is not None:  # queue depth, scoring time (royalty_attribution_*)
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, metrics_host)
-
     logging.basicConfig(level="INFO", format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("alembic").setLevel("WARNING")
     settings = settings_for(data_dir, database_url, models_dir=models_dir)
-
-    async def run(engine: AsyncEngine) -> None:
-        worker = build_worker(engine, settings)
-        task = asyncio.ensure_future(worker.run(idle_s=idle))
-        # SIGTERM cancels: the job in flight keeps its lease until it runs out, then is redone.
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    _run_with_engine(settings, run)
+    run_with_settings(
+        settings,
+        lambda e: run_worker(
+            e, settings, idle_s=idle, metrics_port=metrics_port, metrics_host=metrics_host
+        ),
+    )
 
 
 @influence_app.command("status")
 def influence_status(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
     """Jobs by state and the age of the oldest queued one."""
     settings = settings_for(data_dir, database_url)
-    counts = _run_with_engine(settings, lambda e: influence_queue(e, settings).counts())
+    counts = run_with_settings(
+        settings, lambda e: influence_queue(e, settings.influence.retention_s).counts()
+    )
     states = " ".join(f"{s}={n}" for s, n in counts.by_state.items())
     age = "-" if counts.oldest_queued_s is None else f"{counts.oldest_queued_s:.1f}s"
     sys.stdout.write(f"{states} oldest_queued={age}\n")
@@ -180,22 +94,13 @@ def influence_run(
     database_url: DbUrl = None,
 ) -> None:
     """Process the queued influence jobs that are due now, then exit (for scripts)."""
+    from royalty.workers.influence import run_due_jobs
+
     settings = settings_for(data_dir, database_url, models_dir=models_dir)
-
-    async def go(engine: AsyncEngine) -> tuple[dict[str, int], int]:
-        queue = influence_queue(engine, settings)
-        if (await queue.counts()).depth == 0:
-            return {}, 0
-        worker = build_worker(engine, settings)
-        if until_empty:
-            far = dt.date(9999, 12, 1)
-            outcomes, left = await worker.settle(far, timeout_s=timeout)
-        else:
-            outcomes = await worker.run_due()
-            left = (await queue.counts()).depth
-        return dict(outcomes), left
-
-    outcomes, left = _run_with_engine(settings, go)
+    outcomes, left = run_with_settings(
+        settings,
+        lambda e: run_due_jobs(e, settings, until_empty=until_empty, timeout_s=timeout),
+    )
     done = " ".join(f"{k}={v}" for k, v in sorted(outcomes.items()))
     if left:
         err.print(f"{left} jobs left (waiting for their usage events, retries or other workers)")

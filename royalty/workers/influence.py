@@ -11,9 +11,10 @@ One job, step by step (`InfluenceWorker.process`):
    `refine_attribution` with the snapshot's record -> contributor map and the contributors'
    record counts as baseline (from lineage).
 3. `metering.ledger.adjustments.reattribute` re-splits the posted usage event by the refined
-   contributor weights (parts per million). Its event not posted yet -> the job is put back
-   for `not_posted_delay_s`, not counted as an attempt; its month closed -> `expired` with the
-   reason (statements are final; the inline span weights stand).
+   contributor weights (parts per million). Its event not posted yet (`EventNotPosted`) ->
+   the job is put back for `not_posted_delay_s`, not counted as an attempt; its month closed
+   (`MonthClosed`) -> `expired` with the reason (statements are final; the inline span
+   weights stand).
 4. Store the result and finish `done`. If the worker dies anywhere before that, its lease runs
    out and another worker redoes the job: the scorer is deterministic and re-applying the
    same weights posts nothing, so the ledger sees one adjustment.
@@ -21,6 +22,10 @@ One job, step by step (`InfluenceWorker.process`):
 A scoring error is a failed attempt: retried with exponential backoff, `failed` after
 `QueuePolicy.max_attempts`; so is a lease that keeps running out (a job that kills its
 worker).
+
+`build_worker` wires the real worker (configured queue, gradient scorer on the served base
+model, lineage, ledger adjustments) for `run_worker` (the `royalty influence worker`
+process), `run_due_jobs` (`royalty influence run`) and the month close.
 """
 
 from __future__ import annotations
@@ -28,8 +33,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime as dt
 import logging
 import os
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -47,11 +54,14 @@ from attribution.influence.api import (
 from attribution.influence.queue import TEXT_EXPIRED, ClaimedJob, InfluenceQueue, JobResult
 from attribution.influence.refine import refine_attribution
 from attribution.lineage import LineageService
+from gateway.influence import influence_queue
 from metering import metrics as metering_metrics
-from metering.ledger.adjustments import AdjustmentError
+from metering.ledger.adjustments import AdjustmentError, EventNotPosted, MonthClosed
 
 if TYPE_CHECKING:
-    import datetime as dt
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from royalty.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -219,17 +229,17 @@ class InfluenceWorker:
         weights = {c["id"]: c["weight_ppm"] for c in refined["contributors"] if c["weight_ppm"]}
         try:
             txn = await self.adjust(rid, weights)
+        except EventNotPosted:
+            # Kept so that the retry does not score again (bounded: oldest out first).
+            self._scored[rid] = scored
+            while len(self._scored) > SCORED_KEPT:
+                self._scored.popitem(last=False)
+            await q.postpone(me, rid, self.not_posted_delay_s, NOT_POSTED)
+            return "postponed"
+        except MonthClosed as e:
+            await q.finish(me, rid, "expired", error=str(e))
+            return "expired"
         except AdjustmentError as e:
-            if "not posted" in str(e):
-                # Kept so that the retry does not score again (bounded: oldest out first).
-                self._scored[rid] = scored
-                while len(self._scored) > SCORED_KEPT:
-                    self._scored.popitem(last=False)
-                await q.postpone(me, rid, self.not_posted_delay_s, NOT_POSTED)
-                return "postponed"
-            if "closed month" in str(e):
-                await q.finish(me, rid, "expired", error=str(e))
-                return "expired"
             await q.finish(me, rid, "done", note=str(e))
             return "skipped"
         stored = JobResult(
@@ -316,7 +326,7 @@ class InfluenceWorker:
 def ledger_adjuster(engine: Any) -> Adjust:
     """`Adjust` over metering's `reattribute`, with the adapters of the lineage registry."""
     from metering.ledger.adjustments import reattribute
-    from royalty.factory_jobs import LineageAdapterDirectory
+    from royalty.adapter_directory import LineageAdapterDirectory
 
     directory = LineageAdapterDirectory(engine)
 
@@ -324,3 +334,70 @@ def ledger_adjuster(engine: Any) -> Adjust:
         return await reattribute(engine, directory, request_id, weights)
 
     return adjust
+
+
+def gradient_scorer(settings: Settings) -> InfluenceScorer:
+    """The real scorer over the served base model (the demo models unless configured)."""
+    from attribution.influence.scorer import GradientInfluence
+    from royalty.runtime import demo_models_dir
+    from serving.registry import ModelRegistry
+
+    tree = demo_models_dir(settings, progress=False)
+    base = ModelRegistry.from_manifest(tree, settings.models.base_model).bases[0]
+    return GradientInfluence(Path(base.path))
+
+
+def build_worker(
+    engine: AsyncEngine, settings: Settings, scorer: InfluenceScorer | None = None
+) -> InfluenceWorker:
+    """The worker `royalty influence worker|run` and the month close run: the configured
+    queue, the real scorer (unless `scorer` is given), the lineage registry and the ledger's
+    adjustments."""
+    return InfluenceWorker(
+        influence_queue(engine, settings.influence.retention_s),
+        scorer if scorer is not None else gradient_scorer(settings),
+        LineageService(engine),
+        ledger_adjuster(engine),
+    )
+
+
+async def run_due_jobs(
+    engine: AsyncEngine, settings: Settings, *, until_empty: bool = False, timeout_s: float = 300.0
+) -> tuple[dict[str, int], int]:
+    """Process the queued jobs due now (`royalty influence run`); with `until_empty`, also wait
+    for retries and for jobs other workers hold, at most `timeout_s`. Returns the outcomes and
+    how many jobs are left. The worker (and its scorer) is built only if jobs wait."""
+    queue = influence_queue(engine, settings.influence.retention_s)
+    if (await queue.counts()).depth == 0:
+        return {}, 0
+    worker = build_worker(engine, settings)
+    if until_empty:
+        far = dt.date(9999, 12, 1)
+        outcomes, left = await worker.settle(far, timeout_s=timeout_s)
+    else:
+        outcomes = await worker.run_due()
+        left = (await queue.counts()).depth
+    return dict(outcomes), left
+
+
+async def run_worker(
+    engine: AsyncEngine,
+    settings: Settings,
+    *,
+    idle_s: float = 1.0,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",
+) -> None:
+    """The worker process (`royalty influence worker`): score queued responses until
+    SIGTERM, with Prometheus metrics (queue depth, scoring time: `royalty_attribution_*`) on
+    `metrics_port` when given. SIGTERM cancels: the job in flight keeps its lease until it
+    runs out, then is redone."""
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, metrics_host)
+    worker = build_worker(engine, settings)
+    task = asyncio.ensure_future(worker.run(idle_s=idle_s))
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from procs import ROYALTY
+from support.procs import ROYALTY
 
 from metering.money import format_micros
 
@@ -244,7 +244,7 @@ async def verify_trail(
 
 def error_shape_ok(body: bytes) -> bool:
     """OpenAI's `ErrorResponse` (tests/data/openai_schemas.json)."""
-    from openai_schema import validator
+    from support.openai_schema import validator
 
     try:
         doc = json.loads(body)

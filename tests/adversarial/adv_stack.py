@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
-from procs import REPO, Gateway, alive, engine_processes, free_port
+from support.procs import REPO, Gateway, alive, engine_processes, free_port
 
+from core.accounts import account_id
 from metering.ledger.book import PostgresLedger
-from royalty.admin import account_id, create_key
+from royalty.admin import create_key
 from royalty.db import create_engine
 from royalty.settings import Settings
 
@@ -164,7 +165,7 @@ class Stack:
             return pool.submit(asyncio.run, coro).result()
 
     async def _key(self, account: str, scopes: list[str], credit: int) -> str:
-        settings = Settings(database_url=self.database_url)
+        settings = Settings().with_(database={"url": self.database_url})
         key = await create_key(settings, account, scopes, 1_000_000, 100_000_000)
         if credit:
             engine = create_engine(self.database_url, pool_size=1)

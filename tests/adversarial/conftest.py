@@ -12,8 +12,8 @@ import pytest
 from adv_checks import Scoreboard
 from adv_load import Client
 from adv_stack import Stack
-from pg import create_database, drop_database
-from procs import REPO
+from support.pg import create_database, drop_database
+from support.procs import REPO
 
 _BOARD: Scoreboard | None = None
 

@@ -24,9 +24,9 @@ from adv_poison import check_followups, make_world, run_cases
 from adv_poison_cases import CONTROL
 from adv_poison_routes import all_cases, record_text
 from adv_stack import Stack, wait_gone
-from pg import _DB_NAME
-from procs import alive, port_free
 from sqlalchemy.engine import make_url
+from support.pg import _DB_NAME
+from support.procs import alive, port_free
 
 pytestmark = [pytest.mark.adversarial, pytest.mark.timeout(3000)]
 

@@ -7,8 +7,8 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from pg import create_database, drop_database
-from procs import REPO, Gateway, vllm_server
+from support.pg import create_database, drop_database
+from support.procs import REPO, Gateway, vllm_server
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,7 +9,7 @@ import time
 import asyncpg
 import httpx
 import pytest
-from procs import Gateway, create_key
+from support.procs import Gateway, create_key
 
 pytestmark = pytest.mark.e2e
 

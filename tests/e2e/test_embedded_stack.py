@@ -10,7 +10,7 @@ import time
 import httpx
 import psutil
 import pytest
-from procs import Gateway, free_port
+from support.procs import Gateway, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +31,7 @@ def test_embedded_stack_survives_engine_death(demo_models, tmp_path) -> None:  #
     try:
         import subprocess
 
-        from procs import ROYALTY
+        from support.procs import ROYALTY
 
         key = subprocess.run([ROYALTY, "keys", "create", "--account", "embedded",
                               "--data-dir", str(gw.data_dir)], env=env, check=True,

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from procs import REPO, ROYALTY, create_key
+from support.procs import REPO, ROYALTY, create_key
 
 from factory.corpus import DOMAINS, domain_records
 from royalty.demo import DEMO_CONTRIBUTORS

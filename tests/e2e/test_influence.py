@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import openai
 import pytest
-from procs import create_key
+from support.procs import create_key
 
 pytestmark = pytest.mark.e2e
 

@@ -12,8 +12,8 @@ import asyncpg
 import httpx
 import openai
 import pytest
-from openai_schema import assert_conforms
-from procs import create_key
+from support.openai_schema import assert_conforms
+from support.procs import create_key
 
 from factory.corpus import DOMAINS
 

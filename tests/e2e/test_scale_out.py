@@ -23,7 +23,7 @@ import openai
 import psutil
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
-from procs import Gateway, create_key, vllm_server
+from support.procs import Gateway, create_key, vllm_server
 
 pytestmark = pytest.mark.e2e
 
@@ -51,7 +51,7 @@ def kill9_listener(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def cluster(demo_models, tmp_path_factory, postgres_server_url) -> Iterator[Cluster]:
-    from pg import create_database, drop_database
+    from support.pg import create_database, drop_database
 
     db = asyncio.run(create_database(postgres_server_url))
     root = tmp_path_factory.mktemp("scale")

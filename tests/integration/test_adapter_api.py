@@ -1,29 +1,35 @@
 """Adapter routes over HTTP against a real PostgreSQL: an admin trains an adapter through the
-API (a background job), the registry sync serves it without a restart, and the lineage
-routes answer with exactly the snapshot's contributors; scopes and bad input are refused in
-OpenAI's error shape."""
+API (a queued job, trained by a training worker with the real model factory on a tiny base),
+the registry sync serves it without a restart (within its ~1 s poll), and the lineage routes
+answer with exactly the snapshot's contributors; scopes and bad input are refused in OpenAI's
+error shape."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from openai_schema import assert_conforms
 from sqlalchemy.ext.asyncio import AsyncEngine
-from unit.gateway_harness import make_harness
+from support.app import app_over_postgres
+from support.openai_schema import assert_conforms
 
 from attribution.lineage import LineageService
 from attribution.service import DatanetService
+from attribution.training_jobs import PostgresTrainingJobs, TrainingRequest
 from factory.build import DemoModels, FactoryConfig, build_demo_models, demo_contributions
-from gateway.app import create_app
-from gateway.auth import Authenticator, PostgresKeyStore
-from royalty.db import create_engine
-from royalty.factory_jobs import AdapterSync
-from royalty.settings import Settings
+from gateway.auth import PostgresKeyStore
+from gateway.container import Services
+from royalty.adapter_sync import AdapterSync
+from royalty.workers.training import TrainingWorker, snapshot_trainer
 
 pytestmark = pytest.mark.integration
 
@@ -49,36 +55,34 @@ class Api:
 async def api(
     engine: AsyncEngine, database_url: str, tiny_base: DemoModels, tmp_path: Path
 ) -> AsyncIterator[Api]:
-    h = make_harness(settings=Settings(adapters_dir=tmp_path / "adapters"))
-    syncs: list[AdapterSync] = []
-    app_engines: list[AsyncEngine] = []
-
-    async def start() -> None:
-        app_engine = create_engine(database_url, pool_size=4)
-        app_engines.append(app_engine)
-        h.services.auth = Authenticator(PostgresKeyStore(app_engine), ttl_s=0.0)
-        h.services.datanets = DatanetService(app_engine)
-        h.services.lineage = LineageService(app_engine)
-        h.services.factory_base = tiny_base
-        sync = AdapterSync(
-            h.services.lineage,
-            h.services.registry,
+    async def wire(services: Services, app_engine: AsyncEngine) -> Callable[[], Awaitable[None]]:
+        services.datanets = DatanetService(app_engine)
+        services.lineage = LineageService(app_engine)
+        services.training_jobs = PostgresTrainingJobs(app_engine)
+        sync = AdapterSync(  # the default poll: what `royalty up` runs
+            services.lineage,
+            services.registry,
             "royalty-tiny",
             tiny_base.manifest["base"]["weights_sha256"],
-            interval_s=0.1,
         )
         await sync.sync_once()
         sync.start()
-        syncs.append(sync)
+        # The training worker: a process of its own under `royalty up`; here a task.
+        trainer = snapshot_trainer(app_engine, tiny_base, tmp_path / "adapters")
+        worker = TrainingWorker(
+            PostgresTrainingJobs(app_engine), trainer, name="test", progress_every_s=0.2
+        )
+        task = asyncio.create_task(worker.run(idle_s=0.1))
 
-    async def stop() -> None:
-        for s in syncs:
-            await s.stop()
-        for e in app_engines:
-            await e.dispose()
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await sync.stop()
 
-    app = create_app(h.services, on_startup=[start], on_shutdown=[stop])
-    async with AsyncTestClient(app=app) as client:
+        return stop
+
+    async with app_over_postgres(database_url, wire) as client:
         yield Api(client, PostgresKeyStore(engine))
 
 
@@ -102,6 +106,16 @@ async def _published_datanet(api: Api) -> tuple[int, dict[str, str], dict[str, s
     return did, ana, ben
 
 
+async def _finished(api: Api, job: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    """The job once its worker is done with it (polled as a client would)."""
+    for _ in range(1200):
+        job = (await api.client.get(f"/v1/adapters/jobs/{job['id']}", headers=headers)).json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the job never finished: {job}")
+
+
 async def test_admin_trains_through_the_api_and_it_is_served(api: Api) -> None:
     _, ana, ben = await _published_datanet(api)
     admin = await api.key("root", "admin")
@@ -117,22 +131,23 @@ async def test_admin_trains_through_the_api_and_it_is_served(api: Api) -> None:
 
     r = await api.client.post("/v1/adapters", json=body, headers=admin)
     assert r.status_code == 202, r.text
-    job = r.json()
-    for _ in range(600):
-        job = (await api.client.get(f"/v1/adapters/jobs/{job['id']}", headers=admin)).json()
-        if job["status"] != "running":
-            break
-        await asyncio.sleep(0.1)
+    assert r.json()["status"] == "queued" and r.json()["step"] == 0
+    job = await _finished(api, r.json(), admin)
     assert job["status"] == "succeeded", job
     assert job["step"] == 20 and job["result"]["id"] == "clauses"
+    registered = time.monotonic()
 
-    # Served without a restart: /v1/models lists it, a completion through it works.
+    # Served without a restart, within the registry sync's poll (1 s): /v1/models lists it,
+    # a completion through it works.
     inf = await api.key("consumer", "inference")
-    for _ in range(50):
+    for _ in range(100):
         models = (await api.client.get("/v1/models", headers=inf)).json()["data"]
         if "clauses" in {m["id"] for m in models}:
             break
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
+    served_after = time.monotonic() - registered
+    print(f"adapter served {served_after:.2f}s after its job succeeded")
+    assert served_after < 5.0, "not served within a few of the sync's 1 s polls"
     r = await api.client.post(
         "/v1/completions", json={"model": "clauses", "prompt": "The", "max_tokens": 4}, headers=inf
     )
@@ -157,12 +172,7 @@ async def test_admin_trains_through_the_api_and_it_is_served(api: Api) -> None:
 
     # A second job on the same name conflicts (the job reports it), unless replacing.
     r = await api.client.post("/v1/adapters", json={**body, "steps": 21}, headers=admin)
-    job = r.json()
-    for _ in range(600):
-        job = (await api.client.get(f"/v1/adapters/jobs/{job['id']}", headers=admin)).json()
-        if job["status"] != "running":
-            break
-        await asyncio.sleep(0.1)
+    job = await _finished(api, r.json(), admin)
     assert job["status"] == "failed" and job["error"]["type"] == "Conflict", job
 
 
@@ -179,3 +189,33 @@ async def test_lineage_routes_need_a_key_and_a_known_adapter(api: Api) -> None:
         "object": "list",
         "data": [],
     }
+
+
+async def test_the_worker_command_fails_what_cannot_train_and_stops_on_sigterm(
+    engine: AsyncEngine, database_url: str, tiny_base: DemoModels, tmp_path: Path
+) -> None:
+    """`royalty training worker` as `royalty up` starts it: a job for a datanet that is gone
+    fails at once with the reason; SIGTERM ends the worker promptly."""
+    jobs = PostgresTrainingJobs(engine)
+    job = (await jobs.enqueue(TrainingRequest("gone", "gone", "builder", steps=1))).job
+    royalty = Path(sys.executable).with_name("royalty")
+    child = await asyncio.create_subprocess_exec(
+        str(royalty), "training", "worker", "--idle", "0.2", "--models-dir", str(tiny_base.root),
+        "--adapters-dir", str(tmp_path / "adapters"), "--data-dir", str(tmp_path),
+        env={**os.environ, "DATABASE_URL": database_url},
+    )  # fmt: skip
+    try:
+        for _ in range(600):
+            seen = await jobs.get(job.id)
+            if seen is not None and seen.state == "failed":
+                break
+            assert child.returncode is None, "the worker exited"
+            await asyncio.sleep(0.1)
+        assert seen is not None and seen.state == "failed", seen
+        assert (seen.error_type, seen.attempts) == ("NotFound", 1) and "gone" in (seen.error or "")
+        child.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(child.wait(), 15) == 0
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()

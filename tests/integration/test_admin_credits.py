@@ -12,41 +12,28 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from openai_schema import assert_conforms
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.app import app_over_postgres
+from support.openai_schema import assert_conforms
 from typer.testing import CliRunner, Result
-from unit.gateway_harness import make_harness
 
-from gateway.app import create_app
-from gateway.auth import Authenticator, PostgresKeyStore
+from gateway.auth import PostgresKeyStore
+from gateway.container import Services
 from metering.ledger import audit
 from metering.ledger.book import TOPUP_KEY_RETENTION
 from metering.pg import driver
 from metering.service import MeteringService
 from royalty.cli.main import app as cli
-from royalty.db import create_engine
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 async def client(database_url: str) -> AsyncIterator[AsyncTestClient[Any]]:
-    h = make_harness()
-    engines: list[AsyncEngine] = []
+    async def wire(services: Services, engine: AsyncEngine) -> None:
+        services.metering = MeteringService(engine)
 
-    async def start() -> None:
-        e = create_engine(database_url, pool_size=8)
-        engines.append(e)
-        h.services.auth = Authenticator(PostgresKeyStore(e), ttl_s=0.0)
-        h.services.metering = MeteringService(e)
-
-    async def stop() -> None:
-        for e in engines:
-            await e.dispose()
-
-    async with AsyncTestClient(
-        app=create_app(h.services, on_startup=[start], on_shutdown=[stop])
-    ) as c:
+    async with app_over_postgres(database_url, wire, pool_size=8) as c:
         yield c
 
 

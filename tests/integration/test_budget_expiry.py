@@ -16,12 +16,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from pg import free_port
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.pg import free_port
+from support.usage_events import usage_event
 from typer.testing import CliRunner, Result
-from usage_events import usage_event
 
 from metering.budgets.expiry import HoldSweeper, Swept
 from metering.budgets.store import PostgresBudgets

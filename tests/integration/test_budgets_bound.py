@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from unit.gateway_harness import make_harness
+from support.gateway_harness import make_harness
 
 from gateway.auth import KeyInfo
 from gateway.errors import PaymentRequired

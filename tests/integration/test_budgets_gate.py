@@ -10,8 +10,8 @@ import datetime as dt
 import asyncpg
 import msgspec
 import pytest
-from openai_schema import assert_conforms
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.openai_schema import assert_conforms
 
 from gateway.errors import PaymentRequired
 from metering.budgets.gate import BudgetGate, BudgetUnavailable, InsufficientCredit
@@ -79,7 +79,7 @@ async def test_the_gateway_answers_402_without_credit_and_settles_after_serving(
     engine: AsyncEngine, database_url: str
 ) -> None:
     from litestar.testing import AsyncTestClient
-    from unit.gateway_harness import make_harness
+    from support.gateway_harness import make_harness
 
     from gateway.app import create_app
     from gateway.auth import Authenticator, PostgresKeyStore

@@ -9,7 +9,7 @@ import random
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from usage_events import usage_event
+from support.usage_events import usage_event
 
 from metering.budgets.store import InMemoryBudgets, InsufficientCredit, PostgresBudgets
 from metering.catalog import PostgresCatalog

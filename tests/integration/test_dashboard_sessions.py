@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
-from unit.gateway_harness import make_harness
+from support.gateway_harness import make_harness
 
 from gateway.app import create_app
 from gateway.auth import Authenticator, KeyStoreUnavailable, PostgresKeyStore

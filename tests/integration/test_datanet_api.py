@@ -14,15 +14,15 @@ from typing import Any
 import msgspec
 import pytest
 from litestar.testing import AsyncTestClient
-from openai_schema import assert_conforms
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.app import app_over_postgres
+from support.openai_schema import assert_conforms
 from typer.testing import CliRunner
-from unit.gateway_harness import make_harness
 
 from attribution.service import DatanetService
 from attribution.snapshots import InclusionProof, verify_inclusion
-from gateway.app import create_app
-from gateway.auth import Authenticator, PostgresKeyStore
+from gateway.auth import PostgresKeyStore
+from gateway.container import Services
 from royalty.cli.main import app as cli_app
 from royalty.db import create_engine
 
@@ -57,24 +57,13 @@ class Api:
 
 @pytest.fixture
 async def api(engine: AsyncEngine, database_url: str) -> AsyncIterator[Api]:
-    """The app with the real key store and `DatanetService`. The test client runs the app on
-    a loop of its own, so the app's database engine is made there (at startup); the test's
+    """The app with the real key store and `DatanetService` (see support/app.py); the test's
     own engine only creates keys."""
-    h = make_harness()
-    app_engines: list[AsyncEngine] = []
 
-    async def start() -> None:
-        app_engine = create_engine(database_url, pool_size=4)
-        app_engines.append(app_engine)
-        h.services.auth = Authenticator(PostgresKeyStore(app_engine), ttl_s=0.0)
-        h.services.datanets = DatanetService(app_engine)
+    async def wire(services: Services, app_engine: AsyncEngine) -> None:
+        services.datanets = DatanetService(app_engine)
 
-    async def stop() -> None:
-        for e in app_engines:
-            await e.dispose()
-
-    app = create_app(h.services, on_startup=[start], on_shutdown=[stop])
-    async with AsyncTestClient(app=app) as client:
+    async with app_over_postgres(database_url, wire) as client:
         yield Api(client, PostgresKeyStore(engine))
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.usage_events import usage_event
 from typer.testing import CliRunner, Result
-from usage_events import usage_event
 
 from attribution.influence.queue import PostgresInfluenceQueue
 from core.deadletters import PostgresDeadLetterStore
@@ -139,8 +139,8 @@ async def test_the_ledger_worker_serves_the_dead_letter_gauge_the_alert_reads(
     import time
     import urllib.request
 
-    from pg import free_port
     from prometheus_client.parser import text_string_to_metric_families
+    from support.pg import free_port
 
     catalog = PostgresCatalog(engine)
     await catalog.set_price("tiny", "", 1_000_000, 2_000_000, T0 - dt.timedelta(days=9))

@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from usage_events import usage_event
+from support.usage_events import usage_event
 
 from attribution.influence.queue import NewJob, PostgresInfluenceQueue
 from core.deadletters import PostgresDeadLetterStore

@@ -13,7 +13,8 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from integration.influence_world import (
+from sqlalchemy.ext.asyncio import AsyncEngine
+from support.influence_world import (
     POLICY,
     add_events,
     earnings,
@@ -22,14 +23,13 @@ from integration.influence_world import (
     spawn_worker,
     wait_for_row,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from attribution.influence.queue import QueuePolicy
 from metering.ledger.audit import violations
 from royalty.db import create_engine, migrate
 
 if TYPE_CHECKING:
-    from conftest import PrivatePostgres
+    from support.pg import PrivatePostgres
 
 pytestmark = pytest.mark.integration
 

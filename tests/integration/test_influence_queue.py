@@ -32,7 +32,7 @@ from gateway.influence import InfluenceEnqueuer
 from royalty.db import create_engine, migrate
 
 if TYPE_CHECKING:
-    from conftest import PrivatePostgres
+    from support.pg import PrivatePostgres
 
 pytestmark = pytest.mark.integration
 

@@ -22,11 +22,11 @@ pytestmark = pytest.mark.integration
 MODELS = sorted(Path(__file__).parents[2].glob(".royalty/models/*/manifest.json"))
 
 
-def settings(tmp_path: Path, database_url: str, **kw: object) -> Settings:
-    return Settings(
-        data_dir=tmp_path, database_url=database_url, models_dir=MODELS[0].parent,
-        demo_datanets=False, engine_urls=("http://127.0.0.1:9",), post_usage=False,
-        progress=False, **kw,  # type: ignore[arg-type]
+def settings(tmp_path: Path, database_url: str, **influence: bool) -> Settings:
+    return Settings(data_dir=tmp_path).with_(
+        database={"url": database_url}, models={"dir": MODELS[0].parent},
+        demo={"datanets": False, "progress": False}, engines={"urls": ("http://127.0.0.1:9",)},
+        usage={"post": False}, influence=influence,
     )  # fmt: skip
 
 
@@ -34,10 +34,10 @@ def settings(tmp_path: Path, database_url: str, **kw: object) -> Settings:
 async def test_influence_on_queues_responses_and_runs_a_worker(
     tmp_path: Path, database_url: str, engine: AsyncEngine
 ) -> None:
-    assert Settings.from_env({}).influence is True
-    assert Settings.from_env({"ROYALTY_INFLUENCE": "0"}).influence is False
-    assert Settings.from_env({"ROYALTY_INFLUENCE_WORKER": "0"}).influence_worker is False
-    assert Settings.from_env({"ROYALTY_INFLUENCE_RETENTION_S": "60"}).influence_retention_s == 60
+    assert Settings.from_env({}).influence.enabled is True
+    assert Settings.from_env({"ROYALTY_INFLUENCE": "0"}).influence.enabled is False
+    assert Settings.from_env({"ROYALTY_INFLUENCE_WORKER": "0"}).influence.worker is False
+    assert Settings.from_env({"ROYALTY_INFLUENCE_RETENTION_S": "60"}).influence.retention_s == 60
     rt = Runtime(settings(tmp_path, database_url))
     services = await rt.start()
     try:
@@ -73,7 +73,7 @@ async def test_influence_on_queues_responses_and_runs_a_worker(
         await rt.stop()
     assert child.returncode is not None, "the worker stops with the runtime"
 
-    gateway_only = Runtime(settings(tmp_path, database_url, influence_worker=False))
+    gateway_only = Runtime(settings(tmp_path, database_url, worker=False))
     services = await gateway_only.start()
     try:  # jobs are queued, workers run elsewhere
         assert gateway_only.influence is not None and gateway_only.influence_worker is None
@@ -81,7 +81,7 @@ async def test_influence_on_queues_responses_and_runs_a_worker(
     finally:
         await gateway_only.stop()
 
-    off = Runtime(settings(tmp_path, database_url, influence=False))
+    off = Runtime(settings(tmp_path, database_url, enabled=False))
     services = await off.start()
     try:
         assert off.influence is None and off.influence_worker is None

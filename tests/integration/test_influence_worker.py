@@ -13,7 +13,8 @@ import json
 from typing import Any
 
 import pytest
-from integration.influence_world import (
+from sqlalchemy.ext.asyncio import AsyncEngine
+from support.influence_world import (
     OCTOBER,
     POLICY,
     FakeLineage,
@@ -26,16 +27,15 @@ from integration.influence_world import (
     make_world,
     post_all,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine
 from typer.testing import CliRunner
 
 from attribution.influence.api import INFLUENCE_METHOD
 from attribution.influence.queue import NewJob, PostgresInfluenceQueue, QueuePolicy
 from metering.ledger.audit import violations
 from metering.payouts.close import PostgresPayouts
-from royalty.cli.influence import settle_month
 from royalty.cli.main import app
 from royalty.db import create_engine
+from royalty.month_close import settle_month
 from royalty.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -221,7 +221,7 @@ async def test_the_attribution_record_shows_the_influence_job(
     engine: AsyncEngine, database_url: str
 ) -> None:
     from litestar.testing import AsyncTestClient
-    from unit.gateway_harness import make_harness
+    from support.gateway_harness import make_harness
 
     from attribution.lineage import LineageService
     from gateway.app import create_app

@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 from litestar.testing import AsyncTestClient
-from openai_schema import assert_conforms
 from sqlalchemy.ext.asyncio import AsyncEngine
-from unit.gateway_harness import make_harness
-from usage_events import usage_event
+from support.app import app_over_postgres
+from support.openai_schema import assert_conforms
+from support.usage_events import usage_event
 
-from gateway.app import create_app
-from gateway.auth import Authenticator, PostgresKeyStore
+from gateway.auth import PostgresKeyStore
+from gateway.container import Services
 from metering.catalog import PostgresCatalog
 from metering.ledger.posting import PostingWorker
 from metering.ledger.sources import AdapterInfo, InMemoryAdapterDirectory
@@ -23,7 +23,6 @@ from metering.payouts import merkle as payout_merkle
 from metering.payouts.close import PostgresPayouts
 from metering.service import MeteringService
 from metering.usage.store import PostgresUsageStore
-from royalty.db import create_engine
 
 pytestmark = pytest.mark.integration
 T0 = dt.datetime(2026, 10, 2, tzinfo=dt.UTC)
@@ -31,22 +30,10 @@ T0 = dt.datetime(2026, 10, 2, tzinfo=dt.UTC)
 
 @pytest.fixture
 async def client(database_url: str) -> AsyncIterator[AsyncTestClient[Any]]:
-    h = make_harness()
-    engines: list[AsyncEngine] = []
+    async def wire(services: Services, engine: AsyncEngine) -> None:
+        services.metering = MeteringService(engine)
 
-    async def start() -> None:
-        e = create_engine(database_url, pool_size=4)
-        engines.append(e)
-        h.services.auth = Authenticator(PostgresKeyStore(e), ttl_s=0.0)
-        h.services.metering = MeteringService(e)
-
-    async def stop() -> None:
-        for e in engines:
-            await e.dispose()
-
-    async with AsyncTestClient(
-        app=create_app(h.services, on_startup=[start], on_shutdown=[stop])
-    ) as c:
+    async with app_over_postgres(database_url, wire) as c:
         yield c
 
 

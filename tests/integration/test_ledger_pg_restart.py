@@ -10,8 +10,8 @@ import datetime as dt
 import random
 
 import pytest
-from pg import PrivatePostgres
-from usage_events import usage_event
+from support.pg import PrivatePostgres
+from support.usage_events import usage_event
 
 from metering.catalog import PostgresCatalog
 from metering.ledger.audit import violations

@@ -16,7 +16,7 @@ import random
 import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from usage_events import usage_event
+from support.usage_events import usage_event
 
 from metering.catalog import PostgresCatalog
 from metering.ledger.audit import violations

@@ -13,10 +13,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from pg import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
-from usage_events import usage_event
+from support.pg import free_port
+from support.usage_events import usage_event
 
 from metering.catalog import PostgresCatalog
 from metering.pg import driver

@@ -19,8 +19,9 @@ from attribution.lineage import LineageService
 from attribution.service import DatanetService
 from factory.adapters import AdapterRecipe
 from factory.build import DemoModels, FactoryConfig, build_demo_models, demo_contributions
+from royalty.adapter_sync import AdapterSync
 from royalty.demo import DEMO_CONTRIBUTORS, ensure_demo_world
-from royalty.factory_jobs import AdapterSync, train_on_snapshot
+from royalty.training import train_on_snapshot
 from serving.registry import ModelRegistry, UnknownModel
 
 pytestmark = pytest.mark.integration

@@ -14,15 +14,14 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
-from unit.gateway_harness import make_harness
+from support.app import app_over_postgres
 
 from attribution.lineage import AdapterRegistration, LineageService
 from attribution.records import Record, content_hash
 from attribution.service import DatanetService
 from attribution.snapshots import InclusionProof, leaf_hash, verify_inclusion
-from gateway.app import create_app
-from gateway.auth import Authenticator, PostgresKeyStore
-from royalty.db import create_engine
+from gateway.auth import PostgresKeyStore
+from gateway.container import Services
 
 pytestmark = pytest.mark.integration
 
@@ -43,22 +42,11 @@ class Api:
 
 @pytest.fixture
 async def api(engine: AsyncEngine, database_url: str) -> AsyncIterator[Api]:
-    h = make_harness()
-    app_engines: list[AsyncEngine] = []
+    async def wire(services: Services, app_engine: AsyncEngine) -> None:
+        services.datanets = DatanetService(app_engine)
+        services.lineage = LineageService(app_engine)
 
-    async def start() -> None:
-        app_engine = create_engine(database_url, pool_size=4)
-        app_engines.append(app_engine)
-        h.services.auth = Authenticator(PostgresKeyStore(app_engine), ttl_s=0.0)
-        h.services.datanets = DatanetService(app_engine)
-        h.services.lineage = LineageService(app_engine)
-
-    async def stop() -> None:
-        for e in app_engines:
-            await e.dispose()
-
-    app = create_app(h.services, on_startup=[start], on_shutdown=[stop])
-    async with AsyncTestClient(app=app) as client:
+    async with app_over_postgres(database_url, wire) as client:
         out = Api(client, PostgresKeyStore(engine))
         out.lineage, out.datanets = LineageService(engine), DatanetService(engine)
         yield out

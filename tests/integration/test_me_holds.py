@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from integration import test_ledger_api
 from litestar.testing import AsyncTestClient
-from openai_schema import assert_conforms
 from sqlalchemy.ext.asyncio import AsyncEngine
-from usage_events import usage_event
+from support.openai_schema import assert_conforms
+from support.usage_events import usage_event
 
 from gateway.auth import PostgresKeyStore
 from metering.catalog import PostgresCatalog

@@ -10,8 +10,8 @@ from pathlib import Path
 import pypdfium2 as pdfium
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.usage_events import usage_event
 from typer.testing import CliRunner, Result
-from usage_events import usage_event
 
 from metering.pg import driver
 from metering.usage.store import PostgresUsageStore

@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from usage_events import usage_event
+from support.usage_events import usage_event
 
 from metering.catalog import PostgresCatalog
 from metering.ledger.audit import violations

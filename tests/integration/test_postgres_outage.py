@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
-from usage_events import usage_event
+from support.usage_events import usage_event
 
 from metering.usage.log import UsageLog
 from metering.usage.record import UsageRecord
@@ -26,7 +26,7 @@ from metering.usage.store import PostgresUsageStore
 from royalty.db import create_engine, migrate
 
 if TYPE_CHECKING:
-    from conftest import PrivatePostgres
+    from support.pg import PrivatePostgres
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Penalising one training record: the open month's credits from it are reversed to
-`withheld` exactly (its part, by the rule in metering.payouts.record_penalties, of each response that
+`withheld` exactly (its part, by the rule in metering.ledger.record_penalties, of each response that
 names it), a closed month is untouched, later events withhold its part at posting, an
 influence re-split does not hand it back, and the ledger's invariants hold after."""
 
@@ -12,17 +12,17 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.usage_events import usage_event
 from typer.testing import CliRunner
-from usage_events import usage_event
 
 from metering.catalog import PostgresCatalog
 from metering.ledger.adjustments import reattribute
 from metering.ledger.audit import violations
 from metering.ledger.book import LedgerError
 from metering.ledger.posting import PostingWorker
+from metering.ledger.record_penalties import penalize_record, record_part
 from metering.ledger.sources import AdapterInfo, InMemoryAdapterDirectory, UsageEventAttribution
 from metering.payouts.close import PostgresPayouts
-from metering.payouts.record_penalties import penalize_record, record_part
 from metering.pg import driver
 from metering.service import MeteringService
 from metering.usage.record import UsageRecord

@@ -11,9 +11,9 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from pg import PrivatePostgres
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from support.pg import PrivatePostgres
 
 from gateway.ratelimit import (
     CounterStore,

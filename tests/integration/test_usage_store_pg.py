@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
-from usage_events import usage_event
+from support.usage_events import usage_event
 
 from metering.usage.log import UsageLog
 from metering.usage.record import USAGE_COLUMNS, UsageRecord

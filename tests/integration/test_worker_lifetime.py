@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from supervision import alive, kill_all, read_json_line, start, wait_gone
+from support.supervision import alive, kill_all, read_json_line, start, wait_gone
 
 pytestmark = pytest.mark.integration
 

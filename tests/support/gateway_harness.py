@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 
 from gateway.app import create_app
 from gateway.auth import Authenticator, InMemoryKeyStore
+from gateway.config import HttpSettings, RateLimitSettings
 from gateway.container import Services
 from gateway.inference import InferenceService
 from gateway.ratelimit import RateLimiter
 from metering.usage.record import UsageRecord
-from royalty.settings import Settings
 from serving.fake import FakeEngine
 from serving.placement import AdapterPlacement
 from serving.pool import EngineHandle, EnginePool
@@ -35,9 +35,10 @@ class Harness:
 
 
 def make_harness(
-    *, settings: Settings | None = None, slots: int = 2, **engine_kw: object
+    *, settings: HttpSettings | None = None, slots: int = 2, **engine_kw: object
 ) -> Harness:
-    settings = settings or Settings(max_body_bytes=64 * 1024)
+    settings = settings or HttpSettings(max_body_bytes=64 * 1024)
+    limits = RateLimitSettings()
     engine = FakeEngine(**engine_kw)  # type: ignore[arg-type]
     registry = ModelRegistry()
     registry.add_base(BaseModel("royalty-tiny", "/models/base"))
@@ -53,7 +54,7 @@ def make_harness(
 
     inference = InferenceService(
         registry, pool, RateLimiter(), sink,
-        default_rpm=settings.default_rpm, default_tpm=settings.default_tpm,
+        default_rpm=limits.default_rpm, default_tpm=limits.default_tpm,
     )  # fmt: skip
     services = Services(settings, Authenticator(keys), registry, pool, inference)
     return Harness(engine, keys, services, records)

@@ -17,7 +17,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
-from usage_events import usage_event
 
 from attribution.errors import NotFound
 from attribution.influence.fake import FakeInfluence
@@ -30,6 +29,7 @@ from metering.pg import driver
 from metering.usage.store import PostgresUsageStore
 from royalty.db import create_engine
 from royalty.workers.influence import Adjust, InfluenceWorker
+from support.usage_events import usage_event
 
 T0 = dt.datetime(2026, 10, 5, tzinfo=dt.UTC)
 OCTOBER = dt.date(2026, 10, 1)
@@ -245,10 +245,9 @@ def child_main(config_json: str) -> None:
 
 
 def spawn_worker(config: str) -> subprocess.Popen[str]:
-    # this folder, and tests/ for the modules this one imports as the suite does (usage_events)
-    here = Path(__file__).parent
-    paths = [str(here), str(here.parent)]
-    code = f"import sys; sys.path[:0] = {paths!r}; import influence_world as t; " \
+    # tests/, for this module and those it imports as the suite does (support.usage_events)
+    paths = [str(Path(__file__).parents[1])]
+    code = f"import sys; sys.path[:0] = {paths!r}; import support.influence_world as t; " \
         "t.child_main(sys.argv[1])"  # fmt: skip
     return subprocess.Popen(
         [sys.executable, "-c", code, config], stdout=subprocess.PIPE, text=True,

@@ -14,7 +14,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-_DATA = Path(__file__).parent / "data" / "openai_schemas.json"
+_DATA = Path(__file__).parents[1] / "data" / "openai_schemas.json"
 
 
 def _nullable(node: Any) -> Any:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import httpx
 import psutil
-from pg import free_port
 
 from serving.supervisor import VLLMServerSpec
+from support.pg import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROYALTY = str(Path(sys.executable).with_name("royalty"))
 
 

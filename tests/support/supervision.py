@@ -34,7 +34,7 @@ from pathlib import Path
 import psutil
 
 HERE = Path(__file__).resolve()
-REPO = HERE.parents[1]
+REPO = HERE.parents[2]
 
 
 # --- for the tests -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metering.ledger.apportion import largest_remainder
+from metering.apportion import largest_remainder
 
 weights_st = st.lists(st.integers(min_value=0, max_value=10**6), min_size=1, max_size=12).filter(
     lambda ws: sum(ws) > 0

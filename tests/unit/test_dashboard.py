@@ -19,10 +19,11 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from gateway_harness import Harness, make_harness
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
+from support.gateway_harness import Harness, make_harness
 
+from gateway.config import HttpSettings
 from gateway.dashboard import COOKIE, CSRF_COOKIE, _quantile, summarise
 from gateway.dashboard_sessions import ABSOLUTE_S, IDLE_S, InMemoryDashboardSessions
 from metering import metrics as metering_metrics
@@ -217,7 +218,8 @@ def _free_port() -> int:
 async def served(h: Harness, trusted_proxies: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
     """The app under uvicorn, configured as `royalty up` configures it."""
     port = _free_port()
-    settings = Settings(host="127.0.0.1", port=port, trusted_proxies=trusted_proxies)
+    http = HttpSettings(host="127.0.0.1", port=port, trusted_proxies=trusted_proxies)
+    settings = Settings(http=http)
     server = uvicorn.Server(uvicorn_config(h.app(), settings))
     task = asyncio.create_task(server.serve())
     for _ in range(500):

@@ -15,11 +15,11 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from gateway_harness import make_harness
 from litestar.testing import AsyncTestClient
 from prometheus_client import REGISTRY
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
+from support.gateway_harness import make_harness
 
 from gateway import metrics as gateway_metrics
 from metering import metrics as metering_metrics
@@ -340,11 +340,11 @@ def runs_demo_key_path(argv: list[str], env: dict[str, str]) -> bool:
     up = typer.main.get_command(app).commands["up"]  # type: ignore[attr-defined]
     params = up.make_context("up", list(argv[2:]), default_map={}).params
     settings = Settings.from_env(env).with_(
-        models_dir=params["models_dir"],
-        engine_urls=tuple(params["engine_url"]) if params["engine_url"] else None,
+        models={"dir": params["models_dir"]},
+        engines={"urls": tuple(params["engine_url"]) if params["engine_url"] else None},
     )
     if not params["demo_key"]:
-        settings = settings.with_(demo_key=False)
+        settings = settings.with_(demo={"key": False})
     return mints_demo_key(settings)
 
 

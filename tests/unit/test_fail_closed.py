@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-from gateway_harness import make_harness
 from litestar.testing import AsyncTestClient
-from openai_schema import assert_conforms
-from usage_events import usage_event
+from support.gateway_harness import make_harness
+from support.openai_schema import assert_conforms
+from support.usage_events import usage_event
 
 from metering.usage import log as usage_log
 from metering.usage.log import UsageLog

@@ -9,9 +9,9 @@ import json
 from typing import Any
 
 import pytest
-from gateway_harness import make_harness
 from litestar.testing import AsyncTestClient
-from openai_schema import assert_conforms
+from support.gateway_harness import make_harness
+from support.openai_schema import assert_conforms
 
 CHAT = {"model": "legal", "messages": [{"role": "user", "content": "A clause"}], "max_tokens": 5}
 

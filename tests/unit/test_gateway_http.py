@@ -6,11 +6,9 @@ import asyncio
 import json
 
 import pytest
-from gateway_harness import Harness, make_harness
 from litestar.testing import AsyncTestClient
-from openai_schema import assert_conforms
-
-from royalty.settings import Settings
+from support.gateway_harness import Harness, make_harness
+from support.openai_schema import assert_conforms
 
 CHAT = {"model": "recipes", "messages": [{"role": "user", "content": "Recipe:"}], "max_tokens": 6}
 
@@ -356,12 +354,6 @@ async def test_health_is_open_and_reflects_engines() -> None:
         h.services.pool.handles[0].healthy = False
         r = await c.get("/healthz")
         assert r.status_code == 503 and "x-request-id" in r.headers
-
-
-async def test_settings_from_env() -> None:
-    s = Settings.from_env({"ROYALTY_ENGINE_URLS": "http://a:1, http://b:2", "ROYALTY_PORT": "9"})
-    assert s.engine_urls == ("http://a:1", " http://b:2") or s.engine_urls[0] == "http://a:1"
-    assert s.port == 9
 
 
 def _unused(h: Harness) -> None:  # keeps the import used for type checkers

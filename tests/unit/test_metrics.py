@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from gateway_harness import make_harness
 from litestar.testing import AsyncTestClient
 from prometheus_client.parser import text_string_to_metric_families
-from usage_events import usage_event
+from support.gateway_harness import make_harness
+from support.usage_events import usage_event
 
 from gateway.metrics import InferenceMetrics, MetricsSampler, parse_vllm_queue
 from metering import metrics as metering_metrics
@@ -407,7 +407,7 @@ MULTIPROC_WORKER = textwrap.dedent(
     import datetime as dt, sys
     from gateway.metrics import InferenceMetrics
     from serving.registry import BaseModel, ModelRegistry
-    from tests.usage_events import usage_event
+    from tests.support.usage_events import usage_event
     reg = ModelRegistry(); reg.add_base(BaseModel("royalty-tiny", "/m"))
     m = InferenceMetrics(reg)
     for i in range(int(sys.argv[1])):

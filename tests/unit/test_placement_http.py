@@ -9,8 +9,8 @@ import asyncio
 
 import msgspec
 import pytest
-from openai_schema import assert_conforms
-from unit.gateway_harness import make_harness
+from support.gateway_harness import make_harness
+from support.openai_schema import assert_conforms
 
 from gateway.auth import KeyInfo
 from gateway.errors import ServiceUnavailable

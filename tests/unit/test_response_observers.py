@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from gateway_harness import make_harness
 from litestar.testing import AsyncTestClient
+from support.gateway_harness import make_harness
 
 from gateway.inference import CompletedResponse
 from metering.usage.record import prompt_digest

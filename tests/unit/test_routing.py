@@ -14,6 +14,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.auth import Authenticator, InMemoryKeyStore
+from gateway.config import HttpSettings
 from gateway.container import Services
 from gateway.inference import InferenceService
 from gateway.ratelimit import RateLimiter
@@ -186,7 +187,7 @@ async def cluster() -> AsyncIterator[Cluster]:
     async def sink(rec: UsageRecord) -> None:
         records.append(rec)
 
-    settings = Settings()
+    settings = HttpSettings()
     inference = InferenceService(registry(), pool, RateLimiter(), sink,
                                  default_rpm=10_000, default_tpm=10_000_000)  # fmt: skip
     keys = InMemoryKeyStore()
@@ -345,9 +346,11 @@ def test_scale_out_settings_from_env() -> None:
     s = Settings.from_env({"ROYALTY_MAX_LORAS": "6", "ROYALTY_ROUTING": "round_robin",
                            "ROYALTY_SPILL_AT": "8", "ROYALTY_SHARED_LIMITS": "0",
                            "ROYALTY_REDIS_URL": "redis://127.0.0.1:6379/0"})  # fmt: skip
-    assert (s.max_loras, s.routing, s.spill_at) == (6, "round_robin", 8.0)
-    assert s.shared_limits is False and s.redis_url == "redis://127.0.0.1:6379/0"
+    assert (s.engines.max_loras, s.engines.routing, s.engines.spill_at) == (6, "round_robin", 8.0)
+    assert s.limits.shared is False and s.limits.redis_url == "redis://127.0.0.1:6379/0"
     d = Settings.from_env({})
-    assert (d.max_loras, d.routing, d.shared_limits, d.redis_url) == (4, "affinity", True, None)
+    assert (d.engines.max_loras, d.engines.routing, d.limits.shared, d.limits.redis_url) == (
+        4, "affinity", True, None,
+    )  # fmt: skip
     with pytest.raises(ValueError):
         Settings.from_env({"ROYALTY_SHARED_LIMITS": "maybe"})

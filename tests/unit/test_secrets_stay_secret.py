@@ -28,6 +28,7 @@ from royalty.settings import Settings
 from serving.registry import Adapter, BaseModel, ModelRegistry
 
 ROOT = Path(__file__).resolve().parents[2]
+S = Settings()
 KEY = "rk-" + "s3cr3t" * 7
 
 
@@ -36,11 +37,16 @@ KEY = "rk-" + "s3cr3t" * 7
     ("settings", "mints"),
     [
         (Settings(), True),  # `make demo`: demo models, its own engine
-        (Settings(database_url="postgresql://u@h/db"), True),  # the demo on another Postgres
-        (Settings(demo_key=False), False),  # --no-demo-key / ROYALTY_DEMO_KEY=0
-        (Settings(models_dir=Path("/models")), False),  # the operator's model tree
-        (Settings(engine_urls=("http://vllm:8000",)), False),  # external engines
-        (Settings(models_dir=Path("/m"), engine_urls=("http://e:1",), demo_key=True), False),
+        (S.with_(database={"url": "postgresql://u@h/db"}), True),  # the demo on another Postgres
+        (S.with_(demo={"key": False}), False),  # --no-demo-key / ROYALTY_DEMO_KEY=0
+        (S.with_(models={"dir": Path("/models")}), False),  # the operator's model tree
+        (S.with_(engines={"urls": ("http://vllm:8000",)}), False),  # external engines
+        (
+            S.with_(
+                models={"dir": Path("/m")}, engines={"urls": ("http://e:1",)}, demo={"key": True}
+            ),
+            False,
+        ),
     ],
 )
 def test_the_demo_key_belongs_to_the_demo_models_only(settings: Settings, mints: bool) -> None:
@@ -48,8 +54,8 @@ def test_the_demo_key_belongs_to_the_demo_models_only(settings: Settings, mints:
 
 
 def test_the_off_switch_reads_from_the_environment() -> None:
-    assert Settings.from_env({}).demo_key is True
-    assert Settings.from_env({"ROYALTY_DEMO_KEY": "0"}).demo_key is False
+    assert Settings.from_env({}).demo.key is True
+    assert Settings.from_env({"ROYALTY_DEMO_KEY": "0"}).demo.key is False
     assert not mints_demo_key(Settings.from_env({"ROYALTY_DEMO_KEY": "off"}))
     assert not mints_demo_key(Settings.from_env({"ROYALTY_MODELS_DIR": "/models"}))
     assert not mints_demo_key(Settings.from_env({"ROYALTY_ENGINE_URLS": "http://vllm:8000"}))
@@ -83,9 +89,9 @@ def _runtime() -> Any:
 @pytest.mark.parametrize(
     "settings",
     [
-        Settings(models_dir=Path("/models")),
-        Settings(engine_urls=("http://vllm:8000",)),
-        Settings(demo_key=False),
+        S.with_(models={"dir": Path("/models")}),
+        S.with_(engines={"urls": ("http://vllm:8000",)}),
+        S.with_(demo={"key": False}),
     ],
 )
 async def test_the_banner_mints_no_key_outside_the_demo(
@@ -140,6 +146,8 @@ def _names(node: ast.AST) -> set[str]:
             found.add(n.id)
         elif isinstance(n, ast.Attribute):
             found.add(n.attr)
+            if isinstance(n.value, ast.Attribute):  # a setting in its group: database.url
+                found.add(f"{n.value.attr}_{n.attr}")
     return found
 
 
@@ -165,12 +173,13 @@ def secrets_logged(source: str) -> list[tuple[int, set[str]]]:
 def test_the_log_check_can_fail() -> None:
     assert secrets_logged("log.info('key %s', key)") == [(1, {"key"})]
     assert secrets_logged("log.warning('db %s', settings.database_url)")
+    assert secrets_logged("log.warning('db %s', settings.database.url)")
     assert secrets_logged("log.info('ok %s', engine_url)") == []
 
 
 def test_no_logging_call_is_handed_a_key_or_a_password() -> None:
     hits = []
-    for package in ("gateway", "metering", "serving", "attribution"):
+    for package in ("royalty", "gateway", "metering", "serving", "attribution", "core"):
         for path in sorted((ROOT / package).rglob("*.py")):
             for line, named in secrets_logged(path.read_text()):
                 hits.append(f"{path.relative_to(ROOT)}:{line}: {sorted(named)}")

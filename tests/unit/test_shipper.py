@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from usage_events import usage_event
+from support.usage_events import usage_event
 
 from metering.usage.log import UsageLog
 from metering.usage.record import UsageRecord

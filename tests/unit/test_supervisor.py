@@ -1,7 +1,7 @@
 """No engine outlives its supervisor, and a restart finds the engine's port free or reclaims
 it knowingly (DESIGN invariant 8; issue 13's `kill -9` of `royalty up`).
 
-The engine here is `tests/supervision.py`'s stand-in: an HTTP server with `/health` that, like
+The engine here is `tests/support/supervision.py`'s stand-in: an HTTP server with `/health` that, like
 vLLM's API server with its EngineCore and CPU workers, has worker processes of its own, one of
 which leaves the process group with `setsid()`; `stubborn` ones ignore SIGTERM.
 """
@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from pg import free_port
-from supervision import alive, engine_argv, kill_all, read_json_line, start, tree, wait_gone
+from support.pg import free_port
+from support.supervision import alive, engine_argv, kill_all, read_json_line, start, tree, wait_gone
 
 from serving.engine import VLLMHttpEngine
 from serving.engine_port import (

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from usage_events import usage_event
+from support.usage_events import usage_event
 
 from metering.usage import log as usage_log
 from metering.usage.log import (
@@ -491,7 +491,7 @@ async def test_short_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.Mo
 CHILD = """
 import asyncio, datetime as dt, sys
 from metering.usage.log import UsageLog
-from tests.usage_events import usage_event
+from tests.support.usage_events import usage_event
 
 def rec(rid):
     return usage_event(
