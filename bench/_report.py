@@ -29,9 +29,9 @@ console = Console(width=160)
 # Standard-library frames (asyncio, json, uuid, threading...) are skipped so that their time
 # lands on the package that called them; a sample with only stdlib frames is "event loop".
 _CATEGORIES: list[tuple[str, str]] = [
-    ("metering/usage_log", "usage log (append, group commit, fsync)"),
-    ("metering/shipper", "usage shipper → Postgres"),
-    ("metering/usage_store", "usage shipper → Postgres"),
+    ("metering/usage/log", "usage log (append, group commit, fsync)"),
+    ("metering/usage/shipper", "usage shipper → Postgres"),
+    ("metering/usage/store", "usage shipper → Postgres"),
     ("sqlalchemy/", "usage shipper → Postgres"),
     ("asyncpg/", "usage shipper → Postgres"),
     ("aiohttp/", "engine client (aiohttp)"),
@@ -51,7 +51,7 @@ _CATEGORIES: list[tuple[str, str]] = [
     ("httptools", "uvicorn (HTTP server)"),
     ("prometheus_client/", "metrics"),
 ]
-_ROOT_CHAIN = ("typer/", "click/", "gateway/cli", "(royalty)", "asyncio/runners", "threading.py",
+_ROOT_CHAIN = ("typer/", "click/", "royalty/cli", "(royalty)", "asyncio/runners", "threading.py",
                "concurrent/futures")  # fmt: skip
 
 

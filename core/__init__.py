@@ -1,3 +1,4 @@
-"""The bottom floor every other package may stand on: one classification of database errors
+"""The bottom floor every other package may stand on: the `accounts` table (`core.accounts`),
+the domain error kinds (`core.errors`), one classification of database errors
 (`core.sqlstate`) and the dead-letter store (`core.deadletters`). It imports none of
-`gateway`, `serving`, `attribution` or `metering`."""
+`royalty`, `gateway`, `serving`, `attribution`, `metering` or `factory`."""
