@@ -246,6 +246,7 @@ class Stack:
         royalty = str(VENV_BIN / "royalty")
         env = dict(os.environ)
         env.pop("ROYALTY_ENGINE_URLS", None)
+        env["ROYALTY_TRAINING_WORKER"] = "0"  # no torch child next to the measured gateway
         if self.usage_log_dir is not None:
             env["ROYALTY_USAGE_LOG_DIR"] = str(self.usage_log_dir / f"usage-log-{tag}")
         p = self.start(

@@ -49,7 +49,7 @@ from typing import Any
 import psutil
 from _loadgen import Endpoint, chat_body, pct, run_round
 from _report import console, md_table, rich_table
-from _stack import BENCH, ROOT, VENV_BIN, Layout, Proc, Stack, free_port, http_post, wait_http
+from _stack import BENCH, ROOT, Layout, Proc, Stack, free_port, http_post, wait_http
 
 CONFIGS: dict[str, dict[str, str]] = {
     "default": {},
@@ -97,9 +97,10 @@ def _cpu(pid: int) -> tuple[float, float]:
 
 
 async def _royalty(env: dict[str, str], *args: str) -> str:
+    # Through the same dispatcher as the gateway: a --cpu-base tree runs its own CLI.
     p = await asyncio.create_subprocess_exec(
-        str(VENV_BIN / "royalty"), *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        cwd=ROOT, env=env,
+        sys.executable, str(BENCH / "_profiled_gateway.py"), "-", *args,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=env,
     )  # fmt: skip
     out, err = await asyncio.wait_for(p.communicate(), 120)
     if p.returncode != 0:
@@ -142,6 +143,7 @@ async def start_target(stack: Stack, config: str, fport: int, models: Path, base
     stats_file = stack.work / f"cprofile-{slug}.pstats"
     env = dict(os.environ)
     env.pop("ROYALTY_ENGINE_URLS", None)
+    env["ROYALTY_TRAINING_WORKER"] = "0"  # no torch child next to the measured gateway
     env.update(CONFIGS[config])
     if source is not None:  # its packages shadow this checkout's (editable install)
         env["PYTHONPATH"] = os.pathsep.join([str(source), env.get("PYTHONPATH", "")]).rstrip(":")

@@ -140,7 +140,8 @@ class Stack:
     async def gateway(self, i: int, models: Path, routing: str, max_loras: int) -> None:
         port = free_port()
         env = {**os.environ, "ROYALTY_ROUTING": routing, "ROYALTY_MAX_LORAS": str(max_loras),
-               "ROYALTY_DEMO": "0", "ROYALTY_SHIP_INTERVAL_S": "0.2"}  # fmt: skip
+               "ROYALTY_DEMO": "0", "ROYALTY_SHIP_INTERVAL_S": "0.2",
+               "ROYALTY_TRAINING_WORKER": "0"}  # fmt: skip
         env.pop("ROYALTY_ENGINE_URLS", None)
         urls = [a for p in self.engine_ports for a in ("--engine-url", f"http://127.0.0.1:{p}")]
         tag = f"{routing}-{len(self.engine_ports)}e-{i}-{port}"

@@ -165,8 +165,11 @@ class InferenceService:
         errors before any output are raised here as HTTP errors, not inside a 200 stream."""
         try:
             ctx.target = await self.admission.admit(ctx, req)
-        except ApiError as e:
-            ctx.fail(e)
+        except BaseException as e:
+            # Like complete(): every request leaves one record, whatever refused it (an API
+            # error, or e.g. budgets unreachable with fail_open off: the 500 it becomes).
+            if isinstance(e, ApiError):
+                ctx.fail(e)
             with suppress(UsageNotRecorded):  # an error: nothing to bill
                 await self.capture.record(ctx, req)
             raise

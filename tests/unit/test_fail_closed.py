@@ -196,3 +196,21 @@ async def test_the_store_double_still_reports_outages() -> None:
     store.fail_next = 1
     with pytest.raises(UsageStoreUnavailable):
         await store.insert_batch([_rec(1)])  # type: ignore[list-item]
+
+
+async def test_a_stream_refused_by_an_unexpected_admission_failure_is_recorded(gw) -> None:
+    """Whatever refuses a stream at admission (here the limiter's store is broken), the
+    request leaves one record, as a non-streaming request does."""
+
+    class BrokenLimiter:
+        async def acquire(self, *a: object) -> None:
+            raise RuntimeError("counter store down")
+
+        def debit_tokens(self, *a: object) -> None:
+            pass
+
+    gw.h.services.inference.admission.limits.limiter = BrokenLimiter()
+    for body in ({**CHAT, "stream": True}, CHAT):
+        r = await gw.post("/v1/chat/completions", json=body, headers=gw.hdr)
+        assert r.status_code == 500, r.text
+    assert [(x.status, x.http_status) for x in gw.sink.records] == [("error", 500)] * 2
