@@ -201,8 +201,10 @@ def test_bad_bodies_and_disconnect_leave_the_gateway_serving(gateway, key, datab
         with httpx.stream("POST", url, json=body, headers=h, timeout=60) as r:
             rid = r.headers["x-request-id"]
             for line in r.iter_lines():
-                if line.startswith("data: "):
-                    break  # hang up at the first token
+                # Hang up at the first token of content (the first chunk carries only the
+                # role: a gateway that hears the hang-up at once has generated nothing yet).
+                if line.startswith("data: ") and _content(line[6:]):
+                    break
         hung_up_ms = (time.monotonic() - started) * 1000
         [row] = usage_rows(database_url, [rid])
         outcomes.append((row["status"], row["completion_tokens"], round(hung_up_ms),
@@ -219,3 +221,9 @@ def test_bad_bodies_and_disconnect_leave_the_gateway_serving(gateway, key, datab
     assert ok.status_code == 200
     # No skip: a gateway that hears hang-ups cuts one of five 400-token streams short.
     assert outcomes[-1][0] == "client_cancelled", f"no hang-up cut a stream short: {outcomes}"
+
+
+def _content(data: str) -> str:
+    """The text a chat stream chunk carries ("" for role-only and usage chunks)."""
+    choices = json.loads(data).get("choices") or [{}]
+    return str((choices[0].get("delta") or {}).get("content") or "")
