@@ -264,6 +264,17 @@ async def test_engine_forgetting_an_adapter_reloads_it(gw) -> None:
     assert r.status_code == 200 and gw.h.engine.load_calls == ["recipes", "recipes"]
 
 
+def chat_scope(key: str) -> dict[str, object]:
+    """The ASGI scope of a `POST /v1/chat/completions` with `key` (raw ASGI tests)."""
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
+        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("t", 80),
+        "headers": [(b"authorization", f"Bearer {key}".encode()),
+                    (b"content-type", b"application/json")],
+    }  # fmt: skip
+
+
 async def test_client_disconnect_mid_stream_records_generated_tokens() -> None:
     h = make_harness(token_delay_s=0.01)
     key = await h.key()
@@ -287,14 +298,7 @@ async def test_client_disconnect_mid_stream_records_generated_tokens() -> None:
             if len(got) >= 5:
                 disconnect.set()
 
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("t", 80),
-        "headers": [(b"authorization", f"Bearer {key}".encode()),
-                    (b"content-type", b"application/json")],
-    }  # fmt: skip
-    await asyncio.wait_for(app(scope, receive, send), 10)  # type: ignore[arg-type]
+    await asyncio.wait_for(app(chat_scope(key), receive, send), 10)  # type: ignore[arg-type]
     await h.services.inference.drain()
     [rec] = h.records
     assert rec.status == "client_cancelled"
@@ -333,14 +337,7 @@ async def test_hang_up_while_the_client_blocks_a_send_closes_the_engine_stream()
                 asyncio.get_running_loop().call_later(0.05, disconnect.set)
                 await never.wait()  # blocked like a write to a full socket
 
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-        "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1), "server": ("t", 80),
-        "headers": [(b"authorization", f"Bearer {key}".encode()),
-                    (b"content-type", b"application/json")],
-    }  # fmt: skip
-    await asyncio.wait_for(app(scope, receive, send), 10)  # type: ignore[arg-type]
+    await asyncio.wait_for(app(chat_scope(key), receive, send), 10)  # type: ignore[arg-type]
     assert h.engine.aborted == 1  # closed by the response itself, before any collection
     await h.services.inference.drain()
     [rec] = h.records
